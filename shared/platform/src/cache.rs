@@ -1,0 +1,578 @@
+//! Cache-aside for hot reads, behind one trait with Redis, in-memory and no-op backends.
+//!
+//! Values are versioned (a record's revision): a put never replaces a newer version, so
+//! a read that raced a write cannot put the older value back. Redis is an accelerator,
+//! never a dependency: every failure or timeout is a miss, logged, and the request goes
+//! on to the database. [`CacheHandle`] adds stampede protection (concurrent misses of
+//! one key load it once) and read-your-writes within the process.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::config::{CacheBackend, CacheConfig};
+
+/// A cached value and the version it was stored with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedValue {
+    pub version: i64,
+    pub bytes: Bytes,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cache: {0}")]
+pub struct CacheError(String);
+
+#[async_trait]
+pub trait Cache: Send + Sync {
+    async fn get(&self, key: &str) -> Result<Option<CachedValue>, CacheError>;
+    /// Stores `bytes` at `version` unless the cache holds a newer version of `key`.
+    async fn put_if_newer(&self, key: &str, version: i64, bytes: &[u8]) -> Result<(), CacheError>;
+    async fn delete(&self, key: &str) -> Result<(), CacheError>;
+    fn backend(&self) -> &'static str;
+}
+
+/// The key of a cached record: `crm:{tenant}:{service}:{kind}:{id}`.
+pub fn key(tenant: &str, service: &str, kind: &str, id: &str) -> String {
+    format!("crm:{tenant}:{service}:{kind}:{id}")
+}
+
+/// No caching at all.
+pub struct NoCache;
+
+#[async_trait]
+impl Cache for NoCache {
+    async fn get(&self, _key: &str) -> Result<Option<CachedValue>, CacheError> {
+        Ok(None)
+    }
+    async fn put_if_newer(&self, _: &str, _: i64, _: &[u8]) -> Result<(), CacheError> {
+        Ok(())
+    }
+    async fn delete(&self, _key: &str) -> Result<(), CacheError> {
+        Ok(())
+    }
+    fn backend(&self) -> &'static str {
+        "none"
+    }
+}
+
+/// An in-process cache with a TTL and a bounded number of entries.
+pub struct MemoryCache {
+    entries: Mutex<HashMap<String, (CachedValue, Instant)>>,
+    ttl: Duration,
+    max_entries: usize,
+}
+
+impl MemoryCache {
+    pub fn new(ttl: Duration, max_entries: usize) -> Self {
+        Self {
+            entries: Mutex::new(HashMap::new()),
+            ttl,
+            max_entries: max_entries.max(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (CachedValue, Instant)>> {
+        // A panic while holding the lock cannot leave the map inconsistent.
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[async_trait]
+impl Cache for MemoryCache {
+    async fn get(&self, key: &str) -> Result<Option<CachedValue>, CacheError> {
+        let entries = self.lock();
+        Ok(entries
+            .get(key)
+            .filter(|(_, expires)| *expires > Instant::now())
+            .map(|(value, _)| value.clone()))
+    }
+
+    async fn put_if_newer(&self, key: &str, version: i64, bytes: &[u8]) -> Result<(), CacheError> {
+        let now = Instant::now();
+        let mut entries = self.lock();
+        if let Some((current, expires)) = entries.get(key)
+            && *expires > now
+            && current.version > version
+        {
+            return Ok(());
+        }
+        if entries.len() >= self.max_entries && !entries.contains_key(key) {
+            entries.retain(|_, (_, expires)| *expires > now);
+            if entries.len() >= self.max_entries {
+                // Still full of live entries: drop an arbitrary tenth to make room.
+                let evict: Vec<String> = entries
+                    .keys()
+                    .take(self.max_entries / 10 + 1)
+                    .cloned()
+                    .collect();
+                for k in evict {
+                    entries.remove(&k);
+                }
+            }
+        }
+        entries.insert(
+            key.to_owned(),
+            (
+                CachedValue {
+                    version,
+                    bytes: Bytes::copy_from_slice(bytes),
+                },
+                now + self.ttl,
+            ),
+        );
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), CacheError> {
+        self.lock().remove(key);
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+}
+
+/// Redis, single node (ConnectionManager, reconnecting by itself) or cluster.
+pub struct RedisCache {
+    connection: RedisConnection,
+    ttl: Duration,
+    timeout: Duration,
+    put_script: redis::Script,
+}
+
+enum RedisConnection {
+    Single(redis::aio::ConnectionManager),
+    Cluster {
+        client: redis::cluster::ClusterClient,
+        connection: tokio::sync::OnceCell<redis::cluster_async::ClusterConnection>,
+    },
+}
+
+/// Width of the zero-padded version prefix of a stored value; zero-padding makes the
+/// string comparison in Lua a numeric one.
+const VERSION_WIDTH: usize = 20;
+
+const PUT_IF_NEWER: &str = r"
+local current = redis.call('GET', KEYS[1])
+if current and string.sub(current, 1, 20) > ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ARGV[2], 'PX', ARGV[3])
+return 1
+";
+
+impl RedisCache {
+    pub fn new(config: &CacheConfig) -> Result<Self, CacheError> {
+        let timeout = Duration::from_millis(config.timeout_ms.max(1));
+        let connection = if config.redis_cluster {
+            let urls: Vec<&str> = config.redis_url.split(',').map(str::trim).collect();
+            let client = redis::cluster::ClusterClient::builder(urls)
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .build()
+                .map_err(|e| CacheError(e.to_string()))?;
+            RedisConnection::Cluster {
+                client,
+                connection: tokio::sync::OnceCell::new(),
+            }
+        } else {
+            let client = redis::Client::open(config.redis_url.as_str())
+                .map_err(|e| CacheError(e.to_string()))?;
+            let manager_config = redis::aio::ConnectionManagerConfig::new()
+                .set_response_timeout(Some(timeout))
+                .set_connection_timeout(Some(timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_secs(1));
+            // Lazy: a Redis that is down at start does not stop the service.
+            let manager =
+                redis::aio::ConnectionManager::new_lazy_with_config(client, manager_config)
+                    .map_err(|e| CacheError(e.to_string()))?;
+            RedisConnection::Single(manager)
+        };
+        Ok(Self {
+            connection,
+            ttl: Duration::from_secs(config.ttl_s.max(1)),
+            timeout,
+            put_script: redis::Script::new(PUT_IF_NEWER),
+        })
+    }
+
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T, CacheError>
+    where
+        F: FnOnce(RedisConn) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let attempt = async {
+            let conn = match &self.connection {
+                RedisConnection::Single(manager) => RedisConn::Single(manager.clone()),
+                RedisConnection::Cluster { client, connection } => {
+                    let conn = connection
+                        .get_or_try_init(|| client.get_async_connection())
+                        .await?;
+                    RedisConn::Cluster(conn.clone())
+                }
+            };
+            op(conn).await
+        };
+        match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(result) => result.map_err(|e| CacheError(e.to_string())),
+            Err(_) => Err(CacheError("timed out".into())),
+        }
+    }
+}
+
+/// One connection handle of either kind, usable by redis commands.
+pub enum RedisConn {
+    Single(redis::aio::ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            RedisConn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Single(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+fn encode_version(version: i64) -> String {
+    format!("{:0width$}", version.max(0), width = VERSION_WIDTH)
+}
+
+#[async_trait]
+impl Cache for RedisCache {
+    async fn get(&self, key: &str) -> Result<Option<CachedValue>, CacheError> {
+        let key = key.to_owned();
+        let raw: Option<Vec<u8>> = self
+            .run(|mut conn| async move { redis::cmd("GET").arg(&key).query_async(&mut conn).await })
+            .await?;
+        let Some(raw) = raw else { return Ok(None) };
+        if raw.len() < VERSION_WIDTH {
+            return Ok(None);
+        }
+        let version = std::str::from_utf8(&raw[..VERSION_WIDTH])
+            .ok()
+            .and_then(|v| v.parse::<i64>().ok());
+        Ok(version.map(|version| CachedValue {
+            version,
+            bytes: Bytes::copy_from_slice(&raw[VERSION_WIDTH..]),
+        }))
+    }
+
+    async fn put_if_newer(&self, key: &str, version: i64, bytes: &[u8]) -> Result<(), CacheError> {
+        let ttl_ms = self.ttl.as_millis() as u64;
+        let invocation = {
+            let mut invocation = self.put_script.key(key);
+            invocation
+                .arg(encode_version(version))
+                .arg(bytes)
+                .arg(ttl_ms);
+            invocation
+        };
+        self.run(|mut conn| async move {
+            let _: i64 = invocation.invoke_async(&mut conn).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), CacheError> {
+        let key = key.to_owned();
+        self.run(|mut conn| async move {
+            let _: i64 = redis::cmd("DEL").arg(&key).query_async(&mut conn).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+}
+
+/// Builds the configured backend.
+pub fn from_config(config: &CacheConfig) -> Result<Arc<dyn Cache>, CacheError> {
+    Ok(match config.backend {
+        CacheBackend::None => Arc::new(NoCache),
+        CacheBackend::Memory => Arc::new(MemoryCache::new(
+            Duration::from_secs(config.ttl_s.max(1)),
+            config.memory_max_entries,
+        )),
+        CacheBackend::Redis => Arc::new(RedisCache::new(config)?),
+    })
+}
+
+type Flight = Arc<tokio::sync::OnceCell<Option<CachedValue>>>;
+
+/// The cache as services use it: failures are misses, concurrent misses of one key load
+/// once, and a value older than a write this process made is never returned.
+#[derive(Clone)]
+pub struct CacheHandle {
+    inner: Arc<dyn Cache>,
+    flights: Arc<Mutex<HashMap<String, Flight>>>,
+    /// The newest version this process wrote per key, kept for one TTL.
+    written: Arc<Mutex<HashMap<String, (i64, Instant)>>>,
+    ttl: Duration,
+}
+
+impl CacheHandle {
+    pub fn new(inner: Arc<dyn Cache>, ttl: Duration) -> Self {
+        Self {
+            inner,
+            flights: Arc::default(),
+            written: Arc::default(),
+            ttl,
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    fn written_floor(&self, key: &str) -> Option<i64> {
+        let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        written
+            .get(key)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(version, _)| *version)
+    }
+
+    fn fresh(&self, key: &str, value: Option<CachedValue>) -> Option<CachedValue> {
+        let value = value?;
+        match self.written_floor(key) {
+            Some(floor) if value.version < floor => None,
+            _ => Some(value),
+        }
+    }
+
+    async fn cached(&self, key: &str) -> Option<CachedValue> {
+        match self.inner.get(key).await {
+            Ok(value) => self.fresh(key, value),
+            Err(err) => {
+                tracing::warn!(cache.backend = self.inner.backend(), error = %err, "cache read failed");
+                None
+            }
+        }
+    }
+
+    async fn put(&self, key: &str, version: i64, bytes: &[u8]) -> bool {
+        match self.inner.put_if_newer(key, version, bytes).await {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!(cache.backend = self.inner.backend(), error = %err, "cache write failed");
+                false
+            }
+        }
+    }
+
+    /// The cached value of `key`, else the one `load` returns (stored for next time).
+    /// `load` gives `(version, bytes)`, or `None` when the record does not exist.
+    pub async fn get_or_load<E, F, Fut>(&self, key: &str, load: F) -> Result<Option<CachedValue>, E>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<Option<(i64, Vec<u8>)>, E>>,
+    {
+        if let Some(value) = self.cached(key).await {
+            return Ok(Some(value));
+        }
+        let (flight, leader) = {
+            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+            match flights.get(key) {
+                Some(flight) => (flight.clone(), false),
+                None => {
+                    let flight = Flight::default();
+                    flights.insert(key.to_owned(), flight.clone());
+                    (flight, true)
+                }
+            }
+        };
+        if !leader {
+            // Wait for the leader; if it failed or its value predates our writes, load
+            // ourselves.
+            let waited = tokio::time::timeout(Duration::from_secs(5), async {
+                loop {
+                    if let Some(value) = flight.get() {
+                        return value.clone();
+                    }
+                    if Arc::strong_count(&flight) == 1 {
+                        return None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+            .await
+            .ok()
+            .flatten();
+            if let Some(value) = self.fresh(key, waited) {
+                return Ok(Some(value));
+            }
+            return self.load_and_store(key, &load).await;
+        }
+        let result = self.load_and_store(key, &load).await;
+        if let Ok(value) = &result {
+            let _ = flight.set(value.clone());
+        }
+        self.flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+        result
+    }
+
+    async fn load_and_store<E, F, Fut>(&self, key: &str, load: &F) -> Result<Option<CachedValue>, E>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<Option<(i64, Vec<u8>)>, E>>,
+    {
+        let Some((version, bytes)) = load().await? else {
+            return Ok(None);
+        };
+        self.put(key, version, &bytes).await;
+        Ok(Some(CachedValue {
+            version,
+            bytes: Bytes::from(bytes),
+        }))
+    }
+
+    /// Records a committed write: the new version replaces any older cached one, and
+    /// this process never again returns a version older than it.
+    pub async fn written(&self, key: &str, version: i64, bytes: &[u8]) {
+        {
+            let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+            if written.len() > 100_000 {
+                let ttl = self.ttl;
+                written.retain(|_, (_, at)| at.elapsed() < ttl);
+            }
+            let entry = written
+                .entry(key.to_owned())
+                .or_insert((version, Instant::now()));
+            if entry.0 <= version {
+                *entry = (version, Instant::now());
+            }
+        }
+        if !self.put(key, version, bytes).await {
+            // The old value may still be there; try to remove it.
+            if let Err(err) = self.inner.delete(key).await {
+                tracing::warn!(cache.backend = self.inner.backend(), error = %err, "cache delete failed");
+            }
+        }
+    }
+
+    /// Removes `key` (for erasure: the value must be gone, not superseded).
+    pub async fn evict(&self, key: &str) {
+        if let Err(err) = self.inner.delete(key).await {
+            tracing::warn!(cache.backend = self.inner.backend(), error = %err, "cache delete failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn older_versions_never_replace_newer() {
+        let cache = MemoryCache::new(Duration::from_secs(60), 10);
+        cache.put_if_newer("k", 2, b"two").await.unwrap();
+        cache.put_if_newer("k", 1, b"one").await.unwrap();
+        assert_eq!(
+            cache.get("k").await.unwrap().unwrap().bytes.as_ref(),
+            b"two"
+        );
+        cache.put_if_newer("k", 3, b"three").await.unwrap();
+        assert_eq!(cache.get("k").await.unwrap().unwrap().version, 3);
+    }
+
+    #[tokio::test]
+    async fn memory_cache_stays_bounded() {
+        let cache = MemoryCache::new(Duration::from_secs(60), 10);
+        for i in 0..100 {
+            cache.put_if_newer(&format!("k{i}"), 1, b"v").await.unwrap();
+        }
+        assert!(cache.lock().len() <= 10);
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_load_once() {
+        let handle = CacheHandle::new(
+            Arc::new(MemoryCache::new(Duration::from_secs(60), 100)),
+            Duration::from_secs(60),
+        );
+        let loads = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let handle = handle.clone();
+            let loads = loads.clone();
+            tasks.push(tokio::spawn(async move {
+                handle
+                    .get_or_load("k", || {
+                        let loads = loads.clone();
+                        async move {
+                            loads.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            Ok::<_, ()>(Some((1, b"v".to_vec())))
+                        }
+                    })
+                    .await
+            }));
+        }
+        for task in tasks {
+            assert_eq!(task.await.unwrap().unwrap().unwrap().bytes.as_ref(), b"v");
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_write_hides_older_values() {
+        let handle = CacheHandle::new(Arc::new(NoCache), Duration::from_secs(60));
+        handle.written("k", 5, b"five").await;
+        let value = handle
+            .get_or_load("k", || async { Ok::<_, ()>(Some((5, b"five".to_vec()))) })
+            .await
+            .unwrap();
+        assert_eq!(value.unwrap().version, 5);
+        assert!(
+            handle
+                .fresh(
+                    "k",
+                    Some(CachedValue {
+                        version: 4,
+                        bytes: Bytes::new()
+                    })
+                )
+                .is_none()
+        );
+    }
+}

@@ -1,0 +1,191 @@
+//! Outbound gRPC: channels balanced over several endpoints, with periodic DNS
+//! re-resolution of a headless Service (a ClusterIP Service would pin every HTTP/2 call
+//! to one pod), deadlines on every call, and the caller's token and trace context
+//! propagated.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tonic::transport::channel::Change;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::auth::Caller;
+use crate::config::ClientsConfig;
+use crate::telemetry::inject_context;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("client target {target:?}: {reason}")]
+    Target { target: String, reason: String },
+}
+
+/// Where a client connects: fixed endpoints, or a DNS name re-resolved periodically.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Static(Vec<String>),
+    Dns {
+        host: String,
+        port: u16,
+        scheme: String,
+    },
+}
+
+impl Target {
+    /// `http://a:1,http://b:2` or `dns:///name:port` (`dns://name:port` also accepted).
+    pub fn parse(target: &str) -> Result<Self, ClientError> {
+        let err = |reason: &str| ClientError::Target {
+            target: target.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let target = target.trim();
+        if let Some(rest) = target.strip_prefix("dns:") {
+            let authority = rest.trim_start_matches('/');
+            let (host, port) = authority
+                .rsplit_once(':')
+                .ok_or_else(|| err("expected dns:///host:port"))?;
+            let port = port.parse().map_err(|_| err("invalid port"))?;
+            if host.is_empty() {
+                return Err(err("empty host"));
+            }
+            return Ok(Target::Dns {
+                host: host.to_owned(),
+                port,
+                scheme: "http".into(),
+            });
+        }
+        let endpoints: Vec<String> = target
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                if s.contains("://") {
+                    s.to_owned()
+                } else {
+                    format!("http://{s}")
+                }
+            })
+            .collect();
+        if endpoints.is_empty() {
+            return Err(err("no endpoint"));
+        }
+        Ok(Target::Static(endpoints))
+    }
+}
+
+fn endpoint(uri: &str, config: &ClientsConfig) -> Result<Endpoint, ClientError> {
+    Ok(Endpoint::from_shared(uri.to_owned())
+        .map_err(|e| ClientError::Target {
+            target: uri.to_owned(),
+            reason: e.to_string(),
+        })?
+        .connect_timeout(Duration::from_millis(config.connect_timeout_ms.max(1)))
+        .timeout(Duration::from_millis(config.timeout_ms.max(1)))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true))
+}
+
+/// A channel balanced over `target`'s endpoints. For a DNS target, a background task
+/// re-resolves the name every `dns_refresh_s` and adds and removes endpoints.
+pub fn balanced_channel(target: &str, config: &ClientsConfig) -> Result<Channel, ClientError> {
+    let parsed = Target::parse(target)?;
+    let (channel, changes) = Channel::balance_channel::<String>(64);
+    match parsed {
+        Target::Static(uris) => {
+            for uri in uris {
+                let endpoint = endpoint(&uri, config)?;
+                // The receiver lives inside the channel; try_send only fails when full.
+                let _ = changes.try_send(Change::Insert(uri, endpoint));
+            }
+        }
+        Target::Dns { host, port, scheme } => {
+            let config = config.clone();
+            let refresh = Duration::from_secs(config.dns_refresh_s.max(1));
+            tokio::spawn(async move {
+                let mut known: HashSet<SocketAddr> = HashSet::new();
+                loop {
+                    match tokio::net::lookup_host((host.as_str(), port)).await {
+                        Ok(addrs) => {
+                            let current: HashSet<SocketAddr> = addrs.collect();
+                            for gone in known.difference(&current) {
+                                if changes
+                                    .send(Change::Remove(gone.to_string()))
+                                    .await
+                                    .is_err()
+                                {
+                                    return;
+                                }
+                                tracing::info!(%gone, "endpoint removed");
+                            }
+                            for new in current.difference(&known) {
+                                let uri = format!("{scheme}://{new}");
+                                match endpoint(&uri, &config) {
+                                    Ok(endpoint) => {
+                                        if changes
+                                            .send(Change::Insert(new.to_string(), endpoint))
+                                            .await
+                                            .is_err()
+                                        {
+                                            return;
+                                        }
+                                        tracing::info!(%new, "endpoint added");
+                                    }
+                                    Err(err) => tracing::warn!(error = %err, "bad endpoint"),
+                                }
+                            }
+                            known = current;
+                        }
+                        Err(err) => {
+                            // Keep the endpoints we have; DNS may come back.
+                            tracing::warn!(host = %host, error = %err, "dns resolution failed");
+                        }
+                    }
+                    tokio::time::sleep(refresh).await;
+                    if changes.is_closed() {
+                        return;
+                    }
+                }
+            });
+        }
+    }
+    Ok(channel)
+}
+
+/// Wraps `message` for an outbound call: the caller's token (tenant and rights flow
+/// through), the current trace context, and a deadline.
+pub fn request<T>(message: T, caller: Option<&Caller>, deadline: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(deadline);
+    if let Some(caller) = caller
+        && let Ok(value) = format!("Bearer {}", caller.token).parse()
+    {
+        request.metadata_mut().insert("authorization", value);
+    }
+    inject_context(request.metadata_mut());
+    request
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse() {
+        assert_eq!(
+            Target::parse("dns:///contact.crm.svc:50051").unwrap(),
+            Target::Dns {
+                host: "contact.crm.svc".into(),
+                port: 50051,
+                scheme: "http".into()
+            }
+        );
+        assert_eq!(
+            Target::parse("127.0.0.1:1, http://b:2").unwrap(),
+            Target::Static(vec!["http://127.0.0.1:1".into(), "http://b:2".into()])
+        );
+        assert!(Target::parse("dns:///nohost").is_err());
+        assert!(Target::parse(" , ").is_err());
+    }
+}

@@ -1,0 +1,230 @@
+//! Database connections (SQLite or Postgres) and migrations.
+//!
+//! Each service owns its database. A Postgres URL with `{service}` gives each service
+//! its own database (created if missing); without it, each service gets its own schema
+//! in the one database (created if missing, and put first on the `search_path`).
+//! Migrations take a Postgres advisory lock, so several pods may start at once.
+
+use std::time::Duration;
+
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement,
+    TransactionTrait,
+};
+use sea_orm_migration::MigratorTrait;
+
+use crate::config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbSetupError {
+    #[error("unsupported database URL scheme (use sqlite:// or postgres://)")]
+    UnsupportedScheme,
+    #[error("creating the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("connecting to the database: {0}")]
+    Connect(DbErr),
+    #[error("migrating the {service} database: {source}")]
+    Migrate { service: String, source: DbErr },
+}
+
+/// Connects the database of `service` as configured, creating what is missing.
+pub async fn connect(config: &Config, service: &str) -> Result<DatabaseConnection, DbSetupError> {
+    let raw_url = config.database.url.clone();
+    let url = config.database_url(service);
+    if url.starts_with("sqlite:") {
+        ensure_sqlite_dir(&url)?;
+        let options = pool_options(config, &url);
+        let db = Database::connect(options)
+            .await
+            .map_err(DbSetupError::Connect)?;
+        // WAL lets readers proceed during a write; busy_timeout makes writers queue
+        // instead of failing with SQLITE_BUSY.
+        for pragma in [
+            "PRAGMA journal_mode = WAL",
+            "PRAGMA busy_timeout = 5000",
+            "PRAGMA synchronous = NORMAL",
+            "PRAGMA foreign_keys = ON",
+        ] {
+            db.execute_unprepared(pragma)
+                .await
+                .map_err(DbSetupError::Connect)?;
+        }
+        Ok(db)
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        if raw_url.contains("{service}") {
+            ensure_postgres_database(config, &url).await?;
+            Database::connect(pool_options(config, &url))
+                .await
+                .map_err(DbSetupError::Connect)
+        } else {
+            let schema = schema_name(service);
+            let admin = Database::connect(single_connection(config, &url))
+                .await
+                .map_err(DbSetupError::Connect)?;
+            let created = admin
+                .execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+                .await;
+            // Two pods may race to create it; the loser sees a unique violation.
+            if let Err(err) = created
+                && !matches!(
+                    err.sql_err(),
+                    Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+                )
+            {
+                return Err(DbSetupError::Connect(err));
+            }
+            admin.close().await.map_err(DbSetupError::Connect)?;
+            let mut options = pool_options(config, &url);
+            options.set_schema_search_path(schema);
+            Database::connect(options)
+                .await
+                .map_err(DbSetupError::Connect)
+        }
+    } else {
+        Err(DbSetupError::UnsupportedScheme)
+    }
+}
+
+/// The Postgres schema of a service in a shared database.
+pub fn schema_name(service: &str) -> String {
+    format!("crm_{service}")
+}
+
+fn pool_options(config: &Config, url: &str) -> ConnectOptions {
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .max_connections(config.database.max_connections)
+        .min_connections(
+            config
+                .database
+                .min_connections
+                .min(config.database.max_connections),
+        )
+        .connect_timeout(Duration::from_millis(config.database.connect_timeout_ms))
+        .acquire_timeout(Duration::from_millis(config.database.acquire_timeout_ms))
+        .sqlx_logging(false);
+    options
+}
+
+fn single_connection(config: &Config, url: &str) -> ConnectOptions {
+    let mut options = pool_options(config, url);
+    options.max_connections(1).min_connections(0);
+    options
+}
+
+fn ensure_sqlite_dir(url: &str) -> Result<(), DbSetupError> {
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:")
+        .split('?')
+        .next()
+        .unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return Ok(());
+    }
+    if let Some(parent) = std::path::Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).map_err(|source| DbSetupError::DataDir {
+            path: parent.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Creates the database named in `url` if it does not exist, through the `postgres`
+/// maintenance database of the same server.
+async fn ensure_postgres_database(config: &Config, url: &str) -> Result<(), DbSetupError> {
+    let (base, rest) = url
+        .rsplit_once('/')
+        .ok_or(DbSetupError::UnsupportedScheme)?;
+    let name = rest.split('?').next().unwrap_or_default();
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(DbSetupError::UnsupportedScheme);
+    }
+    let admin = Database::connect(single_connection(config, &format!("{base}/postgres")))
+        .await
+        .map_err(DbSetupError::Connect)?;
+    let exists = admin
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            [name.into()],
+        ))
+        .await
+        .map_err(DbSetupError::Connect)?
+        .is_some();
+    if !exists {
+        let created = admin
+            .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+            .await;
+        if let Err(err) = created
+            && !matches!(
+                err.sql_err(),
+                Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+            )
+            && !err.to_string().contains("already exists")
+        {
+            return Err(DbSetupError::Connect(err));
+        }
+    }
+    admin.close().await.map_err(DbSetupError::Connect)
+}
+
+/// Runs the pending migrations of `M`. On Postgres an advisory lock keyed by the
+/// service name serialises concurrent runs, so every pod may call it on start.
+pub async fn migrate<M: MigratorTrait>(
+    db: &DatabaseConnection,
+    service: &str,
+) -> Result<(), DbSetupError> {
+    let wrap = |source: DbErr| DbSetupError::Migrate {
+        service: service.to_owned(),
+        source,
+    };
+    match db.get_database_backend() {
+        DbBackend::Postgres => {
+            // A transaction pins one connection: the transaction-level advisory lock is
+            // held on it until commit, and the migrations run on it too.
+            let txn = db.begin().await.map_err(wrap)?;
+            txn.execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT pg_advisory_xact_lock($1)",
+                [advisory_key(&format!("migrate:{service}")).into()],
+            ))
+            .await
+            .map_err(wrap)?;
+            M::up(&txn, None).await.map_err(wrap)?;
+            txn.commit().await.map_err(wrap)
+        }
+        _ => M::up(db, None).await.map_err(wrap),
+    }
+}
+
+/// A stable 63-bit key for Postgres advisory locks.
+pub fn advisory_key(name: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(name.as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    (u64::from_le_bytes(bytes) >> 1) as i64
+}
+
+/// Microseconds since the Unix epoch, the suite's stored time format (portable across
+/// SQLite and Postgres, and sortable as an integer).
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or_default()
+}
+
+pub fn micros_to_timestamp(micros: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1_000) as i32,
+    }
+}

@@ -1,0 +1,731 @@
+//! The transactional outbox, the relay that stamps feed positions in visibility order,
+//! `WatchEvents` (backlog, then live tail, with heartbeats), and a consumer helper with
+//! a durable checkpoint.
+//!
+//! Why a relay: with concurrent writers, sequence numbers commit out of order, so a
+//! consumer reading "after N" could skip a row that commits late. Writers therefore
+//! insert outbox rows *without* a position; one relay per service (holding an advisory
+//! lock on Postgres; SQLite has one writer anyway) stamps positions on the rows that have
+//! become visible, in one transaction that also advances the feed's head. A row that
+//! commits late simply gets a later position.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message as _;
+use sea_orm::sea_query::{Expr, Query};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, SqliteTransactionMode, Statement,
+    TransactionOptions, TransactionTrait,
+};
+use sea_orm_migration::prelude::*;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crm_proto::common::{Actor, Event, FieldChange, WatchEventsRequest};
+
+use crate::auth::{Caller, Role};
+use crate::config::EventsConfig;
+use crate::db::{advisory_key, micros_to_timestamp, now_micros};
+use crate::errors::ApiError;
+
+/// The event type of heartbeats.
+pub const HEARTBEAT_TYPE: &str = "crm.common.v1.Heartbeat";
+
+pub mod outbox {
+    //! The `outbox` table: one row per domain event.
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "outbox")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub tenant_id: String,
+        pub event_type: String,
+        pub resource_name: String,
+        pub event_time_us: i64,
+        /// Null until the relay stamps it.
+        pub position: Option<i64>,
+        /// The encoded `crm.common.v1.Event`, without its position.
+        pub payload: Vec<u8>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The migration creating the outbox, the feed state and consumer checkpoints. Each
+/// service lists it in its own migrator.
+pub struct OutboxMigration;
+
+impl MigrationName for OutboxMigration {
+    fn name(&self) -> &str {
+        "m0000_platform_outbox"
+    }
+}
+
+#[derive(DeriveIden)]
+enum Outbox {
+    Table,
+    Id,
+    TenantId,
+    EventType,
+    ResourceName,
+    EventTimeUs,
+    Position,
+    Payload,
+}
+
+#[derive(DeriveIden)]
+enum FeedState {
+    Table,
+    Id,
+    HeadPosition,
+    PrunedThrough,
+}
+
+#[derive(DeriveIden)]
+enum ConsumerCheckpoints {
+    Table,
+    Consumer,
+    Position,
+    UpdateTimeUs,
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for OutboxMigration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(Outbox::Table)
+                    .if_not_exists()
+                    .col(
+                        ColumnDef::new(Outbox::Id)
+                            .string_len(36)
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(ColumnDef::new(Outbox::TenantId).string_len(64).not_null())
+                    .col(ColumnDef::new(Outbox::EventType).string_len(128).not_null())
+                    .col(
+                        ColumnDef::new(Outbox::ResourceName)
+                            .string_len(128)
+                            .not_null(),
+                    )
+                    .col(ColumnDef::new(Outbox::EventTimeUs).big_integer().not_null())
+                    .col(ColumnDef::new(Outbox::Position).big_integer().null())
+                    .col(ColumnDef::new(Outbox::Payload).blob().not_null())
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .if_not_exists()
+                    .name("outbox_position")
+                    .table(Outbox::Table)
+                    .col(Outbox::Position)
+                    .unique()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .if_not_exists()
+                    .name("outbox_tenant_position")
+                    .table(Outbox::Table)
+                    .col(Outbox::TenantId)
+                    .col(Outbox::Position)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(FeedState::Table)
+                    .if_not_exists()
+                    .col(
+                        ColumnDef::new(FeedState::Id)
+                            .integer()
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(FeedState::HeadPosition)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(FeedState::PrunedThrough)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .exec_stmt(
+                Query::insert()
+                    .into_table(FeedState::Table)
+                    .columns([
+                        FeedState::Id,
+                        FeedState::HeadPosition,
+                        FeedState::PrunedThrough,
+                    ])
+                    .values_panic([1.into(), 0i64.into(), 0i64.into()])
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(ConsumerCheckpoints::Table)
+                    .if_not_exists()
+                    .col(
+                        ColumnDef::new(ConsumerCheckpoints::Consumer)
+                            .string_len(128)
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(ConsumerCheckpoints::Position)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(ConsumerCheckpoints::UpdateTimeUs)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for table in ["consumer_checkpoints", "feed_state", "outbox"] {
+            manager
+                .drop_table(Table::drop().table(Alias::new(table)).to_owned())
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Starts a write transaction. On SQLite it begins IMMEDIATE, so that a transaction
+/// that reads before it writes queues for the write lock instead of failing with BUSY.
+pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
+    db.begin_with_options(TransactionOptions {
+        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        ..TransactionOptions::default()
+    })
+    .await
+}
+
+/// A domain event to append in the writer's transaction.
+pub struct NewEvent {
+    /// e.g. `crm.contact.v1.ContactCreated`.
+    pub event_type: &'static str,
+    pub resource_name: String,
+    pub changes: Vec<FieldChange>,
+    pub payload: Option<prost_types::Any>,
+    pub request_id: String,
+}
+
+/// Appends `event` to the outbox within `txn`; it becomes visible (and gets its
+/// position) only when `txn` commits.
+pub async fn append<C: ConnectionTrait>(
+    txn: &C,
+    caller: &Caller,
+    event: NewEvent,
+) -> Result<String, DbErr> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let now = now_micros();
+    let message = Event {
+        position: 0,
+        id: id.clone(),
+        r#type: event.event_type.to_owned(),
+        tenant: caller.tenant.clone(),
+        resource_name: event.resource_name.clone(),
+        event_time: Some(micros_to_timestamp(now)),
+        actor: Some(Actor {
+            subject: caller.subject.clone(),
+            roles: caller.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+        }),
+        changes: event.changes,
+        payload: event.payload,
+        request_id: event.request_id,
+    };
+    outbox::Entity::insert(outbox::ActiveModel {
+        id: Set(id.clone()),
+        tenant_id: Set(caller.tenant.clone()),
+        event_type: Set(event.event_type.to_owned()),
+        resource_name: Set(event.resource_name),
+        event_time_us: Set(now),
+        position: Set(None),
+        payload: Set(message.encode_to_vec()),
+    })
+    .exec_without_returning(txn)
+    .await?;
+    Ok(id)
+}
+
+/// The event feed of one service: the relay, `WatchEvents`, and pruning.
+#[derive(Clone)]
+pub struct EventFeed {
+    db: DatabaseConnection,
+    service: &'static str,
+    config: EventsConfig,
+    /// Poked by writers after commit, so the relay stamps at once.
+    wake_relay: Arc<tokio::sync::Notify>,
+    /// The newest stamped position, as this process knows it.
+    head: watch::Sender<i64>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl EventFeed {
+    pub fn new(db: DatabaseConnection, service: &'static str, config: EventsConfig) -> Self {
+        Self {
+            db,
+            service,
+            config,
+            wake_relay: Arc::new(tokio::sync::Notify::new()),
+            head: watch::channel(0).0,
+            shutdown: watch::channel(false).0,
+        }
+    }
+
+    /// Tells the relay that a transaction with outbox rows has committed.
+    pub fn committed(&self) {
+        self.wake_relay.notify_one();
+    }
+
+    /// Ends every `WatchEvents` stream and the relay (on graceful shutdown).
+    pub fn shut_down(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Runs the relay until shutdown: stamps positions, then prunes past the retention.
+    pub fn spawn_relay(&self) -> tokio::task::JoinHandle<()> {
+        let feed = self.clone();
+        tokio::spawn(async move { feed.relay_loop().await })
+    }
+
+    async fn relay_loop(&self) {
+        let interval = Duration::from_millis(Ord::max(self.config.relay_interval_ms, 10));
+        let mut shutdown = self.shutdown.subscribe();
+        let mut last_prune = std::time::Instant::now();
+        loop {
+            match self.stamp().await {
+                Ok(stamped) if stamped > 0 => continue,
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(service = self.service, error = %err, "outbox relay failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+            if last_prune.elapsed() > Duration::from_secs(60) {
+                last_prune = std::time::Instant::now();
+                if let Err(err) = self.prune().await {
+                    tracing::warn!(service = self.service, error = %err, "outbox pruning failed");
+                }
+            }
+            tokio::select! {
+                _ = self.wake_relay.notified() => {}
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.changed() => {
+                    // One last pass, so that committed events are stamped before exit.
+                    let _ = self.stamp().await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Stamps positions on visible unstamped rows; returns how many it stamped.
+    pub async fn stamp(&self) -> Result<usize, DbErr> {
+        const BATCH: u64 = 1000;
+        let backend = self.db.get_database_backend();
+        let txn = begin_write(&self.db).await?;
+        if backend == DbBackend::Postgres {
+            txn.execute_raw(Statement::from_sql_and_values(
+                backend,
+                "SELECT pg_advisory_xact_lock($1)",
+                [advisory_key(&format!("outbox-relay:{}", self.service)).into()],
+            ))
+            .await?;
+        }
+        let head = read_head(&txn).await?;
+        let pending: Vec<String> = outbox::Entity::find()
+            .select_only()
+            .column(outbox::Column::Id)
+            .filter(outbox::Column::Position.is_null())
+            .order_by_asc(outbox::Column::EventTimeUs)
+            .order_by_asc(outbox::Column::Id)
+            .limit(BATCH)
+            .into_tuple()
+            .all(&txn)
+            .await?;
+        if pending.is_empty() {
+            txn.rollback().await?;
+            self.head.send_if_modified(|known| {
+                let changed = *known < head;
+                *known = Ord::max(*known, head);
+                changed
+            });
+            return Ok(0);
+        }
+        let mut position = head;
+        for id in &pending {
+            position += 1;
+            txn.execute(
+                &Query::update()
+                    .table(Outbox::Table)
+                    .value(Outbox::Position, position)
+                    .and_where(Expr::col(Outbox::Id).eq(id.as_str()))
+                    .to_owned(),
+            )
+            .await?;
+        }
+        txn.execute(
+            &Query::update()
+                .table(FeedState::Table)
+                .value(FeedState::HeadPosition, position)
+                .and_where(Expr::col(FeedState::Id).eq(1))
+                .to_owned(),
+        )
+        .await?;
+        txn.commit().await?;
+        self.head.send_replace(position);
+        Ok(pending.len())
+    }
+
+    async fn prune(&self) -> Result<(), DbErr> {
+        let cutoff = now_micros() - (self.config.retention_hours as i64) * 3_600_000_000;
+        let txn = begin_write(&self.db).await?;
+        let newest_expired: Option<i64> = outbox::Entity::find()
+            .select_only()
+            .column_as(outbox::Column::Position.max(), "max")
+            .filter(outbox::Column::EventTimeUs.lt(cutoff))
+            .filter(outbox::Column::Position.is_not_null())
+            .into_tuple::<Option<i64>>()
+            .one(&txn)
+            .await?
+            .flatten();
+        if let Some(through) = newest_expired {
+            outbox::Entity::delete_many()
+                .filter(outbox::Column::Position.lte(through))
+                .exec(&txn)
+                .await?;
+            txn.execute(
+                &Query::update()
+                    .table(FeedState::Table)
+                    .value(FeedState::PrunedThrough, through)
+                    .and_where(Expr::col(FeedState::Id).eq(1))
+                    .to_owned(),
+            )
+            .await?;
+            tracing::info!(
+                service = self.service,
+                pruned_through = through,
+                "outbox pruned"
+            );
+        }
+        txn.commit().await
+    }
+
+    /// Serves `WatchEvents` for `caller`: the tenant's events (every tenant's for the
+    /// `system` role) after `after_position`, then the live tail.
+    pub async fn watch(
+        &self,
+        caller: &Caller,
+        request: WatchEventsRequest,
+    ) -> Result<ReceiverStream<Result<Event, tonic::Status>>, ApiError> {
+        let mut violations = crate::errors::Violations::new();
+        if request.after_position < 0 {
+            violations.add("after_position", "must not be negative");
+        }
+        if request.types.len() > 100 {
+            violations.add("types", "at most 100 types");
+        }
+        for (i, event_type) in request.types.iter().enumerate() {
+            if event_type.is_empty() || event_type.len() > 128 {
+                violations.add(format!("types[{i}]"), "must be 1 to 128 characters");
+            }
+        }
+        if request.heartbeat_seconds < 0 {
+            violations.add("heartbeat_seconds", "must not be negative");
+        }
+        violations.into_result()?;
+        let (_, pruned_through) = read_state(&self.db).await?;
+        if request.after_position < pruned_through {
+            return Err(ApiError::FailedPrecondition {
+                reason: "CHECKPOINT_EXPIRED",
+                message: format!(
+                    "events up to position {pruned_through} are past the retention; re-sync from the List methods"
+                ),
+            });
+        }
+        let heartbeat = match request.heartbeat_seconds {
+            0 => Duration::from_secs(Ord::max(self.config.heartbeat_s, 1)),
+            n => Duration::from_secs(n.clamp(1, 60) as u64),
+        };
+        let tenant = (!caller.has(Role::System)).then(|| caller.tenant.clone());
+        let (tx, rx) = mpsc::channel(64);
+        let watcher = Watcher {
+            db: self.db.clone(),
+            tenant,
+            types: request.types,
+            cursor: request.after_position,
+            batch: self.config.batch_size.clamp(1, 10_000),
+            heartbeat,
+            poll: Duration::from_millis(Ord::max(self.config.relay_interval_ms, 10)),
+            head: self.head.subscribe(),
+            shutdown: self.shutdown.subscribe(),
+            tx,
+        };
+        tokio::spawn(watcher.run());
+        Ok(ReceiverStream::new(rx))
+    }
+}
+
+async fn read_state<C: ConnectionTrait>(conn: &C) -> Result<(i64, i64), DbErr> {
+    let row = conn
+        .query_one(
+            &Query::select()
+                .columns([FeedState::HeadPosition, FeedState::PrunedThrough])
+                .from(FeedState::Table)
+                .and_where(Expr::col(FeedState::Id).eq(1))
+                .to_owned(),
+        )
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("feed_state".into()))?;
+    Ok((row.try_get_by_index(0)?, row.try_get_by_index(1)?))
+}
+
+async fn read_head<C: ConnectionTrait>(conn: &C) -> Result<i64, DbErr> {
+    Ok(read_state(conn).await?.0)
+}
+
+struct Watcher {
+    db: DatabaseConnection,
+    tenant: Option<String>,
+    types: Vec<String>,
+    cursor: i64,
+    batch: u64,
+    heartbeat: Duration,
+    poll: Duration,
+    head: watch::Receiver<i64>,
+    shutdown: watch::Receiver<bool>,
+    tx: mpsc::Sender<Result<Event, tonic::Status>>,
+}
+
+impl Watcher {
+    async fn run(mut self) {
+        let mut last_sent = tokio::time::Instant::now();
+        loop {
+            if *self.shutdown.borrow() {
+                return;
+            }
+            // Everything at or below the head read here is stamped and visible to the
+            // query that follows, so a short page means we have seen all up to `head`.
+            let step = async {
+                let head = read_head(&self.db).await?;
+                let rows = self.next_rows().await?;
+                Ok::<_, DbErr>((head, rows))
+            };
+            let (head, rows) = match step.await {
+                Ok(found) => found,
+                Err(err) => {
+                    tracing::warn!(error = %err, "watch query failed");
+                    let status: tonic::Status = crate::errors::from_db(err, "event feed").into();
+                    let _ = self.tx.send(Err(status)).await;
+                    return;
+                }
+            };
+            let full_page = rows.len() as u64 == self.batch;
+            for row in rows {
+                let Some(position) = row.position else {
+                    continue;
+                };
+                let mut event = match Event::decode(row.payload.as_slice()) {
+                    Ok(event) => event,
+                    Err(err) => {
+                        tracing::error!(position, error = %err, "undecodable outbox row skipped");
+                        self.cursor = position;
+                        continue;
+                    }
+                };
+                event.position = position;
+                self.cursor = position;
+                if self.tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+                last_sent = tokio::time::Instant::now();
+            }
+            if full_page {
+                continue;
+            }
+            let seen = Ord::max(self.cursor, head);
+            if last_sent.elapsed() >= self.heartbeat {
+                let beat = Event {
+                    position: seen,
+                    r#type: HEARTBEAT_TYPE.to_owned(),
+                    event_time: Some(micros_to_timestamp(now_micros())),
+                    ..Event::default()
+                };
+                if self.tx.send(Ok(beat)).await.is_err() {
+                    return;
+                }
+                last_sent = tokio::time::Instant::now();
+            }
+            let until_heartbeat = self.heartbeat.saturating_sub(last_sent.elapsed());
+            tokio::select! {
+                _ = self.head.wait_for(|h| *h > seen) => {}
+                // Other replicas' relays stamp rows this process is not told about.
+                _ = tokio::time::sleep(self.poll.min(until_heartbeat)) => {}
+                _ = self.shutdown.changed() => return,
+                _ = self.tx.closed() => return,
+            }
+        }
+    }
+
+    async fn next_rows(&self) -> Result<Vec<outbox::Model>, DbErr> {
+        let mut query = outbox::Entity::find()
+            .filter(outbox::Column::Position.gt(self.cursor))
+            .order_by_asc(outbox::Column::Position)
+            .limit(self.batch);
+        if let Some(tenant) = &self.tenant {
+            query = query.filter(outbox::Column::TenantId.eq(tenant.as_str()));
+        }
+        if !self.types.is_empty() {
+            query = query
+                .filter(outbox::Column::EventType.is_in(self.types.iter().map(String::as_str)));
+        }
+        query.all(&self.db).await
+    }
+}
+
+/// Applies one event in the consumer's transaction; the checkpoint is saved in the same
+/// transaction, so an event's effect is applied exactly once.
+#[async_trait::async_trait]
+pub trait EventHandler: Send + Sync {
+    async fn apply(&self, txn: &DatabaseTransaction, event: &Event) -> Result<(), ApiError>;
+}
+
+/// Durable consumer checkpoints in the consumer's own database.
+pub struct Checkpoints;
+
+impl Checkpoints {
+    pub async fn load<C: ConnectionTrait>(conn: &C, consumer: &str) -> Result<i64, DbErr> {
+        let row = conn
+            .query_one(
+                &Query::select()
+                    .column(ConsumerCheckpoints::Position)
+                    .from(ConsumerCheckpoints::Table)
+                    .and_where(Expr::col(ConsumerCheckpoints::Consumer).eq(consumer))
+                    .to_owned(),
+            )
+            .await?;
+        row.map_or(Ok(0), |row| row.try_get_by_index(0))
+    }
+
+    pub async fn save<C: ConnectionTrait>(
+        conn: &C,
+        consumer: &str,
+        position: i64,
+    ) -> Result<(), DbErr> {
+        let updated = conn
+            .execute(
+                &Query::update()
+                    .table(ConsumerCheckpoints::Table)
+                    .value(ConsumerCheckpoints::Position, position)
+                    .value(ConsumerCheckpoints::UpdateTimeUs, now_micros())
+                    .and_where(Expr::col(ConsumerCheckpoints::Consumer).eq(consumer))
+                    .to_owned(),
+            )
+            .await?;
+        if updated.rows_affected() == 0 {
+            conn.execute(
+                &Query::insert()
+                    .into_table(ConsumerCheckpoints::Table)
+                    .columns([
+                        ConsumerCheckpoints::Consumer,
+                        ConsumerCheckpoints::Position,
+                        ConsumerCheckpoints::UpdateTimeUs,
+                    ])
+                    .values_panic([consumer.into(), position.into(), now_micros().into()])
+                    .to_owned(),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Consumes a feed from the stored checkpoint until `stop` turns true: each event is
+/// applied with its checkpoint in one transaction; heartbeats advance the checkpoint.
+/// `open` opens a `WatchEvents` stream after a position. Reconnects with backoff.
+pub async fn consume<H, F, Fut>(
+    db: &DatabaseConnection,
+    consumer: &str,
+    handler: &H,
+    mut open: F,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), ApiError>
+where
+    H: EventHandler,
+    F: FnMut(i64) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Streaming<Event>, tonic::Status>>,
+{
+    let mut backoff = Duration::from_millis(100);
+    while !*stop.borrow() {
+        let after = Checkpoints::load(db, consumer).await?;
+        let mut stream = match open(after).await {
+            Ok(stream) => stream,
+            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                return Err(ApiError::FailedPrecondition {
+                    reason: "CHECKPOINT_EXPIRED",
+                    message: status.message().to_owned(),
+                });
+            }
+            Err(status) => {
+                tracing::warn!(consumer, code = ?status.code(), "feed unavailable; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        loop {
+            let next = tokio::select! {
+                next = stream.message() => next,
+                _ = stop.changed() => return Ok(()),
+            };
+            let event = match next {
+                Ok(Some(event)) => event,
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::warn!(consumer, code = ?status.code(), "feed stream broke; reconnecting");
+                    break;
+                }
+            };
+            let txn = begin_write(db).await?;
+            if event.r#type != HEARTBEAT_TYPE {
+                handler.apply(&txn, &event).await?;
+            }
+            Checkpoints::save(&txn, consumer, event.position).await?;
+            txn.commit().await?;
+        }
+    }
+    Ok(())
+}

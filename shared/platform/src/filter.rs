@@ -1,0 +1,615 @@
+//! An AIP-160 subset: `=`, `!=`, `<`, `<=`, `>`, `>=`, `:` (has), `AND`, `OR`, `NOT`
+//! (or `-`), parentheses, strings, numbers, booleans, enum names and RFC 3339 timestamps.
+//! Juxtaposed terms are ANDed, as in AIP-160.
+//!
+//! A filter is parsed into an [`Expr`] tree, then translated into a sea-query
+//! [`Condition`] over a per-resource whitelist of [`FilterField`]s. Every error names the
+//! byte position, and becomes `INVALID_ARGUMENT` on the `filter` field.
+
+use sea_query::{Condition, Expr as SqlExpr, ExprTrait, LikeExpr, SimpleExpr};
+
+use crate::errors::ApiError;
+
+/// Filters longer than this are refused before parsing.
+pub const MAX_FILTER_LEN: usize = 4096;
+/// Nesting deeper than this is refused (parentheses and NOT).
+const MAX_DEPTH: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Has,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// A quoted string.
+    Text(String),
+    /// An unquoted word: an enum name, `true`/`false`, or a number.
+    Word(String),
+}
+
+impl Value {
+    fn as_str(&self) -> &str {
+        match self {
+            Value::Text(s) | Value::Word(s) => s,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expr {
+    And(Vec<Expr>),
+    Or(Vec<Expr>),
+    Not(Box<Expr>),
+    Compare {
+        field: String,
+        op: Op,
+        value: Value,
+        /// Byte offset of the field in the filter, for error messages.
+        position: usize,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Token {
+    LParen,
+    RParen,
+    And,
+    Or,
+    Not,
+    Minus,
+    Op(Op),
+    Text(String),
+    Word(String),
+}
+
+fn filter_error(position: usize, message: impl std::fmt::Display) -> ApiError {
+    ApiError::invalid("filter", format!("at position {position}: {message}"))
+}
+
+fn tokenize(input: &str) -> Result<Vec<(Token, usize)>, ApiError> {
+    let bytes = input.as_bytes();
+    let mut tokens = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        let start = i;
+        match c {
+            b' ' | b'\t' | b'\n' | b'\r' => {
+                i += 1;
+                continue;
+            }
+            b'(' => {
+                tokens.push((Token::LParen, start));
+                i += 1;
+            }
+            b')' => {
+                tokens.push((Token::RParen, start));
+                i += 1;
+            }
+            b'=' => {
+                tokens.push((Token::Op(Op::Eq), start));
+                i += 1;
+            }
+            b':' => {
+                tokens.push((Token::Op(Op::Has), start));
+                i += 1;
+            }
+            b'!' if bytes.get(i + 1) == Some(&b'=') => {
+                tokens.push((Token::Op(Op::Ne), start));
+                i += 2;
+            }
+            b'<' | b'>' => {
+                let with_eq = bytes.get(i + 1) == Some(&b'=');
+                let op = match (c, with_eq) {
+                    (b'<', true) => Op::Le,
+                    (b'<', false) => Op::Lt,
+                    (_, true) => Op::Ge,
+                    _ => Op::Gt,
+                };
+                tokens.push((Token::Op(op), start));
+                i += if with_eq { 2 } else { 1 };
+            }
+            b'"' | b'\'' => {
+                let quote = c;
+                let mut text = String::new();
+                i += 1;
+                loop {
+                    let Some(&b) = bytes.get(i) else {
+                        return Err(filter_error(start, "unterminated string"));
+                    };
+                    if b == quote {
+                        i += 1;
+                        break;
+                    }
+                    if b == b'\\' {
+                        let Some(&escaped) = bytes.get(i + 1) else {
+                            return Err(filter_error(i, "dangling escape"));
+                        };
+                        text.push(escaped as char);
+                        i += 2;
+                        continue;
+                    }
+                    // Copy one whole UTF-8 character.
+                    let ch = input[i..]
+                        .chars()
+                        .next()
+                        .ok_or_else(|| filter_error(i, "bad text"))?;
+                    text.push(ch);
+                    i += ch.len_utf8();
+                }
+                tokens.push((Token::Text(text), start));
+            }
+            b'-' if bytes.get(i + 1).is_some_and(|b| !b.is_ascii_digit()) => {
+                tokens.push((Token::Minus, start));
+                i += 1;
+            }
+            _ if c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-' | b'+' | b'*') => {
+                while i < bytes.len()
+                    && (bytes[i].is_ascii_alphanumeric()
+                        || matches!(bytes[i], b'_' | b'.' | b'-' | b'+' | b'*'))
+                {
+                    i += 1;
+                }
+                let word = &input[start..i];
+                let token = match word {
+                    "AND" => Token::And,
+                    "OR" => Token::Or,
+                    "NOT" => Token::Not,
+                    _ => Token::Word(word.to_owned()),
+                };
+                tokens.push((token, start));
+            }
+            _ => {
+                let ch = input[i..].chars().next().unwrap_or('?');
+                return Err(filter_error(start, format!("unexpected character {ch:?}")));
+            }
+        }
+    }
+    Ok(tokens)
+}
+
+struct Parser {
+    tokens: Vec<(Token, usize)>,
+    next: usize,
+    end: usize,
+}
+
+impl Parser {
+    fn peek(&self) -> Option<&Token> {
+        self.tokens.get(self.next).map(|(t, _)| t)
+    }
+
+    fn position(&self) -> usize {
+        self.tokens.get(self.next).map_or(self.end, |(_, p)| *p)
+    }
+
+    fn bump(&mut self) -> Option<(Token, usize)> {
+        let token = self.tokens.get(self.next).cloned();
+        self.next += 1;
+        token
+    }
+
+    fn or(&mut self, depth: usize) -> Result<Expr, ApiError> {
+        let mut terms = vec![self.and(depth)?];
+        while self.peek() == Some(&Token::Or) {
+            self.bump();
+            terms.push(self.and(depth)?);
+        }
+        Ok(if terms.len() == 1 {
+            terms.remove(0)
+        } else {
+            Expr::Or(terms)
+        })
+    }
+
+    fn and(&mut self, depth: usize) -> Result<Expr, ApiError> {
+        let mut terms = vec![self.unary(depth)?];
+        loop {
+            match self.peek() {
+                Some(Token::And) => {
+                    self.bump();
+                    terms.push(self.unary(depth)?);
+                }
+                // Juxtaposition is AND (AIP-160), but OR binds tighter than it there;
+                // we keep the simpler reading: a sequence is an AND of its terms.
+                Some(Token::Word(_) | Token::LParen | Token::Not | Token::Minus) => {
+                    terms.push(self.unary(depth)?);
+                }
+                _ => break,
+            }
+        }
+        Ok(if terms.len() == 1 {
+            terms.remove(0)
+        } else {
+            Expr::And(terms)
+        })
+    }
+
+    fn unary(&mut self, depth: usize) -> Result<Expr, ApiError> {
+        if depth > MAX_DEPTH {
+            return Err(filter_error(self.position(), "nested too deeply"));
+        }
+        match self.peek() {
+            Some(Token::Not | Token::Minus) => {
+                self.bump();
+                Ok(Expr::Not(Box::new(self.unary(depth + 1)?)))
+            }
+            Some(Token::LParen) => {
+                self.bump();
+                let inner = self.or(depth + 1)?;
+                match self.bump() {
+                    Some((Token::RParen, _)) => Ok(inner),
+                    _ => Err(filter_error(self.position(), "expected ')'")),
+                }
+            }
+            _ => self.comparison(),
+        }
+    }
+
+    fn comparison(&mut self) -> Result<Expr, ApiError> {
+        let position = self.position();
+        let field = match self.bump() {
+            Some((Token::Word(word), _)) => word,
+            Some((token, p)) => {
+                return Err(filter_error(
+                    p,
+                    format!("expected a field name, found {token:?}"),
+                ));
+            }
+            None => return Err(filter_error(position, "expected a field name")),
+        };
+        let op = match self.bump() {
+            Some((Token::Op(op), _)) => op,
+            _ => {
+                return Err(filter_error(
+                    position,
+                    format!("expected an operator after {field:?}"),
+                ));
+            }
+        };
+        let value_position = self.position();
+        let value = match self.bump() {
+            Some((Token::Text(text), _)) => Value::Text(text),
+            Some((Token::Word(word), _)) => Value::Word(word),
+            _ => return Err(filter_error(value_position, "expected a value")),
+        };
+        Ok(Expr::Compare {
+            field,
+            op,
+            value,
+            position,
+        })
+    }
+}
+
+/// Parses a filter; an empty or blank filter is `None` (match everything).
+pub fn parse(filter: &str) -> Result<Option<Expr>, ApiError> {
+    if filter.len() > MAX_FILTER_LEN {
+        return Err(ApiError::invalid(
+            "filter",
+            format!("longer than {MAX_FILTER_LEN} bytes"),
+        ));
+    }
+    let tokens = tokenize(filter)?;
+    if tokens.is_empty() {
+        return Ok(None);
+    }
+    let mut parser = Parser {
+        tokens,
+        next: 0,
+        end: filter.len(),
+    };
+    let expr = parser.or(0)?;
+    if parser.next < parser.tokens.len() {
+        return Err(filter_error(parser.position(), "unexpected trailing input"));
+    }
+    Ok(Some(expr))
+}
+
+/// How a whitelisted field is stored, and so how it may be compared.
+#[derive(Clone, Copy)]
+pub enum FieldKind {
+    /// A text column. `=` supports a trailing `*` wildcard; `:` is a case-insensitive
+    /// substring match.
+    Text,
+    /// A text column compared case-insensitively (stored lower-cased).
+    LowerText,
+    /// An integer column.
+    Integer,
+    /// A timestamp stored as microseconds since the epoch; values are RFC 3339.
+    Timestamp,
+    /// An enum stored as its number; values are its names, with or without prefix.
+    Enum(fn(&str) -> Option<i32>),
+    /// A list stored as `|a|b|c|` text; only `:` (has) and `=` (has exactly this) apply.
+    List,
+    /// A boolean column.
+    Bool,
+}
+
+/// One field a resource may be filtered on, and its column.
+#[derive(Clone, Copy)]
+pub struct FilterField {
+    pub name: &'static str,
+    pub column: &'static str,
+    pub kind: FieldKind,
+}
+
+fn value_error(position: usize, field: &str, message: impl std::fmt::Display) -> ApiError {
+    filter_error(position, format!("{field}: {message}"))
+}
+
+fn escape_like(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for ch in text.chars() {
+        if matches!(ch, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+fn like(pattern: String) -> LikeExpr {
+    LikeExpr::new(pattern).escape('\\')
+}
+
+fn compare<V: Into<sea_query::Value>>(
+    column: &'static str,
+    op: Op,
+    value: V,
+) -> Option<SimpleExpr> {
+    let col = SqlExpr::col(column);
+    Some(match op {
+        Op::Eq => col.eq(value.into()),
+        Op::Ne => col.ne(value.into()),
+        Op::Lt => col.lt(value.into()),
+        Op::Le => col.lte(value.into()),
+        Op::Gt => col.gt(value.into()),
+        Op::Ge => col.gte(value.into()),
+        Op::Has => return None,
+    })
+}
+
+/// Parses a timestamp value: RFC 3339, as in `create_time > "2026-01-01T00:00:00Z"`.
+pub fn parse_timestamp_micros(text: &str) -> Option<i64> {
+    let ts: prost_types::Timestamp = text.parse().ok()?;
+    ts.seconds
+        .checked_mul(1_000_000)?
+        .checked_add(i64::from(ts.nanos / 1_000))
+}
+
+fn translate_compare(
+    spec: &FilterField,
+    op: Op,
+    value: &Value,
+    position: usize,
+) -> Result<SimpleExpr, ApiError> {
+    let name = spec.name;
+    let raw = value.as_str();
+    let unsupported = || value_error(position, name, format!("operator {op:?} does not apply"));
+    match spec.kind {
+        FieldKind::Text | FieldKind::LowerText => {
+            let text = if matches!(spec.kind, FieldKind::LowerText) {
+                raw.to_lowercase()
+            } else {
+                raw.to_owned()
+            };
+            match op {
+                Op::Has => Ok(
+                    SqlExpr::expr(sea_query::Func::lower(SqlExpr::col(spec.column)))
+                        .like(like(format!("%{}%", escape_like(&text.to_lowercase())))),
+                ),
+                Op::Eq if text.ends_with('*') => {
+                    let prefix = text.trim_end_matches('*');
+                    Ok(SqlExpr::col(spec.column).like(like(format!("{}%", escape_like(prefix)))))
+                }
+                _ => compare(spec.column, op, text).ok_or_else(unsupported),
+            }
+        }
+        FieldKind::Integer => {
+            let number: i64 = raw
+                .parse()
+                .map_err(|_| value_error(position, name, "expected an integer"))?;
+            compare(spec.column, if op == Op::Has { Op::Eq } else { op }, number)
+                .ok_or_else(unsupported)
+        }
+        FieldKind::Timestamp => {
+            let micros = parse_timestamp_micros(raw).ok_or_else(|| {
+                value_error(
+                    position,
+                    name,
+                    "expected an RFC 3339 timestamp such as \"2026-01-31T00:00:00Z\"",
+                )
+            })?;
+            compare(spec.column, op, micros).ok_or_else(unsupported)
+        }
+        FieldKind::Enum(parse_enum) => {
+            let number = parse_enum(raw)
+                .ok_or_else(|| value_error(position, name, format!("unknown value {raw:?}")))?;
+            match op {
+                Op::Eq | Op::Has => Ok(SqlExpr::col(spec.column).eq(number)),
+                Op::Ne => Ok(SqlExpr::col(spec.column).ne(number)),
+                _ => Err(unsupported()),
+            }
+        }
+        FieldKind::Bool => {
+            let flag = match raw {
+                "true" => true,
+                "false" => false,
+                _ => return Err(value_error(position, name, "expected true or false")),
+            };
+            match op {
+                Op::Eq | Op::Has => Ok(SqlExpr::col(spec.column).eq(flag)),
+                Op::Ne => Ok(SqlExpr::col(spec.column).ne(flag)),
+                _ => Err(unsupported()),
+            }
+        }
+        FieldKind::List => {
+            if raw.contains('|') {
+                return Err(value_error(position, name, "value may not contain '|'"));
+            }
+            let element = format!("%|{}|%", escape_like(&raw.to_lowercase()));
+            match op {
+                Op::Has | Op::Eq => Ok(SqlExpr::col(spec.column).like(like(element))),
+                Op::Ne => Ok(SqlExpr::col(spec.column).not_like(like(element))),
+                _ => Err(unsupported()),
+            }
+        }
+    }
+}
+
+/// Translates a parsed filter over `fields` into a condition.
+pub fn to_condition(expr: &Expr, fields: &[FilterField]) -> Result<Condition, ApiError> {
+    Ok(match expr {
+        Expr::And(terms) => {
+            let mut condition = Condition::all();
+            for term in terms {
+                condition = condition.add(to_condition(term, fields)?);
+            }
+            condition
+        }
+        Expr::Or(terms) => {
+            let mut condition = Condition::any();
+            for term in terms {
+                condition = condition.add(to_condition(term, fields)?);
+            }
+            condition
+        }
+        Expr::Not(inner) => to_condition(inner, fields)?.not(),
+        Expr::Compare {
+            field,
+            op,
+            value,
+            position,
+        } => {
+            let spec = fields.iter().find(|f| f.name == field).ok_or_else(|| {
+                let known: Vec<&str> = fields.iter().map(|f| f.name).collect();
+                filter_error(
+                    *position,
+                    format!(
+                        "unknown field {field:?}; filterable fields: {}",
+                        known.join(", ")
+                    ),
+                )
+            })?;
+            Condition::all().add(translate_compare(spec, *op, value, *position)?)
+        }
+    })
+}
+
+/// Parses and translates in one step; `None` for an empty filter.
+pub fn condition(filter: &str, fields: &[FilterField]) -> Result<Option<Condition>, ApiError> {
+    parse(filter)?
+        .map(|expr| to_condition(&expr, fields))
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sea_query::{Query, SqliteQueryBuilder};
+
+    const FIELDS: &[FilterField] = &[
+        FilterField {
+            name: "given_name",
+            column: "given_name",
+            kind: FieldKind::Text,
+        },
+        FilterField {
+            name: "email",
+            column: "emails_index",
+            kind: FieldKind::List,
+        },
+        FilterField {
+            name: "age",
+            column: "age",
+            kind: FieldKind::Integer,
+        },
+        FilterField {
+            name: "create_time",
+            column: "create_time_us",
+            kind: FieldKind::Timestamp,
+        },
+        FilterField {
+            name: "stage",
+            column: "stage",
+            kind: FieldKind::Enum(|s| match s {
+                "LEAD" => Some(2),
+                "CUSTOMER" => Some(6),
+                _ => None,
+            }),
+        },
+    ];
+
+    fn sql(filter: &str) -> String {
+        let condition = condition(filter, FIELDS).unwrap().unwrap();
+        Query::select()
+            .column("id")
+            .from("t")
+            .cond_where(condition)
+            .to_string(SqliteQueryBuilder)
+    }
+
+    fn error(filter: &str) -> String {
+        match condition(filter, FIELDS) {
+            Err(ApiError::InvalidArgument(v)) => v[0].description.clone(),
+            other => panic!(
+                "expected an error for {filter:?}, got {other:?}",
+                other = other.is_ok()
+            ),
+        }
+    }
+
+    #[test]
+    fn precedence_and_grouping() {
+        assert_eq!(
+            sql(r#"given_name = "Ana" OR age > 3 AND NOT stage = LEAD"#),
+            r#"SELECT "id" FROM "t" WHERE "given_name" = 'Ana' OR ("age" > 3 AND (NOT "stage" = 2))"#
+        );
+        assert_eq!(
+            sql(r#"(given_name = "A" OR given_name = "B") age >= 18"#),
+            r#"SELECT "id" FROM "t" WHERE ("given_name" = 'A' OR "given_name" = 'B') AND "age" >= 18"#
+        );
+    }
+
+    #[test]
+    fn values_by_kind() {
+        assert!(sql(r#"create_time > "2026-01-01T00:00:00Z""#).contains("1767225600000000"));
+        assert!(sql(r#"email: "A@X.io""#).contains(r"LIKE '%|a@x.io|%' ESCAPE '\'"));
+        assert!(sql(r#"given_name = "An*""#).contains("LIKE 'An%'"));
+        assert!(sql(r#"given_name: "50%_""#).contains(r"'%50\%\_%'"));
+    }
+
+    #[test]
+    fn injection_stays_a_value() {
+        let out = sql(r#"given_name = "x' OR 1=1 --""#);
+        assert!(out.contains(r#""given_name" = 'x'' OR 1=1 --'"#), "{out}");
+    }
+
+    #[test]
+    fn errors_name_the_position() {
+        assert!(error("nope = 1").contains("at position 0: unknown field \"nope\""));
+        assert!(error("age > ").contains("at position 6: expected a value"));
+        assert!(error("age = x").contains("age: expected an integer"));
+        assert!(error("(age = 1").contains("expected ')'"));
+        assert!(error("given_name = \"open").contains("unterminated string"));
+        assert!(error("create_time > \"yesterday\"").contains("RFC 3339"));
+        assert!(error("stage = PROSPECT").contains("unknown value"));
+        assert!(error("age = 1 )").contains("trailing"));
+        assert!(error("age # 1").contains("unexpected character"));
+        let deep = format!("{}age = 1{}", "(".repeat(100), ")".repeat(100));
+        assert!(error(&deep).contains("nested too deeply"));
+    }
+
+    #[test]
+    fn blank_filter_matches_all() {
+        assert!(condition("   ", FIELDS).unwrap().is_none());
+    }
+}

@@ -1,0 +1,17 @@
+//! What every CRM service shares, with no business logic: configuration, telemetry,
+//! authentication, errors, database, cache, events, filters, page tokens, the server
+//! stack and outbound clients. Each concern lives in its own module.
+
+pub mod auth;
+pub mod cache;
+pub mod clients;
+pub mod config;
+pub mod db;
+pub mod errors;
+pub mod events;
+pub mod filter;
+pub mod pagination;
+pub mod server;
+pub mod telemetry;
+
+pub use errors::{ApiError, FieldViolation, Violations};
