@@ -40,6 +40,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Methods a service has not built yet answer UNIMPLEMENTED.
         .generate_default_stubs(true)
+        // Ordered maps encode deterministically, so equal requests hash equally.
+        .btree_map(".")
         .emit_rerun_if_changed(false)
         .compile_fds(descriptors)?;
     Ok(())

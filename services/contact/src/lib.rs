@@ -1,1 +1,62 @@
+//! The contact service: the system of record for people and companies.
+//!
+//! A request walks one way: `grpc` (decode, validate, authorise) → `domain` (rules, no
+//! I/O) → `store` (one transaction, outbox row included) → back out.
 
+pub mod domain;
+pub mod grpc;
+pub mod migrations;
+pub mod roles;
+pub mod store;
+
+use std::time::Duration;
+
+use crm_platform::auth::KeyMaterial;
+use crm_platform::cache::{self, CacheHandle};
+use crm_platform::config::Config;
+use crm_platform::db;
+use crm_platform::events::EventFeed;
+use crm_platform::pagination::PageTokens;
+use crm_platform::server::ServiceSet;
+use crm_proto::contact::contact_service_server::ContactServiceServer;
+
+pub use grpc::ContactApi;
+
+/// Connects and migrates the contact database, starts the outbox relay, and adds the
+/// service to `services`.
+pub async fn add_to(
+    services: &mut ServiceSet,
+    config: &Config,
+    keys: &KeyMaterial,
+) -> anyhow::Result<EventFeed> {
+    let database = db::open::<migrations::Migrator>(config, grpc::SERVICE).await?;
+    let feed = EventFeed::start(database.clone(), grpc::SERVICE, config.events.clone());
+    let cache = CacheHandle::new(
+        cache::from_config(&config.cache)?,
+        Duration::from_secs(config.cache.ttl_s.max(1)),
+    );
+    tracing::info!(
+        service = grpc::SERVICE,
+        cache.backend = cache.backend(),
+        "service ready"
+    );
+    let api = ContactApi::new(
+        store::ContactStore::new(database, feed.clone()),
+        cache,
+        feed.clone(),
+        PageTokens::new(&keys.page_token_secret),
+    );
+    let max = config.server.max_message_bytes;
+    let server = ContactServiceServer::new(api)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    services.add(server, roles::role_table(), Some(feed.clone()));
+    Ok(feed)
+}
+
+/// Runs the pending migrations of the contact database.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let database = db::connect(config, grpc::SERVICE).await?;
+    db::migrate::<migrations::Migrator>(&database, grpc::SERVICE).await?;
+    Ok(())
+}

@@ -549,3 +549,141 @@ mod tests {
         );
     }
 }
+
+/// The keys a process verifies and signs with, from the configuration.
+pub struct KeyMaterial {
+    /// The HS256 secret, when HS256 is in use.
+    pub hs256_secret: Option<Vec<u8>>,
+    /// Whether the secret was generated just now (first start of the embedded default).
+    pub generated: bool,
+    /// The secret that signs page tokens.
+    pub page_token_secret: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("signing key file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("auth.page_token_secret is required when only a JWKS file is configured")]
+    PageTokenSecretMissing,
+    #[error(transparent)]
+    Setup(#[from] AuthSetupError),
+}
+
+impl KeyMaterial {
+    /// Uses `auth.hs256_secret`; else, without a JWKS file, reads or creates
+    /// `{data_dir}/signing.key` (mode 0600).
+    pub fn load(config: &crate::config::Config) -> Result<Self, KeyError> {
+        let auth = &config.auth;
+        let (hs256_secret, generated) = if !auth.hs256_secret.is_empty() {
+            (Some(auth.hs256_secret.as_bytes().to_vec()), false)
+        } else if auth.jwks_file.is_empty() {
+            let path = config.data_dir.join("signing.key");
+            let io = |source| KeyError::Io {
+                path: path.display().to_string(),
+                source,
+            };
+            match std::fs::read_to_string(&path) {
+                Ok(text) if !text.trim().is_empty() => {
+                    (Some(text.trim().as_bytes().to_vec()), false)
+                }
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(io(err)),
+                _ => {
+                    std::fs::create_dir_all(&config.data_dir).map_err(io)?;
+                    let mut bytes = [0u8; 32];
+                    rand::Rng::fill(&mut rand::rng(), &mut bytes);
+                    use base64::Engine as _;
+                    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+                    // Another process of the suite may have created it meanwhile.
+                    match write_private(&path, secret.as_bytes()) {
+                        Ok(()) => (Some(secret.into_bytes()), true),
+                        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+                            let text = std::fs::read_to_string(&path).map_err(io)?;
+                            (Some(text.trim().as_bytes().to_vec()), false)
+                        }
+                        Err(err) => return Err(io(err)),
+                    }
+                }
+            }
+        } else {
+            (None, false)
+        };
+        let page_token_secret = if !auth.page_token_secret.is_empty() {
+            auth.page_token_secret.as_bytes().to_vec()
+        } else {
+            hs256_secret
+                .clone()
+                .ok_or(KeyError::PageTokenSecretMissing)?
+        };
+        Ok(Self {
+            hs256_secret,
+            generated,
+            page_token_secret,
+        })
+    }
+
+    pub fn authenticator(&self, config: &crate::config::Config) -> Result<Authenticator, KeyError> {
+        let jwks = (!config.auth.jwks_file.is_empty()).then(|| Path::new(&config.auth.jwks_file));
+        Ok(Authenticator::new(
+            self.hs256_secret.as_deref(),
+            jwks,
+            &config.auth.issuer,
+            &config.auth.audience,
+            config.auth.leeway_s,
+        )?)
+    }
+
+    pub fn issuer(&self, config: &crate::config::Config) -> Option<TokenIssuer> {
+        self.hs256_secret
+            .as_deref()
+            .map(|secret| TokenIssuer::new(secret, &config.auth.issuer, &config.auth.audience))
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// The methods of a service (`crm.ticket.v1.TicketService`) as the descriptor set of the
+/// contracts declares them, for role tables and their tests.
+pub fn service_methods(service: &str) -> Vec<String> {
+    use prost::Message as _;
+    let Ok(set) = prost_types::FileDescriptorSet::decode(crm_proto::FILE_DESCRIPTOR_SET) else {
+        return Vec::new();
+    };
+    let (package, name) = service.rsplit_once('.').unwrap_or(("", service));
+    set.file
+        .iter()
+        .filter(|file| file.package() == package)
+        .flat_map(|file| file.service.iter())
+        .filter(|s| s.name() == name)
+        .flat_map(|s| s.method.iter().map(|m| m.name().to_owned()))
+        .collect()
+}
+
+/// A role table for a service by method verb: reads (`Get`, `BatchGet`, `List`,
+/// `Search`, `Watch`) for `readers`, everything else for `writers`. For services whose
+/// own issue has not yet written their explicit table.
+pub fn verb_role_table(service: &str, readers: &[Role], writers: &[Role]) -> RoleTable {
+    let mut table = RoleTable::new();
+    for method in service_methods(service) {
+        let read = ["Get", "BatchGet", "List", "Search", "Watch"]
+            .iter()
+            .any(|verb| method.starts_with(verb));
+        table.allow(service, &method, if read { readers } else { writers });
+    }
+    table
+}

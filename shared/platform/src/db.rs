@@ -204,6 +204,18 @@ pub async fn migrate<M: MigratorTrait>(
     }
 }
 
+/// Connects the database of `service` and, when configured, migrates it.
+pub async fn open<M: MigratorTrait>(
+    config: &Config,
+    service: &str,
+) -> Result<DatabaseConnection, DbSetupError> {
+    let db = connect(config, service).await?;
+    if config.database.migrate_on_start {
+        migrate::<M>(&db, service).await?;
+    }
+    Ok(db)
+}
+
 /// A stable 63-bit key for Postgres advisory locks.
 pub fn advisory_key(name: &str) -> i64 {
     use sha2::{Digest, Sha256};

@@ -301,6 +301,13 @@ impl EventFeed {
         }
     }
 
+    /// A feed with its relay running.
+    pub fn start(db: DatabaseConnection, service: &'static str, config: EventsConfig) -> Self {
+        let feed = Self::new(db, service, config);
+        feed.spawn_relay();
+        feed
+    }
+
     /// Tells the relay that a transaction with outbox rows has committed.
     pub fn committed(&self) {
         self.wake_relay.notify_one();

@@ -10,7 +10,9 @@ pub mod db;
 pub mod errors;
 pub mod events;
 pub mod filter;
+pub mod idempotency;
 pub mod pagination;
+pub mod process;
 pub mod server;
 pub mod telemetry;
 

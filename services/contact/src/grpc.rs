@@ -1,0 +1,654 @@
+//! The ContactService over gRPC: decode, validate, authorise, then call the store.
+//! Methods this issue has not built answer UNIMPLEMENTED (the generated defaults).
+
+use std::pin::Pin;
+
+use prost::Message as _;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crm_platform::auth::Caller;
+use crm_platform::cache::{self, CacheHandle};
+use crm_platform::db::{micros_to_timestamp, now_micros};
+use crm_platform::events::EventFeed;
+use crm_platform::filter::{self, FieldKind, FilterField};
+use crm_platform::idempotency;
+use crm_platform::pagination::{self, CursorValue, PageTokens};
+use crm_platform::{ApiError, Violations};
+use crm_proto::common::{Event, WatchEventsRequest};
+use crm_proto::contact::contact_service_server::ContactService;
+use crm_proto::contact::*;
+
+use crate::domain::{mask, names, validate};
+use crate::store::{self, Change, ContactStore, ListQuery, SortField, StoredContact};
+
+pub const SERVICE: &str = "contact";
+const MAX_BATCH: usize = 1000;
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// The fields ListContacts filters on, and their columns.
+pub const CONTACT_FILTER_FIELDS: &[FilterField] = &[
+    FilterField {
+        name: "given_name",
+        column: "given_name",
+        kind: FieldKind::Text,
+    },
+    FilterField {
+        name: "family_name",
+        column: "family_name",
+        kind: FieldKind::Text,
+    },
+    FilterField {
+        name: "display_name",
+        column: "display_name",
+        kind: FieldKind::Text,
+    },
+    FilterField {
+        name: "email",
+        column: "emails_index",
+        kind: FieldKind::List,
+    },
+    FilterField {
+        name: "phone",
+        column: "phones_index",
+        kind: FieldKind::List,
+    },
+    FilterField {
+        name: "tags",
+        column: "tags_index",
+        kind: FieldKind::List,
+    },
+    FilterField {
+        name: "job_title",
+        column: "job_title",
+        kind: FieldKind::Text,
+    },
+    FilterField {
+        name: "account",
+        column: "account",
+        kind: FieldKind::Text,
+    },
+    FilterField {
+        name: "owner",
+        column: "owner",
+        kind: FieldKind::Text,
+    },
+    FilterField {
+        name: "lifecycle_stage",
+        column: "lifecycle_stage",
+        kind: FieldKind::Enum(parse_stage),
+    },
+    FilterField {
+        name: "source",
+        column: "source",
+        kind: FieldKind::Text,
+    },
+    FilterField {
+        name: "language",
+        column: "language",
+        kind: FieldKind::Text,
+    },
+    FilterField {
+        name: "time_zone",
+        column: "time_zone",
+        kind: FieldKind::Text,
+    },
+    FilterField {
+        name: "create_time",
+        column: "create_time_us",
+        kind: FieldKind::Timestamp,
+    },
+    FilterField {
+        name: "update_time",
+        column: "update_time_us",
+        kind: FieldKind::Timestamp,
+    },
+    FilterField {
+        name: "delete_time",
+        column: "delete_time_us",
+        kind: FieldKind::Timestamp,
+    },
+];
+
+fn parse_stage(name: &str) -> Option<i32> {
+    LifecycleStage::from_str_name(name)
+        .or_else(|| LifecycleStage::from_str_name(&format!("LIFECYCLE_STAGE_{name}")))
+        .map(|stage| stage as i32)
+}
+
+pub struct ContactApi {
+    store: ContactStore,
+    cache: CacheHandle,
+    feed: EventFeed,
+    tokens: PageTokens,
+}
+
+impl ContactApi {
+    pub fn new(
+        store: ContactStore,
+        cache: CacheHandle,
+        feed: EventFeed,
+        tokens: PageTokens,
+    ) -> Self {
+        Self {
+            store,
+            cache,
+            feed,
+            tokens,
+        }
+    }
+
+    fn cache_key(tenant: &str, id: &str) -> String {
+        cache::key(tenant, SERVICE, "contact", id)
+    }
+
+    async fn remember(&self, tenant: &str, stored: &StoredContact) {
+        let id = stored.contact.name.trim_start_matches("contacts/");
+        self.cache
+            .written(
+                &Self::cache_key(tenant, id),
+                stored.revision,
+                &stored.contact.encode_to_vec(),
+            )
+            .await;
+    }
+
+    /// The contact by id through the cache (misses load once).
+    async fn load(&self, tenant: &str, id: &str) -> Result<Option<Contact>, ApiError> {
+        let store = self.store.clone();
+        let cached = self
+            .cache
+            .get_or_load(&Self::cache_key(tenant, id), || {
+                let store = store.clone();
+                async move {
+                    Ok::<_, ApiError>(
+                        store
+                            .get(tenant, id)
+                            .await?
+                            .map(|found| (found.revision, found.contact.encode_to_vec())),
+                    )
+                }
+            })
+            .await?;
+        cached
+            .map(|value| Contact::decode(value.bytes.as_ref()).map_err(ApiError::internal))
+            .transpose()
+    }
+}
+
+/// Non-managers may change only contacts they own or that are unassigned, and may
+/// assign them only to themselves.
+fn ensure_may_change(
+    caller: &Caller,
+    current_owner: &str,
+    new_owner: Option<&str>,
+) -> Result<(), ApiError> {
+    if !caller.may_change_owned_by(current_owner) {
+        return Err(ApiError::permission_denied(
+            "only the owner or a manager may change this contact",
+        ));
+    }
+    if let Some(owner) = new_owner
+        && owner != current_owner
+        && !caller.may_change_owned_by(owner)
+    {
+        return Err(ApiError::permission_denied(
+            "only a manager may assign a contact to someone else",
+        ));
+    }
+    Ok(())
+}
+
+fn record_stage_change(before: i32, after: &mut Contact, now: i64) {
+    if after.lifecycle_stage != before && after.lifecycle_stage != 0 {
+        after.stage_history.push(StageChange {
+            stage: after.lifecycle_stage,
+            enter_time: Some(micros_to_timestamp(now)),
+        });
+    }
+}
+
+fn request_hash<M: prost::Message>(message: &M) -> String {
+    idempotency::request_hash(&message.encode_to_vec())
+}
+
+/// Parses `order_by` ("family_name, create_time desc"); the id ends every order.
+fn parse_order(order_by: &str) -> Result<Vec<(SortField, bool)>, ApiError> {
+    let mut order = Vec::new();
+    for part in order_by.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let mut words = part.split_whitespace();
+        let field_name = words.next().unwrap_or_default();
+        let descending = match words.next() {
+            None | Some("asc") => false,
+            Some("desc") => true,
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "order_by",
+                    format!("unknown direction {other:?}"),
+                ));
+            }
+        };
+        if words.next().is_some() {
+            return Err(ApiError::invalid(
+                "order_by",
+                format!("cannot read {part:?}"),
+            ));
+        }
+        let field = SortField::parse(field_name).ok_or_else(|| {
+            ApiError::invalid(
+                "order_by",
+                format!(
+                    "cannot sort by {field_name:?}; use create_time, update_time, given_name, family_name, display_name or name"
+                ),
+            )
+        })?;
+        if order.iter().any(|(f, _)| *f == field) {
+            return Err(ApiError::invalid(
+                "order_by",
+                format!("{field_name} appears twice"),
+            ));
+        }
+        order.push((field, descending));
+    }
+    if order.len() > 3 {
+        return Err(ApiError::invalid("order_by", "at most 3 fields"));
+    }
+    if order.is_empty() {
+        order.push((SortField::CreateTime, false));
+    }
+    if !order.iter().any(|(f, _)| *f == SortField::Id) {
+        order.push((SortField::Id, false));
+    }
+    Ok(order)
+}
+
+#[tonic::async_trait]
+impl ContactService for ContactApi {
+    async fn create_contact(
+        &self,
+        request: Request<CreateContactRequest>,
+    ) -> Result<Response<Contact>, Status> {
+        let caller = Caller::from_request(&request)?;
+        let request = request.into_inner();
+        let hash = request_hash(&request);
+        let mut violations = Violations::new();
+        if let Err(ApiError::InvalidArgument(found)) = idempotency::validate(&request.request_id) {
+            found
+                .into_iter()
+                .for_each(|v| violations.add(v.field, v.description));
+        }
+        let Some(mut contact) = request.contact else {
+            return Err(ApiError::invalid("contact", "is required").into());
+        };
+        validate::contact(&mut violations, "contact", &mut contact);
+        validate::identifiable(&mut violations, "contact", &contact);
+        let id = if request.contact_id.is_empty() {
+            uuid::Uuid::now_v7().to_string()
+        } else {
+            match names::parse_id("contact_id", &request.contact_id) {
+                Ok(id) => id,
+                Err(_) => {
+                    violations.add("contact_id", "must be a UUID");
+                    String::new()
+                }
+            }
+        };
+        violations.into_result()?;
+        ensure_may_change(&caller, "", Some(&contact.owner))?;
+        store::prepare_new(&mut contact, &id);
+        if request.validate_only {
+            return Ok(Response::new(contact));
+        }
+        let stored = self
+            .store
+            .create(&caller, contact, &request.request_id, &hash)
+            .await?;
+        self.remember(&caller.tenant, &stored).await;
+        tracing::info!(contact.id = %id, tenant = %caller.tenant, "contact created");
+        Ok(Response::new(stored.contact))
+    }
+
+    async fn get_contact(
+        &self,
+        request: Request<GetContactRequest>,
+    ) -> Result<Response<Contact>, Status> {
+        let caller = Caller::from_request(&request)?;
+        let id = names::parse(names::CONTACTS, "name", &request.get_ref().name)?;
+        let mut contact = self
+            .load(&caller.tenant, &id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(names::contact_name(&id)))?;
+        // A merged contact redirects to the one it was merged into.
+        if !contact.merged_into.is_empty() {
+            let winner = names::parse(names::CONTACTS, "name", &contact.merged_into)?;
+            contact = self
+                .load(&caller.tenant, &winner)
+                .await?
+                .ok_or_else(|| ApiError::not_found(names::contact_name(&winner)))?;
+        }
+        Ok(Response::new(contact))
+    }
+
+    async fn batch_get_contacts(
+        &self,
+        request: Request<BatchGetContactsRequest>,
+    ) -> Result<Response<BatchGetContactsResponse>, Status> {
+        let caller = Caller::from_request(&request)?;
+        let names_in = &request.get_ref().names;
+        if names_in.len() > MAX_BATCH {
+            return Err(ApiError::invalid("names", format!("at most {MAX_BATCH} names")).into());
+        }
+        let mut violations = Violations::new();
+        let mut ids = Vec::with_capacity(names_in.len());
+        for (i, name) in names_in.iter().enumerate() {
+            match names::parse(names::CONTACTS, &format!("names[{i}]"), name) {
+                Ok(id) => ids.push(id),
+                Err(_) => violations.add(format!("names[{i}]"), "must be contacts/{uuid}"),
+            }
+        }
+        violations.into_result()?;
+        let found = self.store.get_many(&caller.tenant, &ids).await?;
+        let mut contacts = Vec::with_capacity(ids.len());
+        for id in &ids {
+            let contact = found
+                .iter()
+                .find(|s| s.contact.name.ends_with(id.as_str()))
+                .map(|s| s.contact.clone())
+                .ok_or_else(|| ApiError::not_found(names::contact_name(id)))?;
+            contacts.push(contact);
+        }
+        Ok(Response::new(BatchGetContactsResponse { contacts }))
+    }
+
+    async fn list_contacts(
+        &self,
+        request: Request<ListContactsRequest>,
+    ) -> Result<Response<ListContactsResponse>, Status> {
+        let caller = Caller::from_request(&request)?;
+        let request = request.into_inner();
+        let limit = pagination::page_size(request.page_size, 50, 1000)?;
+        let order = parse_order(&request.order_by)?;
+        let condition = filter::condition(&request.filter, CONTACT_FILTER_FIELDS)?;
+        let fingerprint = PageTokens::fingerprint(&[
+            &request.filter,
+            &request.order_by,
+            if request.show_deleted { "deleted" } else { "" },
+        ]);
+        // The token carries the sort key of the last row, then the total of page one.
+        let (after, total) =
+            match self
+                .tokens
+                .decode(&request.page_token, &caller.tenant, &fingerprint)?
+            {
+                Some(mut key) => match key.pop() {
+                    Some(CursorValue::Int(total)) => (Some(key), total as u64),
+                    _ => {
+                        return Err(
+                            ApiError::invalid("page_token", "page token is malformed").into()
+                        );
+                    }
+                },
+                None => (
+                    None,
+                    self.store
+                        .count(&caller.tenant, condition.clone(), request.show_deleted)
+                        .await?,
+                ),
+            };
+        let (stored, cursor) = self
+            .store
+            .list(
+                &caller.tenant,
+                ListQuery {
+                    filter: condition,
+                    order,
+                    after,
+                    limit,
+                    show_deleted: request.show_deleted,
+                },
+            )
+            .await?;
+        let next_page_token = match cursor {
+            Some(mut key) => {
+                key.push(CursorValue::Int(total as i64));
+                self.tokens.encode(&caller.tenant, &fingerprint, key)?
+            }
+            None => String::new(),
+        };
+        Ok(Response::new(ListContactsResponse {
+            contacts: stored.into_iter().map(|s| s.contact).collect(),
+            next_page_token,
+            total_size: total as i64,
+        }))
+    }
+
+    async fn update_contact(
+        &self,
+        request: Request<UpdateContactRequest>,
+    ) -> Result<Response<Contact>, Status> {
+        let caller = Caller::from_request(&request)?;
+        let request = request.into_inner();
+        let hash = request_hash(&request);
+        idempotency::validate(&request.request_id)?;
+        let Some(mut patch) = request.contact else {
+            return Err(ApiError::invalid("contact", "is required").into());
+        };
+        let id = names::parse(names::CONTACTS, "contact.name", &patch.name)?;
+        let paths = mask::paths(request.update_mask.as_ref())?;
+        let etag = if request.etag.is_empty() {
+            patch.etag.clone()
+        } else {
+            request.etag.clone()
+        };
+        // Validate the patch's own fields first, so errors name what the caller sent.
+        let mut violations = Violations::new();
+        validate::contact(&mut violations, "contact", &mut patch);
+        violations.into_result()?;
+
+        if self.store.get(&caller.tenant, &id).await?.is_none() {
+            if !request.allow_missing {
+                return Err(ApiError::not_found(names::contact_name(&id)).into());
+            }
+            let mut contact = Contact::default();
+            mask::apply(&mut contact, &patch, &paths);
+            let mut violations = Violations::new();
+            validate::identifiable(&mut violations, "contact", &contact);
+            violations.into_result()?;
+            ensure_may_change(&caller, "", Some(&contact.owner))?;
+            store::prepare_new(&mut contact, &id);
+            if request.validate_only {
+                return Ok(Response::new(contact));
+            }
+            let stored = self
+                .store
+                .create(&caller, contact, &request.request_id, &hash)
+                .await?;
+            self.remember(&caller.tenant, &stored).await;
+            return Ok(Response::new(stored.contact));
+        }
+
+        let validate_only = request.validate_only;
+        let mut preview = None;
+        let outcome = self
+            .store
+            .modify(
+                &caller,
+                &id,
+                "UpdateContact",
+                &request.request_id,
+                &hash,
+                |current| {
+                    let name = current.contact.name.clone();
+                    names::check_etag(&etag, current.revision, &name)?;
+                    if current.contact.delete_time.is_some() {
+                        return Err(ApiError::FailedPrecondition {
+                            reason: "CONTACT_DELETED",
+                            message: format!("{name} is deleted; undelete it first"),
+                        });
+                    }
+                    if !current.contact.merged_into.is_empty() {
+                        return Err(ApiError::FailedPrecondition {
+                            reason: "CONTACT_MERGED",
+                            message: format!(
+                                "{name} was merged into {}",
+                                current.contact.merged_into
+                            ),
+                        });
+                    }
+                    let mut contact = current.contact.clone();
+                    mask::apply(&mut contact, &patch, &paths);
+                    ensure_may_change(&caller, &current.contact.owner, Some(&contact.owner))?;
+                    let mut violations = Violations::new();
+                    validate::identifiable(&mut violations, "contact", &contact);
+                    violations.into_result()?;
+                    let now = now_micros();
+                    record_stage_change(current.contact.lifecycle_stage, &mut contact, now);
+                    contact.display_name = validate::display_name(&contact);
+                    let changes = store::changes(&current.contact, &contact, &paths);
+                    if validate_only {
+                        preview = Some(contact);
+                        return Ok(None);
+                    }
+                    if changes.is_empty() {
+                        return Ok(None);
+                    }
+                    contact.update_time = Some(micros_to_timestamp(now));
+                    Ok(Some(Change {
+                        contact,
+                        event_type: "crm.contact.v1.ContactUpdated",
+                        changes,
+                    }))
+                },
+            )
+            .await?;
+        if let Some(contact) = preview {
+            return Ok(Response::new(contact));
+        }
+        self.remember(&caller.tenant, &outcome).await;
+        Ok(Response::new(outcome.contact))
+    }
+
+    async fn delete_contact(
+        &self,
+        request: Request<DeleteContactRequest>,
+    ) -> Result<Response<Contact>, Status> {
+        let caller = Caller::from_request(&request)?;
+        let request = request.into_inner();
+        let hash = request_hash(&request);
+        idempotency::validate(&request.request_id)?;
+        let id = names::parse(names::CONTACTS, "name", &request.name)?;
+        let outcome = self
+            .store
+            .modify(
+                &caller,
+                &id,
+                "DeleteContact",
+                &request.request_id,
+                &hash,
+                |current| {
+                    names::check_etag(&request.etag, current.revision, &current.contact.name)?;
+                    ensure_may_change(&caller, &current.contact.owner, None)?;
+                    if current.contact.delete_time.is_some() {
+                        return Ok(None);
+                    }
+                    let now = now_micros();
+                    let mut contact = current.contact;
+                    contact.delete_time = Some(micros_to_timestamp(now));
+                    contact.expire_time =
+                        Some(micros_to_timestamp(now + store::SOFT_DELETE_RETENTION_US));
+                    contact.update_time = contact.delete_time;
+                    Ok(Some(Change {
+                        contact,
+                        event_type: "crm.contact.v1.ContactDeleted",
+                        changes: Vec::new(),
+                    }))
+                },
+            )
+            .await?;
+        self.remember(&caller.tenant, &outcome).await;
+        Ok(Response::new(outcome.contact))
+    }
+
+    async fn undelete_contact(
+        &self,
+        request: Request<UndeleteContactRequest>,
+    ) -> Result<Response<Contact>, Status> {
+        let caller = Caller::from_request(&request)?;
+        let request = request.into_inner();
+        let hash = request_hash(&request);
+        idempotency::validate(&request.request_id)?;
+        let id = names::parse(names::CONTACTS, "name", &request.name)?;
+        let outcome = self
+            .store
+            .modify(
+                &caller,
+                &id,
+                "UndeleteContact",
+                &request.request_id,
+                &hash,
+                |current| {
+                    ensure_may_change(&caller, &current.contact.owner, None)?;
+                    if current.contact.delete_time.is_none() {
+                        return Err(ApiError::AlreadyExists {
+                            resource: current.contact.name,
+                        });
+                    }
+                    let mut contact = current.contact;
+                    contact.delete_time = None;
+                    contact.expire_time = None;
+                    contact.update_time = Some(micros_to_timestamp(now_micros()));
+                    Ok(Some(Change {
+                        contact,
+                        event_type: "crm.contact.v1.ContactUndeleted",
+                        changes: Vec::new(),
+                    }))
+                },
+            )
+            .await?;
+        self.remember(&caller.tenant, &outcome).await;
+        Ok(Response::new(outcome.contact))
+    }
+
+    async fn watch_events(
+        &self,
+        request: Request<WatchEventsRequest>,
+    ) -> Result<Response<BoxStream<Event>>, Status> {
+        let caller = Caller::from_request(&request)?;
+        let stream = self.feed.watch(&caller, request.into_inner()).await?;
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orders() {
+        assert_eq!(
+            parse_order("").unwrap(),
+            [(SortField::CreateTime, false), (SortField::Id, false)]
+        );
+        assert_eq!(
+            parse_order("family_name desc, name").unwrap(),
+            [(SortField::FamilyName, true), (SortField::Id, false)]
+        );
+        assert!(parse_order("email").is_err());
+        assert!(parse_order("family_name sideways").is_err());
+        assert!(parse_order("family_name, family_name").is_err());
+    }
+
+    #[test]
+    fn stages_parse_with_or_without_prefix() {
+        assert_eq!(
+            parse_stage("CUSTOMER"),
+            Some(LifecycleStage::Customer as i32)
+        );
+        assert_eq!(
+            parse_stage("LIFECYCLE_STAGE_LEAD"),
+            Some(LifecycleStage::Lead as i32)
+        );
+        assert_eq!(parse_stage("PROSPECT"), None);
+    }
+}

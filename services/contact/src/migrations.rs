@@ -1,0 +1,153 @@
+//! The contact service's schema. Portable between SQLite and Postgres: ids are text,
+//! times are integer microseconds since the epoch.
+
+use sea_orm_migration::prelude::*;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(crm_platform::events::OutboxMigration),
+            Box::new(crm_platform::idempotency::IdempotencyMigration),
+            Box::new(CreateContacts),
+        ]
+    }
+}
+
+#[derive(DeriveIden)]
+enum Contacts {
+    Table,
+    TenantId,
+    Id,
+    GivenName,
+    FamilyName,
+    DisplayName,
+    PrimaryEmail,
+    EmailsIndex,
+    PhonesIndex,
+    TagsIndex,
+    JobTitle,
+    Account,
+    Owner,
+    LifecycleStage,
+    Source,
+    Language,
+    TimeZone,
+    Revision,
+    CreateTimeUs,
+    UpdateTimeUs,
+    DeleteTimeUs,
+    MergedInto,
+    Data,
+}
+
+struct CreateContacts;
+
+impl MigrationName for CreateContacts {
+    fn name(&self) -> &str {
+        "m0001_create_contacts"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for CreateContacts {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let text = |col: Contacts, len: u32| {
+            ColumnDef::new(col)
+                .string_len(len)
+                .not_null()
+                .default("")
+                .to_owned()
+        };
+        manager
+            .create_table(
+                Table::create()
+                    .table(Contacts::Table)
+                    .if_not_exists()
+                    .col(ColumnDef::new(Contacts::TenantId).string_len(64).not_null())
+                    .col(ColumnDef::new(Contacts::Id).string_len(36).not_null())
+                    .col(text(Contacts::GivenName, 200))
+                    .col(text(Contacts::FamilyName, 200))
+                    .col(text(Contacts::DisplayName, 420))
+                    .col(text(Contacts::PrimaryEmail, 254))
+                    .col(
+                        ColumnDef::new(Contacts::EmailsIndex)
+                            .text()
+                            .not_null()
+                            .default(""),
+                    )
+                    .col(
+                        ColumnDef::new(Contacts::PhonesIndex)
+                            .text()
+                            .not_null()
+                            .default(""),
+                    )
+                    .col(
+                        ColumnDef::new(Contacts::TagsIndex)
+                            .text()
+                            .not_null()
+                            .default(""),
+                    )
+                    .col(text(Contacts::JobTitle, 200))
+                    .col(text(Contacts::Account, 64))
+                    .col(text(Contacts::Owner, 128))
+                    .col(
+                        ColumnDef::new(Contacts::LifecycleStage)
+                            .integer()
+                            .not_null()
+                            .default(0),
+                    )
+                    .col(text(Contacts::Source, 100))
+                    .col(text(Contacts::Language, 35))
+                    .col(text(Contacts::TimeZone, 64))
+                    .col(ColumnDef::new(Contacts::Revision).big_integer().not_null())
+                    .col(
+                        ColumnDef::new(Contacts::CreateTimeUs)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Contacts::UpdateTimeUs)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .col(ColumnDef::new(Contacts::DeleteTimeUs).big_integer().null())
+                    .col(ColumnDef::new(Contacts::MergedInto).string_len(36).null())
+                    .col(ColumnDef::new(Contacts::Data).blob().not_null())
+                    .primary_key(Index::create().col(Contacts::TenantId).col(Contacts::Id))
+                    .to_owned(),
+            )
+            .await?;
+        // The sort orders of ListContacts, each ending in the id tie-breaker.
+        for (name, column) in [
+            ("contacts_by_create_time", Contacts::CreateTimeUs),
+            ("contacts_by_update_time", Contacts::UpdateTimeUs),
+            ("contacts_by_family_name", Contacts::FamilyName),
+            ("contacts_by_given_name", Contacts::GivenName),
+            ("contacts_by_display_name", Contacts::DisplayName),
+            ("contacts_by_primary_email", Contacts::PrimaryEmail),
+        ] {
+            manager
+                .create_index(
+                    Index::create()
+                        .if_not_exists()
+                        .name(name)
+                        .table(Contacts::Table)
+                        .col(Contacts::TenantId)
+                        .col(column)
+                        .col(Contacts::Id)
+                        .to_owned(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_table(Table::drop().table(Contacts::Table).to_owned())
+            .await
+    }
+}

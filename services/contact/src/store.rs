@@ -1,0 +1,657 @@
+//! Contact persistence: one transaction per write, with its outbox event and request id
+//! in the same transaction. The whole contact is stored encoded in `data`; the other
+//! columns are copies of what filters, sorts and lookups need.
+
+use prost::Message as _;
+use sea_orm::sea_query::{Condition, Expr, ExprTrait};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Select,
+};
+
+use crm_platform::ApiError;
+use crm_platform::auth::Caller;
+use crm_platform::db::{micros_to_timestamp, now_micros};
+use crm_platform::errors::from_db;
+use crm_platform::events::{self, EventFeed, NewEvent};
+use crm_platform::idempotency;
+use crm_platform::pagination::CursorValue;
+use crm_proto::common::FieldChange;
+use crm_proto::contact::{Contact, StageChange};
+
+use crate::domain::{names, validate};
+
+/// How long a soft-deleted contact is kept before it may be purged.
+pub const SOFT_DELETE_RETENTION_US: i64 = 30 * 24 * 3_600 * 1_000_000;
+
+pub mod contact_row {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "contacts")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub given_name: String,
+        pub family_name: String,
+        pub display_name: String,
+        pub primary_email: String,
+        pub emails_index: String,
+        pub phones_index: String,
+        pub tags_index: String,
+        pub job_title: String,
+        pub account: String,
+        pub owner: String,
+        pub lifecycle_stage: i32,
+        pub source: String,
+        pub language: String,
+        pub time_zone: String,
+        pub revision: i64,
+        pub create_time_us: i64,
+        pub update_time_us: i64,
+        pub delete_time_us: Option<i64>,
+        pub merged_into: Option<String>,
+        pub data: Vec<u8>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+use contact_row::{Column, Entity as Contacts};
+
+/// A stored contact with its revision (the etag and cache version).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredContact {
+    pub contact: Contact,
+    pub revision: i64,
+}
+
+fn list_index<'a>(values: impl Iterator<Item = &'a str>) -> String {
+    let joined: Vec<String> = values.map(str::to_lowercase).collect();
+    if joined.is_empty() {
+        String::new()
+    } else {
+        format!("|{}|", joined.join("|"))
+    }
+}
+
+fn decode(row: &contact_row::Model) -> Result<StoredContact, ApiError> {
+    let contact = Contact::decode(row.data.as_slice()).map_err(ApiError::internal)?;
+    Ok(StoredContact {
+        contact,
+        revision: row.revision,
+    })
+}
+
+fn active_model(
+    tenant: &str,
+    id: &str,
+    revision: i64,
+    contact: &Contact,
+) -> contact_row::ActiveModel {
+    let micros = |ts: &Option<prost_types::Timestamp>| {
+        ts.as_ref()
+            .map(|t| t.seconds * 1_000_000 + i64::from(t.nanos / 1_000))
+    };
+    contact_row::ActiveModel {
+        tenant_id: Set(tenant.to_owned()),
+        id: Set(id.to_owned()),
+        given_name: Set(contact.given_name.clone()),
+        family_name: Set(contact.family_name.clone()),
+        display_name: Set(contact.display_name.clone()),
+        primary_email: Set(contact
+            .emails
+            .iter()
+            .find(|e| e.primary)
+            .map(|e| e.address.clone())
+            .unwrap_or_default()),
+        emails_index: Set(list_index(
+            contact.emails.iter().map(|e| e.address.as_str()),
+        )),
+        phones_index: Set(list_index(contact.phones.iter().map(|p| p.number.as_str()))),
+        tags_index: Set(list_index(contact.tags.iter().map(String::as_str))),
+        job_title: Set(contact.job_title.clone()),
+        account: Set(contact.account.clone()),
+        owner: Set(contact.owner.clone()),
+        lifecycle_stage: Set(contact.lifecycle_stage),
+        source: Set(contact.source.clone()),
+        language: Set(contact.language.clone()),
+        time_zone: Set(contact.time_zone.clone()),
+        revision: Set(revision),
+        create_time_us: Set(micros(&contact.create_time).unwrap_or_default()),
+        update_time_us: Set(micros(&contact.update_time).unwrap_or_default()),
+        delete_time_us: Set(micros(&contact.delete_time)),
+        merged_into: Set((!contact.merged_into.is_empty()).then(|| contact.merged_into.clone())),
+        data: Set(contact.encode_to_vec()),
+    }
+}
+
+/// The event payload: the contact as it is after the change.
+fn payload(contact: &Contact) -> prost_types::Any {
+    prost_types::Any {
+        type_url: "type.googleapis.com/crm.contact.v1.Contact".into(),
+        value: contact.encode_to_vec(),
+    }
+}
+
+fn string_value(text: &str) -> prost_types::Value {
+    prost_types::Value {
+        kind: Some(prost_types::value::Kind::StringValue(text.to_owned())),
+    }
+}
+
+fn list_value<'a>(items: impl Iterator<Item = &'a str>) -> prost_types::Value {
+    prost_types::Value {
+        kind: Some(prost_types::value::Kind::ListValue(
+            prost_types::ListValue {
+                values: items.map(string_value).collect(),
+            },
+        )),
+    }
+}
+
+fn number_value(n: f64) -> prost_types::Value {
+    prost_types::Value {
+        kind: Some(prost_types::value::Kind::NumberValue(n)),
+    }
+}
+
+/// The value of one field path, for the audit trail in events.
+fn field_value(contact: &Contact, path: &str) -> prost_types::Value {
+    use crm_proto::common::attribute_value::Kind;
+    match path {
+        "given_name" => string_value(&contact.given_name),
+        "family_name" => string_value(&contact.family_name),
+        "emails" => list_value(contact.emails.iter().map(|e| e.address.as_str())),
+        "phones" => list_value(contact.phones.iter().map(|p| p.number.as_str())),
+        "job_title" => string_value(&contact.job_title),
+        "account" => string_value(&contact.account),
+        "owner" => string_value(&contact.owner),
+        "lifecycle_stage" => string_value(
+            crm_proto::contact::LifecycleStage::try_from(contact.lifecycle_stage)
+                .map(|s| s.as_str_name())
+                .unwrap_or_default(),
+        ),
+        "source" => string_value(&contact.source),
+        "tags" => list_value(contact.tags.iter().map(String::as_str)),
+        "address" => {
+            let address = contact.address.clone().unwrap_or_default();
+            let mut lines = address.lines.clone();
+            lines.extend([
+                address.postal_code,
+                address.locality,
+                address.region,
+                address.country_code,
+            ]);
+            list_value(lines.iter().map(String::as_str).filter(|s| !s.is_empty()))
+        }
+        "language" => string_value(&contact.language),
+        "time_zone" => string_value(&contact.time_zone),
+        "preferred_channel" => number_value(f64::from(contact.preferred_channel)),
+        "contact_frequency" => number_value(f64::from(contact.contact_frequency)),
+        other => {
+            let key = other.strip_prefix("attributes.").unwrap_or(other);
+            match contact.attributes.get(key).and_then(|v| v.kind.as_ref()) {
+                Some(Kind::StringValue(s)) => string_value(s),
+                Some(Kind::NumberValue(n)) => number_value(*n),
+                Some(Kind::BoolValue(b)) => prost_types::Value {
+                    kind: Some(prost_types::value::Kind::BoolValue(*b)),
+                },
+                Some(Kind::DateValue(d)) => {
+                    string_value(&format!("{:04}-{:02}-{:02}", d.year, d.month, d.day))
+                }
+                None => prost_types::Value {
+                    kind: Some(prost_types::value::Kind::NullValue(0)),
+                },
+            }
+        }
+    }
+}
+
+/// The changed fields between two versions, by the mask's paths.
+pub fn changes(before: &Contact, after: &Contact, paths: &[String]) -> Vec<FieldChange> {
+    let mut out = Vec::new();
+    for path in paths {
+        let expanded: Vec<String> = if path == "attributes" {
+            let mut keys: Vec<&String> = before
+                .attributes
+                .keys()
+                .chain(after.attributes.keys())
+                .collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter()
+                .map(|k| format!("attributes.{k}"))
+                .collect()
+        } else {
+            vec![path.clone()]
+        };
+        for path in expanded {
+            let old = field_value(before, &path);
+            let new = field_value(after, &path);
+            if old != new {
+                out.push(FieldChange {
+                    path,
+                    old_value: Some(old),
+                    new_value: Some(new),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The sortable fields of ListContacts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortField {
+    CreateTime,
+    UpdateTime,
+    GivenName,
+    FamilyName,
+    DisplayName,
+    Id,
+}
+
+impl SortField {
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "create_time" => Self::CreateTime,
+            "update_time" => Self::UpdateTime,
+            "given_name" => Self::GivenName,
+            "family_name" => Self::FamilyName,
+            "display_name" => Self::DisplayName,
+            "name" => Self::Id,
+            _ => return None,
+        })
+    }
+
+    fn column(self) -> Column {
+        match self {
+            Self::CreateTime => Column::CreateTimeUs,
+            Self::UpdateTime => Column::UpdateTimeUs,
+            Self::GivenName => Column::GivenName,
+            Self::FamilyName => Column::FamilyName,
+            Self::DisplayName => Column::DisplayName,
+            Self::Id => Column::Id,
+        }
+    }
+
+    fn value(self, row: &contact_row::Model) -> CursorValue {
+        match self {
+            Self::CreateTime => CursorValue::Int(row.create_time_us),
+            Self::UpdateTime => CursorValue::Int(row.update_time_us),
+            Self::GivenName => CursorValue::Text(row.given_name.clone()),
+            Self::FamilyName => CursorValue::Text(row.family_name.clone()),
+            Self::DisplayName => CursorValue::Text(row.display_name.clone()),
+            Self::Id => CursorValue::Text(row.id.clone()),
+        }
+    }
+}
+
+/// One page of a listing.
+pub struct ListQuery {
+    pub filter: Option<Condition>,
+    pub order: Vec<(SortField, bool)>,
+    pub after: Option<Vec<CursorValue>>,
+    pub limit: u64,
+    pub show_deleted: bool,
+}
+
+#[derive(Clone)]
+pub struct ContactStore {
+    db: DatabaseConnection,
+    feed: EventFeed,
+}
+
+/// What a write does to the stored contact: the new version, and the event to publish.
+pub struct Change {
+    pub contact: Contact,
+    pub event_type: &'static str,
+    pub changes: Vec<FieldChange>,
+}
+
+impl ContactStore {
+    pub fn new(db: DatabaseConnection, feed: EventFeed) -> Self {
+        Self { db, feed }
+    }
+
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    pub async fn get(&self, tenant: &str, id: &str) -> Result<Option<StoredContact>, ApiError> {
+        let row = Contacts::find_by_id((tenant.to_owned(), id.to_owned()))
+            .one(&self.db)
+            .await
+            .map_err(|e| from_db(e, "contact"))?;
+        row.as_ref().map(decode).transpose()
+    }
+
+    pub async fn get_many(
+        &self,
+        tenant: &str,
+        ids: &[String],
+    ) -> Result<Vec<StoredContact>, ApiError> {
+        let rows = Contacts::find()
+            .filter(Column::TenantId.eq(tenant))
+            .filter(Column::Id.is_in(ids.iter().map(String::as_str)))
+            .all(&self.db)
+            .await
+            .map_err(|e| from_db(e, "contact"))?;
+        rows.iter().map(decode).collect()
+    }
+
+    /// The contact a request id already produced, if it was used before.
+    async fn replay<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        caller: &Caller,
+        method: &str,
+        request_id: &str,
+        hash: &str,
+    ) -> Result<Option<StoredContact>, ApiError> {
+        if request_id.is_empty() {
+            return Ok(None);
+        }
+        let Some(resource) =
+            idempotency::lookup(conn, &caller.tenant, method, request_id, hash).await?
+        else {
+            return Ok(None);
+        };
+        let id = names::parse(names::CONTACTS, "request_id", &resource)?;
+        let row = Contacts::find_by_id((caller.tenant.clone(), id))
+            .one(conn)
+            .await
+            .map_err(|e| from_db(e, "contact"))?;
+        row.as_ref().map(decode).transpose()
+    }
+
+    /// Inserts a new contact (output fields already set) with its event.
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        contact: Contact,
+        request_id: &str,
+        hash: &str,
+    ) -> Result<StoredContact, ApiError> {
+        let id = names::parse(names::CONTACTS, "contact_id", &contact.name)?;
+        let txn = events::begin_write(&self.db)
+            .await
+            .map_err(|e| from_db(e, "contact"))?;
+        if let Some(existing) = self
+            .replay(&txn, caller, "CreateContact", request_id, hash)
+            .await?
+        {
+            return Ok(existing);
+        }
+        let inserted = Contacts::insert(active_model(&caller.tenant, &id, 1, &contact))
+            .exec_without_returning(&txn)
+            .await;
+        if let Err(err) = inserted {
+            drop(txn);
+            // A concurrent retry with the same request id may have won the race.
+            if !request_id.is_empty()
+                && let Some(existing) = self
+                    .replay(&self.db, caller, "CreateContact", request_id, hash)
+                    .await?
+            {
+                return Ok(existing);
+            }
+            return Err(from_db(err, &contact.name));
+        }
+        if !request_id.is_empty() {
+            idempotency::record(
+                &txn,
+                &caller.tenant,
+                "CreateContact",
+                request_id,
+                hash,
+                &contact.name,
+            )
+            .await
+            .map_err(|e| from_db(e, "request"))?;
+        }
+        events::append(
+            &txn,
+            caller,
+            NewEvent {
+                event_type: "crm.contact.v1.ContactCreated",
+                resource_name: contact.name.clone(),
+                changes: Vec::new(),
+                payload: Some(payload(&contact)),
+                request_id: request_id.to_owned(),
+            },
+        )
+        .await
+        .map_err(|e| from_db(e, "event"))?;
+        if let Err(err) = txn.commit().await {
+            if !request_id.is_empty()
+                && let Some(existing) = self
+                    .replay(&self.db, caller, "CreateContact", request_id, hash)
+                    .await?
+            {
+                return Ok(existing);
+            }
+            return Err(from_db(err, &contact.name));
+        }
+        self.feed.committed();
+        Ok(StoredContact {
+            contact,
+            revision: 1,
+        })
+    }
+
+    /// Reads, changes and writes one contact in a transaction. `change` gets the current
+    /// version and returns the new one; the etag is checked against the current revision.
+    pub async fn modify<F>(
+        &self,
+        caller: &Caller,
+        id: &str,
+        method: &str,
+        request_id: &str,
+        hash: &str,
+        change: F,
+    ) -> Result<StoredContact, ApiError>
+    where
+        F: FnOnce(StoredContact) -> Result<Option<Change>, ApiError>,
+    {
+        let name = names::contact_name(id);
+        let txn = events::begin_write(&self.db)
+            .await
+            .map_err(|e| from_db(e, "contact"))?;
+        if let Some(existing) = self.replay(&txn, caller, method, request_id, hash).await? {
+            return Ok(existing);
+        }
+        let mut find = Contacts::find_by_id((caller.tenant.clone(), id.to_owned()));
+        if txn.get_database_backend() == DbBackend::Postgres {
+            find = find.lock_exclusive();
+        }
+        let row = find
+            .one(&txn)
+            .await
+            .map_err(|e| from_db(e, "contact"))?
+            .ok_or_else(|| ApiError::not_found(name.clone()))?;
+        let current = decode(&row)?;
+        let revision = current.revision;
+        let Some(Change {
+            mut contact,
+            event_type,
+            changes,
+        }) = change(current.clone())?
+        else {
+            return Ok(current);
+        };
+        let new_revision = revision + 1;
+        contact.etag = names::etag(new_revision);
+        let updated = Contacts::update_many()
+            .set(active_model(&caller.tenant, id, new_revision, &contact))
+            .filter(Column::TenantId.eq(caller.tenant.as_str()))
+            .filter(Column::Id.eq(id))
+            .filter(Column::Revision.eq(revision))
+            .exec(&txn)
+            .await
+            .map_err(|e| from_db(e, &name))?;
+        if updated.rows_affected != 1 {
+            return Err(ApiError::Aborted {
+                reason: "CONCURRENT_MODIFICATION",
+                message: format!("{name} was changed concurrently; retry"),
+            });
+        }
+        if !request_id.is_empty() {
+            idempotency::record(&txn, &caller.tenant, method, request_id, hash, &name)
+                .await
+                .map_err(|e| from_db(e, "request"))?;
+        }
+        events::append(
+            &txn,
+            caller,
+            NewEvent {
+                event_type,
+                resource_name: name.clone(),
+                changes,
+                payload: Some(payload(&contact)),
+                request_id: request_id.to_owned(),
+            },
+        )
+        .await
+        .map_err(|e| from_db(e, "event"))?;
+        txn.commit().await.map_err(|e| from_db(e, &name))?;
+        self.feed.committed();
+        Ok(StoredContact {
+            contact,
+            revision: new_revision,
+        })
+    }
+
+    fn listing(
+        &self,
+        tenant: &str,
+        filter: Option<Condition>,
+        show_deleted: bool,
+    ) -> Select<Contacts> {
+        let mut select = Contacts::find().filter(Column::TenantId.eq(tenant));
+        if !show_deleted {
+            select = select.filter(Column::DeleteTimeUs.is_null());
+        }
+        // Merged contacts are tombstones that redirect; they are not listed.
+        select = select.filter(Column::MergedInto.is_null());
+        if let Some(filter) = filter {
+            select = select.filter(filter);
+        }
+        select
+    }
+
+    /// One page in the given order (ending in the id), after the cursor; returns the
+    /// rows and, when more follow, the cursor of the last one.
+    pub async fn list(
+        &self,
+        tenant: &str,
+        query: ListQuery,
+    ) -> Result<(Vec<StoredContact>, Option<Vec<CursorValue>>), ApiError> {
+        let mut select = self.listing(tenant, query.filter, query.show_deleted);
+        if let Some(after) = &query.after {
+            select = select.filter(keyset_after(&query.order, after)?);
+        }
+        for (field, descending) in &query.order {
+            select = if *descending {
+                select.order_by_desc(field.column())
+            } else {
+                select.order_by_asc(field.column())
+            };
+        }
+        let mut rows = select
+            .limit(query.limit + 1)
+            .all(&self.db)
+            .await
+            .map_err(|e| from_db(e, "contacts"))?;
+        let more = rows.len() as u64 > query.limit;
+        rows.truncate(query.limit as usize);
+        let cursor = match (more, rows.last()) {
+            (true, Some(last)) => Some(query.order.iter().map(|(f, _)| f.value(last)).collect()),
+            _ => None,
+        };
+        let contacts = rows.iter().map(decode).collect::<Result<_, _>>()?;
+        Ok((contacts, cursor))
+    }
+
+    pub async fn count(
+        &self,
+        tenant: &str,
+        filter: Option<Condition>,
+        show_deleted: bool,
+    ) -> Result<u64, ApiError> {
+        self.listing(tenant, filter, show_deleted)
+            .count(&self.db)
+            .await
+            .map_err(|e| from_db(e, "contacts"))
+    }
+}
+
+/// The rows strictly after `after` in `order`: for fields f1..fn,
+/// (f1 > v1) OR (f1 = v1 AND f2 > v2) OR … with `<` for descending fields.
+fn keyset_after(order: &[(SortField, bool)], after: &[CursorValue]) -> Result<Condition, ApiError> {
+    if order.len() != after.len() {
+        return Err(ApiError::invalid(
+            "page_token",
+            "page token does not fit this order",
+        ));
+    }
+    let mut any = Condition::any();
+    for i in 0..order.len() {
+        let mut all = Condition::all();
+        for j in 0..=i {
+            let (field, descending) = order[j];
+            let column = Expr::col((Contacts, field.column()));
+            let value: sea_orm::Value = match (&after[j], field) {
+                (CursorValue::Int(n), SortField::CreateTime | SortField::UpdateTime) => (*n).into(),
+                (
+                    CursorValue::Text(s),
+                    SortField::GivenName
+                    | SortField::FamilyName
+                    | SortField::DisplayName
+                    | SortField::Id,
+                ) => s.clone().into(),
+                _ => {
+                    return Err(ApiError::invalid(
+                        "page_token",
+                        "page token does not fit this order",
+                    ));
+                }
+            };
+            all = all.add(if j < i {
+                column.eq(value)
+            } else if descending {
+                column.lt(value)
+            } else {
+                column.gt(value)
+            });
+        }
+        any = any.add(all);
+    }
+    Ok(any)
+}
+
+/// Fills the output-only fields of a contact being created.
+pub fn prepare_new(contact: &mut Contact, id: &str) {
+    let now = now_micros();
+    contact.name = names::contact_name(id);
+    contact.display_name = validate::display_name(contact);
+    contact.create_time = Some(micros_to_timestamp(now));
+    contact.update_time = contact.create_time;
+    contact.delete_time = None;
+    contact.expire_time = None;
+    contact.merged_into.clear();
+    contact.etag = names::etag(1);
+    contact.stage_history.clear();
+    if contact.lifecycle_stage != 0 {
+        contact.stage_history.push(StageChange {
+            stage: contact.lifecycle_stage,
+            enter_time: contact.create_time,
+        });
+    }
+}
