@@ -305,7 +305,7 @@ impl ContactService for ContactApi {
             .create(&caller, contact, &request.request_id, &hash)
             .await?;
         self.remember(&caller.tenant, &stored).await;
-        tracing::info!(contact.id = %id, tenant = %caller.tenant, "contact created");
+        tracing::info!(contact = %stored.contact.name, tenant = %caller.tenant, "contact stored");
         Ok(Response::new(stored.contact))
     }
 

@@ -150,10 +150,12 @@ pub struct RedisCache {
 
 enum RedisConnection {
     Single(redis::aio::ConnectionManager),
-    Cluster {
-        client: redis::cluster::ClusterClient,
-        connection: tokio::sync::OnceCell<redis::cluster_async::ClusterConnection>,
-    },
+    Cluster(Box<ClusterState>),
+}
+
+struct ClusterState {
+    client: redis::cluster::ClusterClient,
+    connection: tokio::sync::OnceCell<redis::cluster_async::ClusterConnection>,
 }
 
 /// Width of the zero-padded version prefix of a stored value; zero-padding makes the
@@ -179,10 +181,10 @@ impl RedisCache {
                 .response_timeout(timeout)
                 .build()
                 .map_err(|e| CacheError(e.to_string()))?;
-            RedisConnection::Cluster {
+            RedisConnection::Cluster(Box::new(ClusterState {
                 client,
                 connection: tokio::sync::OnceCell::new(),
-            }
+            }))
         } else {
             let client = redis::Client::open(config.redis_url.as_str())
                 .map_err(|e| CacheError(e.to_string()))?;
@@ -213,9 +215,10 @@ impl RedisCache {
         let attempt = async {
             let conn = match &self.connection {
                 RedisConnection::Single(manager) => RedisConn::Single(manager.clone()),
-                RedisConnection::Cluster { client, connection } => {
-                    let conn = connection
-                        .get_or_try_init(|| client.get_async_connection())
+                RedisConnection::Cluster(state) => {
+                    let conn = state
+                        .connection
+                        .get_or_try_init(|| state.client.get_async_connection())
                         .await?;
                     RedisConn::Cluster(conn.clone())
                 }

@@ -58,19 +58,14 @@ where
             "admin token for tenant \"default\" (valid 30 days; `crm token issue` makes more):\n{token}"
         );
     }
+    // Installed before anything is announced, so an early SIGTERM drains instead of killing.
+    let shutdown = server::shutdown_signal();
     let services = build(config.clone(), keys.clone()).await?;
     let listener = tokio::net::TcpListener::bind(&config.server.addr).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, services = ?services.names(), "listening");
     // Machine-readable for tests and scripts that start the process on port 0.
     println!("listening on {addr}");
-    server::serve(
-        &config.server,
-        listener,
-        services,
-        authenticator,
-        server::shutdown_signal(),
-    )
-    .await?;
+    server::serve(&config.server, listener, services, authenticator, shutdown).await?;
     Ok(())
 }

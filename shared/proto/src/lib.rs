@@ -1,5 +1,7 @@
 //! Generated code for the CRM contracts in `proto/`: messages, clients and servers.
 
+// Generated code: its shape is prost's, not ours.
+#[allow(clippy::all, clippy::pedantic)]
 pub mod crm {
     pub mod common {
         pub mod v1 {

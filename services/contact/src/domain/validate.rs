@@ -157,10 +157,10 @@ fn address(violations: &mut Violations, field: &str, address: &mut Address) {
         32,
     );
     address.country_code = address.country_code.trim().to_uppercase();
-    if !address.country_code.is_empty()
-        && !(address.country_code.len() == 2
-            && address.country_code.chars().all(|c| c.is_ascii_uppercase()))
-    {
+    let country_ok = address.country_code.is_empty()
+        || (address.country_code.len() == 2
+            && address.country_code.chars().all(|c| c.is_ascii_uppercase()));
+    if !country_ok {
         violations.add(
             format!("{field}.country_code"),
             "must be an ISO 3166-1 alpha-2 code",

@@ -1,0 +1,19 @@
+//! The contact service over gRPC, against real SQLite and real Postgres (and real
+//! Redis for the cache cases). One binary, a module per concern.
+
+// A test that cannot set up must fail loudly: panicking helpers are the point here.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::field_reassign_with_default
+)]
+
+mod harness;
+
+mod auth;
+mod cache;
+mod contacts;
+mod outbox;
+mod shutdown;
+mod tenancy;
+mod tracing_propagation;
