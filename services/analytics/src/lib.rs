@@ -86,9 +86,7 @@ pub async fn add_to(
 
 /// Runs the pending migrations of the analytics database.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let database = db::connect(config, SERVICE).await?;
-    db::migrate::<Migrator>(&database, SERVICE).await?;
-    Ok(())
+    Ok(db::migrate_service::<Migrator>(config, SERVICE).await?)
 }
 
 #[cfg(test)]

@@ -56,7 +56,5 @@ pub async fn add_to(
 
 /// Runs the pending migrations of the contact database.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let database = db::connect(config, grpc::SERVICE).await?;
-    db::migrate::<migrations::Migrator>(&database, grpc::SERVICE).await?;
-    Ok(())
+    Ok(db::migrate_service::<migrations::Migrator>(config, grpc::SERVICE).await?)
 }

@@ -216,6 +216,15 @@ pub async fn open<M: MigratorTrait>(
     Ok(db)
 }
 
+/// Connects the database of `service` and runs its pending migrations (`crm migrate`).
+pub async fn migrate_service<M: MigratorTrait>(
+    config: &Config,
+    service: &str,
+) -> Result<(), DbSetupError> {
+    let db = connect(config, service).await?;
+    migrate::<M>(&db, service).await
+}
+
 /// A stable 63-bit key for Postgres advisory locks.
 pub fn advisory_key(name: &str) -> i64 {
     use sha2::{Digest, Sha256};
