@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, proto lint, Rust tests (SQLite, Postgres,
-# Redis), then the Python end-to-end test against the four services as processes.
+# Redis, processes), the Python end-to-end test against the four services as processes,
+# and the offline validation of the Kubernetes manifests.
 # Needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379
 # (scripts/ensure-services.sh starts them).
 set -euo pipefail
@@ -12,7 +13,7 @@ step "services"
 bash scripts/ensure-services.sh
 
 step "python tools (buf, grpcio-tools, pytest)"
-python3 -m pip install --quiet --disable-pip-version-check buf-bin -r tests/e2e/requirements.txt
+python3 -m pip install --quiet --disable-pip-version-check buf-bin -r tests/e2e/requirements.txt -r tests/k8s/requirements.txt
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -31,3 +32,9 @@ cargo build --workspace --bins --locked
 
 step "end-to-end: four processes, Postgres, Redis, Python client"
 CRM_BIN_DIR="$PWD/target/debug" python3 -m pytest tests/e2e -q -p no:cacheprovider
+
+step "kubernetes: render, schema-validate (1.30, 1.32), checkov"
+bash scripts/validate-k8s.sh
+
+step "kubernetes: manifests against the real config keys, probes, policies"
+CRM_BIN_DIR="$PWD/target/debug" python3 -m pytest tests/k8s -q -p no:cacheprovider

@@ -273,7 +273,28 @@ def _await_listening(sp: ServiceProcess) -> None:
         if match:
             sp.host, sp.port = match.group(1), int(match.group(2))
             assert sp.port > 0, f"{sp.name} reported port 0: {line!r}"
+            _await_serving(sp, deadline)
             return
+
+
+def _await_serving(sp: ServiceProcess, deadline: float) -> None:
+    """The port opens at once; like a readiness probe, wait for health to say SERVING."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(f"{sp.host}:{sp.port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if sp.proc.poll() is not None:
+                pytest.fail(f"{sp.name} exited with code {sp.proc.returncode} before serving\n" + sp.log_tail())
+            try:
+                answer = stub.Check(health_pb2.HealthCheckRequest(service=sp.grpc_service), timeout=1)
+                if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.05)
+    pytest.fail(f"{sp.name} did not report SERVING within {STARTUP_TIMEOUT_S:.0f} s\n" + sp.log_tail())
 
 
 def _stop_all(procs: list[ServiceProcess]) -> list[str]:

@@ -4,7 +4,9 @@
 async fn main() -> anyhow::Result<()> {
     let path = crm_platform::process::config_path_from_args(std::env::args())?;
     let config = crm_platform::config::Config::load(path.as_deref())?;
-    crm_platform::process::run(config, "crm-analytics", |config, keys| async move {
+    let mut plan = crm_platform::server::ServicePlan::new();
+    plan.add(crm_analytics::SERVICE_NAME, crm_analytics::role_table());
+    crm_platform::process::run(config, "crm-analytics", plan, |config, keys| async move {
         let mut services = crm_platform::server::ServiceSet::new();
         crm_analytics::add_to(&mut services, &config, &keys).await?;
         Ok(services)

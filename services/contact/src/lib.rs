@@ -50,7 +50,7 @@ pub async fn add_to(
     let server = ContactServiceServer::new(api)
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    services.add(server, roles::role_table(), Some(feed.clone()));
+    services.add(server, Some(feed.clone()));
     Ok(feed)
 }
 

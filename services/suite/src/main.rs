@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crm_platform::auth::{KeyMaterial, Role};
 use crm_platform::config::Config;
-use crm_platform::server::ServiceSet;
+use crm_platform::server::{ServicePlan, ServiceSet};
 
 #[derive(Parser)]
 #[command(
@@ -139,8 +139,26 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { only } => {
             let services = selected(&only);
-            crm_platform::process::run(config, "crm", |config, keys| build(services, config, keys))
-                .await
+            let mut plan = ServicePlan::new();
+            for service in &services {
+                match service {
+                    Service::Contact => plan.add(
+                        crm_contact::roles::SERVICE_NAME,
+                        crm_contact::roles::role_table(),
+                    ),
+                    Service::Pipeline => {
+                        plan.add(crm_pipeline::SERVICE_NAME, crm_pipeline::role_table())
+                    }
+                    Service::Ticket => plan.add(crm_ticket::SERVICE_NAME, crm_ticket::role_table()),
+                    Service::Analytics => {
+                        plan.add(crm_analytics::SERVICE_NAME, crm_analytics::role_table())
+                    }
+                };
+            }
+            crm_platform::process::run(config, "crm", plan, move |config, keys| {
+                build(services.clone(), config, keys)
+            })
+            .await
         }
         Command::Migrate { only } => {
             for service in selected(&only) {

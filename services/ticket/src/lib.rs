@@ -80,7 +80,7 @@ pub async fn add_to(
     let server = TicketServiceServer::new(TicketApi { feed: feed.clone() })
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    services.add(server, role_table(), Some(feed.clone()));
+    services.add(server, Some(feed.clone()));
     Ok(feed)
 }
 

@@ -4,7 +4,9 @@
 async fn main() -> anyhow::Result<()> {
     let path = crm_platform::process::config_path_from_args(std::env::args())?;
     let config = crm_platform::config::Config::load(path.as_deref())?;
-    crm_platform::process::run(config, "crm-ticket", |config, keys| async move {
+    let mut plan = crm_platform::server::ServicePlan::new();
+    plan.add(crm_ticket::SERVICE_NAME, crm_ticket::role_table());
+    crm_platform::process::run(config, "crm-ticket", plan, |config, keys| async move {
         let mut services = crm_platform::server::ServiceSet::new();
         crm_ticket::add_to(&mut services, &config, &keys).await?;
         Ok(services)

@@ -4,7 +4,9 @@
 //! propagated.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::Duration;
 
 use tonic::transport::channel::Change;
@@ -87,70 +89,99 @@ fn endpoint(uri: &str, config: &ClientsConfig) -> Result<Endpoint, ClientError> 
         .keep_alive_while_idle(true))
 }
 
+/// Finds the current addresses of a service (DNS in production; tests substitute their own).
+pub trait Resolve: Send + Sync + 'static {
+    fn resolve(
+        &self,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + '_>>;
+}
+
+/// The system resolver (which honours the pod's DNS search path).
+pub struct DnsResolver {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Resolve for DnsResolver {
+    fn resolve(
+        &self,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + '_>> {
+        Box::pin(async move {
+            Ok(tokio::net::lookup_host((self.host.as_str(), self.port))
+                .await?
+                .collect())
+        })
+    }
+}
+
 /// A channel balanced over `target`'s endpoints. For a DNS target, a background task
 /// re-resolves the name every `dns_refresh_s` and adds and removes endpoints.
 pub fn balanced_channel(target: &str, config: &ClientsConfig) -> Result<Channel, ClientError> {
-    let parsed = Target::parse(target)?;
-    let (channel, changes) = Channel::balance_channel::<String>(64);
-    match parsed {
+    match Target::parse(target)? {
         Target::Static(uris) => {
+            let (channel, changes) = Channel::balance_channel::<String>(64);
             for uri in uris {
                 let endpoint = endpoint(&uri, config)?;
                 // The receiver lives inside the channel; try_send only fails when full.
                 let _ = changes.try_send(Change::Insert(uri, endpoint));
             }
+            Ok(channel)
         }
-        Target::Dns { host, port, scheme } => {
-            let config = config.clone();
-            let refresh = Duration::from_secs(config.dns_refresh_s.max(1));
-            tokio::spawn(async move {
-                let mut known: HashSet<SocketAddr> = HashSet::new();
-                loop {
-                    match tokio::net::lookup_host((host.as_str(), port)).await {
-                        Ok(addrs) => {
-                            let current: HashSet<SocketAddr> = addrs.collect();
-                            for gone in known.difference(&current) {
-                                if changes
-                                    .send(Change::Remove(gone.to_string()))
-                                    .await
-                                    .is_err()
-                                {
+        Target::Dns { host, port, scheme } => Ok(resolving_channel(
+            DnsResolver { host, port },
+            scheme,
+            config,
+        )),
+    }
+}
+
+/// A channel over whatever `resolver` answers, re-asked every `dns_refresh_s`: new
+/// addresses are added, vanished ones removed (pods come and go). When resolution fails
+/// the known endpoints are kept.
+pub fn resolving_channel(
+    resolver: impl Resolve,
+    scheme: String,
+    config: &ClientsConfig,
+) -> Channel {
+    let (channel, changes) = Channel::balance_channel::<SocketAddr>(64);
+    let config = config.clone();
+    let refresh = Duration::from_secs(config.dns_refresh_s.max(1));
+    tokio::spawn(async move {
+        let mut known: HashSet<SocketAddr> = HashSet::new();
+        loop {
+            match resolver.resolve().await {
+                Ok(addrs) => {
+                    let current: HashSet<SocketAddr> = addrs.into_iter().collect();
+                    for gone in known.difference(&current) {
+                        if changes.send(Change::Remove(*gone)).await.is_err() {
+                            return;
+                        }
+                        tracing::info!(%gone, "endpoint removed");
+                    }
+                    for new in current.difference(&known) {
+                        match endpoint(&format!("{scheme}://{new}"), &config) {
+                            Ok(endpoint) => {
+                                if changes.send(Change::Insert(*new, endpoint)).await.is_err() {
                                     return;
                                 }
-                                tracing::info!(%gone, "endpoint removed");
+                                tracing::info!(%new, "endpoint added");
                             }
-                            for new in current.difference(&known) {
-                                let uri = format!("{scheme}://{new}");
-                                match endpoint(&uri, &config) {
-                                    Ok(endpoint) => {
-                                        if changes
-                                            .send(Change::Insert(new.to_string(), endpoint))
-                                            .await
-                                            .is_err()
-                                        {
-                                            return;
-                                        }
-                                        tracing::info!(%new, "endpoint added");
-                                    }
-                                    Err(err) => tracing::warn!(error = %err, "bad endpoint"),
-                                }
-                            }
-                            known = current;
-                        }
-                        Err(err) => {
-                            // Keep the endpoints we have; DNS may come back.
-                            tracing::warn!(host = %host, error = %err, "dns resolution failed");
+                            Err(err) => tracing::warn!(error = %err, "bad endpoint"),
                         }
                     }
-                    tokio::time::sleep(refresh).await;
-                    if changes.is_closed() {
-                        return;
-                    }
+                    known = current;
                 }
-            });
+                Err(err) => {
+                    tracing::warn!(error = %err, "resolution failed; keeping known endpoints")
+                }
+            }
+            tokio::time::sleep(refresh).await;
+            if changes.is_closed() {
+                return;
+            }
         }
-    }
-    Ok(channel)
+    });
+    channel
 }
 
 /// Wraps `message` for an outbound call: the caller's token (tenant and rights flow

@@ -4,10 +4,11 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::auth::{KeyMaterial, Role};
 use crate::config::Config;
-use crate::server::{self, ServiceSet};
+use crate::server::{self, ServicePlan, ServiceSet};
 
 /// `--config FILE` from the command line, if given.
 pub fn config_path_from_args(
@@ -35,11 +36,19 @@ pub fn config_path_from_args(
     Ok(path)
 }
 
-/// Serves what `build` adds, on `config.server.addr`, until SIGTERM or Ctrl-C.
-pub async fn run<F, Fut>(config: Config, process_name: &str, build: F) -> anyhow::Result<()>
+/// Serves the services of `plan` on `config.server.addr` until SIGTERM or Ctrl-C. The
+/// port opens at once with health NOT_SERVING; `build` (connect, migrate, assemble) is
+/// retried until it succeeds, e.g. while the database does not answer, and health turns
+/// SERVING as soon as it does. The process never crash-loops on a missing dependency.
+pub async fn run<F, Fut>(
+    config: Config,
+    process_name: &str,
+    plan: ServicePlan,
+    build: F,
+) -> anyhow::Result<()>
 where
-    F: FnOnce(Config, Arc<KeyMaterial>) -> Fut,
-    Fut: Future<Output = anyhow::Result<ServiceSet>>,
+    F: Fn(Config, Arc<KeyMaterial>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<ServiceSet>> + Send,
 {
     let _telemetry = crate::telemetry::init(&config.telemetry, process_name)?;
     let keys = Arc::new(KeyMaterial::load(&config)?);
@@ -60,12 +69,35 @@ where
     }
     // Installed before anything is announced, so an early SIGTERM drains instead of killing.
     let shutdown = server::shutdown_signal();
-    let services = build(config.clone(), keys.clone()).await?;
     let listener = tokio::net::TcpListener::bind(&config.server.addr).await?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, services = ?services.names(), "listening");
+    tracing::info!(%addr, services = ?plan.names(), "listening");
     // Machine-readable for tests and scripts that start the process on port 0.
     println!("listening on {addr}");
-    server::serve(&config.server, listener, services, authenticator, shutdown).await?;
+    let build_config = config.clone();
+    let ready = async move {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match build(build_config.clone(), keys.clone()).await {
+                Ok(services) => return services,
+                Err(err) => {
+                    tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "not ready; retrying");
+                    tokio::time::sleep(delay).await;
+                    // Short, so that SERVING follows within a fraction of a second once the
+                    // database answers.
+                    delay = (delay * 2).min(Duration::from_millis(250));
+                }
+            }
+        }
+    };
+    server::serve(
+        &config.server,
+        listener,
+        plan,
+        authenticator,
+        ready,
+        shutdown,
+    )
+    .await?;
     Ok(())
 }

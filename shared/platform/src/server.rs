@@ -3,25 +3,52 @@
 //! `max_connection_age` with a grace period, authentication, tracing, and graceful
 //! shutdown (NOT_SERVING first, then drain, then exit).
 
+use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tonic::server::NamedService;
-use tonic::service::RoutesBuilder;
+use tonic::service::{Routes, RoutesBuilder};
 use tonic_health::ServingStatus;
+use tower::ServiceExt as _;
 
-use crate::auth::{AuthLayer, Authenticator, RoleTable};
+use crate::auth::{AuthLayer, Authenticator, RoleTable, is_open_path};
 use crate::config::ServerConfig;
+use crate::errors::ApiError;
 use crate::events::EventFeed;
 use crate::telemetry::TraceLayer;
 
-/// The services one process serves, with their role tables and event feeds.
+/// What a process will serve, known before any database answers: the service names (for
+/// health and reflection) and their role tables.
+#[derive(Default)]
+pub struct ServicePlan {
+    names: Vec<&'static str>,
+    roles: RoleTable,
+}
+
+impl ServicePlan {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn add(&mut self, name: &'static str, roles: RoleTable) -> &mut Self {
+        self.names.push(name);
+        self.roles.merge(roles);
+        self
+    }
+
+    pub fn names(&self) -> &[&'static str] {
+        &self.names
+    }
+}
+
+/// The built services of one process, with their event feeds. Dropping a set that was
+/// never served stops its feeds' relays.
 #[derive(Default)]
 pub struct ServiceSet {
     routes: RoutesBuilder,
-    names: Vec<&'static str>,
-    roles: RoleTable,
     feeds: Vec<EventFeed>,
 }
 
@@ -30,8 +57,8 @@ impl ServiceSet {
         Self::default()
     }
 
-    /// Adds a generated tonic server with the roles of its RPCs and its event feed.
-    pub fn add<S>(&mut self, service: S, roles: RoleTable, feed: Option<EventFeed>) -> &mut Self
+    /// Adds a generated tonic server and its event feed.
+    pub fn add<S>(&mut self, service: S, feed: Option<EventFeed>) -> &mut Self
     where
         S: tower_service::Service<
                 http::Request<tonic::body::Body>,
@@ -45,14 +72,16 @@ impl ServiceSet {
         S::Future: Send + 'static,
     {
         self.routes.add_service(service);
-        self.names.push(S::NAME);
-        self.roles.merge(roles);
         self.feeds.extend(feed);
         self
     }
+}
 
-    pub fn names(&self) -> &[&'static str] {
-        &self.names
+impl Drop for ServiceSet {
+    fn drop(&mut self) {
+        for feed in &self.feeds {
+            feed.shut_down();
+        }
     }
 }
 
@@ -64,28 +93,70 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves `services` on `listener` until `shutdown` resolves, then drains and returns.
+type GateFuture =
+    Pin<Box<dyn Future<Output = Result<http::Response<tonic::body::Body>, Infallible>> + Send>>;
+
+/// Health and reflection answer from the start; the services' routes are attached once
+/// they are built (their databases answer). Until then their calls get UNAVAILABLE.
+#[derive(Clone)]
+struct Gate {
+    open: Routes,
+    services: Arc<OnceLock<Routes>>,
+}
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for Gate {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = GateFuture;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let routes = if is_open_path(request.uri().path()) {
+            Some(self.open.clone())
+        } else {
+            self.services.get().cloned()
+        };
+        match routes {
+            Some(routes) => Box::pin(routes.oneshot(request)),
+            None => {
+                let status: tonic::Status = ApiError::Unavailable {
+                    dependency: "database",
+                }
+                .into();
+                Box::pin(std::future::ready(Ok(status.into_http())))
+            }
+        }
+    }
+}
+
+/// Serves on `listener` until `shutdown` resolves, then drains and returns. Health
+/// reports NOT_SERVING until `ready` yields the built services, SERVING after, and
+/// NOT_SERVING again from the moment shutdown begins.
 pub async fn serve(
     config: &ServerConfig,
     listener: tokio::net::TcpListener,
-    services: ServiceSet,
+    plan: ServicePlan,
     authenticator: Arc<Authenticator>,
+    ready: impl Future<Output = ServiceSet> + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let ServiceSet {
-        mut routes,
-        names,
-        roles,
-        feeds,
-    } = services;
+    let ServicePlan { names, roles } = plan;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in &names {
         health
-            .set_service_status(*name, ServingStatus::Serving)
+            .set_service_status(*name, ServingStatus::NotServing)
             .await;
     }
-    health.set_service_status("", ServingStatus::Serving).await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
 
     let mut reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crm_proto::FILE_DESCRIPTOR_SET)
@@ -101,17 +172,54 @@ pub async fn serve(
         reflection_v1 = reflection_v1.with_service_name(*name);
         reflection_v1alpha = reflection_v1alpha.with_service_name(*name);
     }
-    routes.add_service(health_service);
-    routes.add_service(
+    let mut open = RoutesBuilder::default();
+    open.add_service(health_service);
+    open.add_service(
         reflection_v1
             .build_v1()
             .map_err(|e| ServeError::Reflection(e.to_string()))?,
     );
-    routes.add_service(
+    open.add_service(
         reflection_v1alpha
             .build_v1alpha()
             .map_err(|e| ServeError::Reflection(e.to_string()))?,
     );
+    let gate = Gate {
+        open: open.routes(),
+        services: Arc::new(OnceLock::new()),
+    };
+
+    // Attaches the services once built, then reports SERVING, unless shutdown came first.
+    let feeds: Arc<Mutex<Vec<EventFeed>>> = Arc::default();
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let attach = {
+        let (gate, health, names, feeds, stopping) = (
+            gate.clone(),
+            health.clone(),
+            names.clone(),
+            feeds.clone(),
+            stopping.clone(),
+        );
+        tokio::spawn(async move {
+            let mut set = ready.await;
+            let routes = std::mem::take(&mut set.routes).routes();
+            feeds
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(std::mem::take(&mut set.feeds));
+            let _ = gate.services.set(routes);
+            if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            for name in &names {
+                health
+                    .set_service_status(*name, ServingStatus::Serving)
+                    .await;
+            }
+            health.set_service_status("", ServingStatus::Serving).await;
+            tracing::info!("serving");
+        })
+    };
 
     let auth = AuthLayer::new(authenticator, Arc::new(roles));
     let max_age =
@@ -139,30 +247,29 @@ pub async fn serve(
     let drain_delay = Duration::from_millis(config.shutdown_drain_delay_ms);
     let shutdown_timeout = Duration::from_secs(config.shutdown_timeout_s.max(1));
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
-    let health_on_shutdown = health.clone();
-    let names_on_shutdown = names.clone();
-    let feeds_on_shutdown = feeds.clone();
     let graceful = async move {
         shutdown.await;
+        stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+        attach.abort();
         tracing::info!("shutdown requested; reporting NOT_SERVING");
-        for name in &names_on_shutdown {
-            health_on_shutdown
+        for name in &names {
+            health
                 .set_service_status(*name, ServingStatus::NotServing)
                 .await;
         }
-        health_on_shutdown
+        health
             .set_service_status("", ServingStatus::NotServing)
             .await;
         // Load balancers and Kubernetes need a moment to stop sending new calls.
         tokio::time::sleep(drain_delay).await;
         // Long-lived feeds end so that their connections can drain.
-        for feed in &feeds_on_shutdown {
+        for feed in feeds.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             feed.shut_down();
         }
         tracing::info!("draining in-flight calls");
         let _ = drained_tx.send(());
     };
-    let server = builder.serve_with_incoming_shutdown(routes.routes(), incoming, graceful);
+    let server = builder.serve_with_incoming_shutdown(gate, incoming, graceful);
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => result?,

@@ -10,7 +10,7 @@ use tonic::transport::Channel;
 
 use crm_platform::auth::{KeyMaterial, Role, TokenIssuer};
 use crm_platform::config::{CacheBackend, Config};
-use crm_platform::server::{self, ServiceSet};
+use crm_platform::server::{self, ServicePlan, ServiceSet};
 use crm_proto::contact::contact_service_client::ContactServiceClient;
 
 pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
@@ -97,6 +97,11 @@ impl TestServer {
         crm_contact::add_to(&mut services, &config, &keys)
             .await
             .expect("contact service");
+        let mut plan = ServicePlan::new();
+        plan.add(
+            crm_contact::roles::SERVICE_NAME,
+            crm_contact::roles::role_table(),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -104,19 +109,48 @@ impl TestServer {
         let (tx, rx) = oneshot::channel::<()>();
         let server_config = config.server.clone();
         let task = tokio::spawn(async move {
-            server::serve(&server_config, listener, services, authenticator, async {
-                let _ = rx.await;
-            })
+            server::serve(
+                &server_config,
+                listener,
+                plan,
+                authenticator,
+                async { services },
+                async {
+                    let _ = rx.await;
+                },
+            )
             .await
             .expect("server");
         });
-        Self {
+        let server = Self {
             addr,
             shutdown: Some(tx),
             task: Some(task),
             _dir: dir,
             postgres_db,
+        };
+        server.wait_until_serving().await;
+        server
+    }
+
+    async fn wait_until_serving(&self) {
+        use tonic_health::pb::{
+            HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+        };
+        let mut health = HealthClient::new(self.channel().await);
+        for _ in 0..500 {
+            let status = health
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map(|r| r.into_inner().status);
+            if status.is_ok_and(|s| s == ServingStatus::Serving as i32) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        panic!("the test server did not report SERVING");
     }
 
     pub async fn channel(&self) -> Channel {
