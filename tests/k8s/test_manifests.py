@@ -7,7 +7,8 @@ Every overlay under k8s/overlays/ is rendered with `kubectl kustomize`, then:
   `crm config show` (CRM_BIN_DIR, default target/debug) — the binaries refuse unknown keys;
 * each CRM workload's environment, with the secrets filled in, loads: `crm config show`
   run with exactly that environment exits 0 and shows the values the cluster needs;
-* Deployments set the required secrets, gRPC probes name their service's health name,
+* Deployments set the required secrets, gRPC probes name their health entries (readiness:
+  the service's name; startup and liveness: `liveness`),
   the grace period outlasts the drain, pods run under the restricted security context;
 * headless Services, HPA/PDB/replicas per overlay, the migration Job, labels, namespaces;
 * the NetworkPolicies allow exactly the edges of the service DAG (a small evaluator of
@@ -367,7 +368,10 @@ def test_grpc_probes_name_the_service(overlay):
             grpc = container[probe].get("grpc")
             assert grpc, f"{overlay}: {name} {probe} is not a gRPC probe"
             assert grpc["port"] == 50051, f"{name} {probe} port"
-            assert grpc.get("service") == health, f"{name} {probe} service {grpc.get('service')!r}"
+            # Readiness follows the service (NOT_SERVING until its database answers);
+            # startup and liveness follow the process, so waiting never restarts it.
+            expected = health if probe == "readinessProbe" else "liveness"
+            assert grpc.get("service") == expected, f"{name} {probe} service {grpc.get('service')!r}"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

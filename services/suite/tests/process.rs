@@ -188,7 +188,13 @@ async fn a_service_waits_for_its_database_without_crashing() {
         );
         assert_eq!(
             health(&addr, "crm.contact.v1.ContactService").await,
-            Some(ServingStatus::NotServing as i32)
+            Some(ServingStatus::NotServing as i32),
+            "not ready without its database"
+        );
+        assert_eq!(
+            health(&addr, "liveness").await,
+            Some(ServingStatus::Serving as i32),
+            "alive all the same, so Kubernetes does not restart it"
         );
     }
 

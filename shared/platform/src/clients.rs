@@ -198,6 +198,46 @@ pub fn request<T>(message: T, caller: Option<&Caller>, deadline: Duration) -> to
     request
 }
 
+/// Whether a failed call never reached a handler and may be sent again: UNAVAILABLE, or
+/// a transport failure (a connection closed by `max_connection_age` or a pod going away
+/// while the request was being sent).
+pub fn is_retryable(status: &tonic::Status) -> bool {
+    if status.code() == tonic::Code::Unavailable {
+        return true;
+    }
+    let mut source = std::error::Error::source(status);
+    while let Some(err) = source {
+        if err.is::<tonic::transport::Error>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// Runs an idempotent call (a read, or a write carrying a `request_id`), retrying it at
+/// most twice, after 10 and 50 ms, when it failed in a way [`is_retryable`] allows.
+/// tonic clients do not retry refused streams by themselves, as gRPC C-core, Go and
+/// Java clients do.
+pub async fn retry_idempotent<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, tonic::Status>>,
+{
+    let mut delay = Duration::from_millis(10);
+    for _ in 0..2 {
+        match call().await {
+            Err(status) if is_retryable(&status) => {
+                tracing::debug!(code = ?status.code(), "retrying an idempotent call");
+                tokio::time::sleep(delay).await;
+                delay *= 5;
+            }
+            other => return other,
+        }
+    }
+    call().await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,6 +20,10 @@ use crate::errors::ApiError;
 use crate::events::EventFeed;
 use crate::telemetry::TraceLayer;
 
+/// The health entry that is SERVING for as long as the process runs, for liveness and
+/// startup probes: a service waiting for its database is not ready, but alive.
+pub const LIVENESS_SERVICE: &str = "liveness";
+
 /// What a process will serve, known before any database answers: the service names (for
 /// health and reflection) and their role tables.
 #[derive(Default)]
@@ -149,6 +153,9 @@ pub async fn serve(
     let ServicePlan { names, roles } = plan;
 
     let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+        .await;
     for name in &names {
         health
             .set_service_status(*name, ServingStatus::NotServing)

@@ -20,14 +20,17 @@ use crate::config::{LogFormat, TelemetryConfig};
 /// The response header carrying the trace id of the call, for support requests.
 pub const TRACE_ID_HEADER: &str = "x-trace-id";
 
-/// Keeps the tracer provider alive; flushes pending spans when dropped.
+/// Keeps the tracer provider alive; flushes pending spans when dropped. Only the call
+/// that installed the process's subscriber owns a provider.
 pub struct TelemetryGuard {
-    provider: SdkTracerProvider,
+    provider: Option<SdkTracerProvider>,
 }
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        if let Err(err) = self.provider.shutdown() {
+        if let Some(provider) = self.provider.take()
+            && let Err(err) = provider.shutdown()
+        {
             eprintln!("telemetry shutdown: {err}");
         }
     }
@@ -66,7 +69,6 @@ pub fn init(
     // Without an exporter the provider still creates real span contexts, so trace ids
     // appear in logs and propagate to other services.
     let provider = builder.build();
-    opentelemetry::global::set_tracer_provider(provider.clone());
     let tracer = provider.tracer(service_name.to_owned());
 
     let filter =
@@ -91,9 +93,16 @@ pub fn init(
             )
             .try_init(),
     };
-    // A second init in one process (tests) keeps the first subscriber.
-    let _ = installed;
-    Ok(TelemetryGuard { provider })
+    if installed.is_err() {
+        // A second init in one process (tests) keeps the first subscriber and its
+        // provider; this one was never used.
+        let _ = provider.shutdown();
+        return Ok(TelemetryGuard { provider: None });
+    }
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    Ok(TelemetryGuard {
+        provider: Some(provider),
+    })
 }
 
 struct HeaderExtractor<'a>(&'a http::HeaderMap);

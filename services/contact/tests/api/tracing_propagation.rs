@@ -12,7 +12,10 @@ use crate::on_both_backends;
 
 async fn one_trace_across_caller_and_service(backend: Backend) {
     // This test process plays the calling service: the same telemetry stack, its own span.
-    let _telemetry = telemetry::init(&TelemetryConfig::default(), "calling-service").unwrap();
+    // Installed once for the whole test binary and kept, as a process would.
+    static TELEMETRY: std::sync::OnceLock<telemetry::TelemetryGuard> = std::sync::OnceLock::new();
+    TELEMETRY
+        .get_or_init(|| telemetry::init(&TelemetryConfig::default(), "calling-service").unwrap());
     let server = TestServer::start(backend).await;
     let token = admin("acme");
     let mut client = server.client().await;
