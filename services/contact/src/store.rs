@@ -379,6 +379,43 @@ impl ContactStore {
         request_id: &str,
         hash: &str,
     ) -> Result<StoredContact, ApiError> {
+        let attempt = self.try_create(caller, contact, request_id, hash).await;
+        self.or_replay(attempt, caller, "CreateContact", request_id, hash)
+            .await
+    }
+
+    /// When a call with a request id failed, a concurrent call with the same id may have
+    /// won the race (the loser waits on the key, then meets a unique violation): answer
+    /// with what the winner committed.
+    async fn or_replay(
+        &self,
+        attempt: Result<StoredContact, ApiError>,
+        caller: &Caller,
+        method: &str,
+        request_id: &str,
+        hash: &str,
+    ) -> Result<StoredContact, ApiError> {
+        match attempt {
+            Err(err) if !request_id.is_empty() => {
+                match self
+                    .replay(&self.db, caller, method, request_id, hash)
+                    .await?
+                {
+                    Some(existing) => Ok(existing),
+                    None => Err(err),
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn try_create(
+        &self,
+        caller: &Caller,
+        contact: Contact,
+        request_id: &str,
+        hash: &str,
+    ) -> Result<StoredContact, ApiError> {
         let id = names::parse(names::CONTACTS, "contact_id", &contact.name)?;
         let txn = events::begin_write(&self.db)
             .await
@@ -389,21 +426,7 @@ impl ContactStore {
         {
             return Ok(existing);
         }
-        let inserted = Contacts::insert(active_model(&caller.tenant, &id, 1, &contact))
-            .exec_without_returning(&txn)
-            .await;
-        if let Err(err) = inserted {
-            drop(txn);
-            // A concurrent retry with the same request id may have won the race.
-            if !request_id.is_empty()
-                && let Some(existing) = self
-                    .replay(&self.db, caller, "CreateContact", request_id, hash)
-                    .await?
-            {
-                return Ok(existing);
-            }
-            return Err(from_db(err, &contact.name));
-        }
+        // The request id is claimed first, so that a concurrent duplicate waits here.
         if !request_id.is_empty() {
             idempotency::record(
                 &txn,
@@ -416,6 +439,10 @@ impl ContactStore {
             .await
             .map_err(|e| from_db(e, "request"))?;
         }
+        Contacts::insert(active_model(&caller.tenant, &id, 1, &contact))
+            .exec_without_returning(&txn)
+            .await
+            .map_err(|e| from_db(e, &contact.name))?;
         events::append(
             &txn,
             caller,
@@ -429,16 +456,7 @@ impl ContactStore {
         )
         .await
         .map_err(|e| from_db(e, "event"))?;
-        if let Err(err) = txn.commit().await {
-            if !request_id.is_empty()
-                && let Some(existing) = self
-                    .replay(&self.db, caller, "CreateContact", request_id, hash)
-                    .await?
-            {
-                return Ok(existing);
-            }
-            return Err(from_db(err, &contact.name));
-        }
+        txn.commit().await.map_err(|e| from_db(e, &contact.name))?;
         self.feed.committed();
         Ok(StoredContact {
             contact,
@@ -449,6 +467,25 @@ impl ContactStore {
     /// Reads, changes and writes one contact in a transaction. `change` gets the current
     /// version and returns the new one; the etag is checked against the current revision.
     pub async fn modify<F>(
+        &self,
+        caller: &Caller,
+        id: &str,
+        method: &str,
+        request_id: &str,
+        hash: &str,
+        change: F,
+    ) -> Result<StoredContact, ApiError>
+    where
+        F: FnOnce(StoredContact) -> Result<Option<Change>, ApiError>,
+    {
+        let attempt = self
+            .try_modify(caller, id, method, request_id, hash, change)
+            .await;
+        self.or_replay(attempt, caller, method, request_id, hash)
+            .await
+    }
+
+    async fn try_modify<F>(
         &self,
         caller: &Caller,
         id: &str,

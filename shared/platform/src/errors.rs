@@ -163,6 +163,23 @@ impl ApiError {
     }
 }
 
+/// Longest message or violation description sent: they travel in HTTP/2 headers
+/// (`grpc-message`, `grpc-status-details-bin`), whose total size peers limit (often to
+/// 16 KiB), and they may quote what the caller sent.
+const MAX_TEXT: usize = 512;
+
+/// `text` cut to at most [`MAX_TEXT`] bytes on a character boundary, marked with `…`.
+fn bounded(text: &str) -> String {
+    if text.len() <= MAX_TEXT {
+        return text.to_owned();
+    }
+    let mut end = MAX_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 impl From<ApiError> for tonic::Status {
     fn from(err: ApiError) -> Self {
         let mut metadata = HashMap::new();
@@ -170,7 +187,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::NotFound { resource }
             | ApiError::AlreadyExists { resource }
             | ApiError::EtagMismatch { resource } => {
-                metadata.insert("resource".to_owned(), resource.clone());
+                metadata.insert("resource".to_owned(), bounded(resource));
             }
             ApiError::Unavailable { dependency } => {
                 metadata.insert("dependency".to_owned(), (*dependency).to_owned());
@@ -183,17 +200,21 @@ impl From<ApiError> for tonic::Status {
         let mut details = ErrorDetails::with_error_info(err.reason(), ERROR_DOMAIN, metadata);
         let message = match &err {
             ApiError::InvalidArgument(violations) => {
-                for violation in violations {
-                    details.add_bad_request_violation(&violation.field, &violation.description);
+                // At most 50 violations: enough to fix a request, small enough for headers.
+                for violation in violations.iter().take(50) {
+                    details.add_bad_request_violation(
+                        bounded(&violation.field),
+                        bounded(&violation.description),
+                    );
                 }
                 let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
-                format!("invalid fields: {}", fields.join(", "))
+                bounded(&format!("invalid fields: {}", fields.join(", ")))
             }
             ApiError::Unavailable { .. } => {
                 details.set_retry_info(Some(std::time::Duration::from_millis(200)));
                 err.to_string()
             }
-            _ => err.to_string(),
+            _ => bounded(&err.to_string()),
         };
         tonic::Status::with_error_details(err.code(), message, details)
     }
@@ -264,6 +285,26 @@ mod tests {
         let info = status.get_details_error_info().unwrap();
         assert_eq!(info.reason, "INVALID_ARGUMENT");
         assert_eq!(info.domain, ERROR_DOMAIN);
+    }
+
+    #[test]
+    fn echoed_input_stays_small() {
+        let huge = "é".repeat(40_000);
+        let mut violations = Violations::new();
+        for i in 0..500 {
+            violations.add(format!("{huge}{i}"), huge.clone());
+        }
+        let status: tonic::Status = violations.into_result().unwrap_err().into();
+        assert!(status.message().len() <= MAX_TEXT + 3);
+        let bad = status.get_details_bad_request().unwrap();
+        assert_eq!(bad.field_violations.len(), 50);
+        assert!(
+            bad.field_violations
+                .iter()
+                .all(|v| v.description.len() <= MAX_TEXT + 3)
+        );
+        let status: tonic::Status = ApiError::not_found(huge).into();
+        assert!(status.message().len() <= MAX_TEXT + 3);
     }
 
     #[test]
