@@ -347,6 +347,8 @@ def suite(database, tmp_path_factory):
             "CRM__DATA_DIR": str(data_dir),
             "CRM__SERVER__SHUTDOWN_DRAIN_DELAY_MS": "100",
             "CRM__TELEMETRY__LOG_FORMAT": "json",
+            # Verbose, so that the log scan sees everything the services would say.
+            "CRM__TELEMETRY__LOG_LEVEL": "debug",
         }
     )
     procs: dict[str, ServiceProcess] = {}

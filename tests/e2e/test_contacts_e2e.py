@@ -116,6 +116,7 @@ def make_contact(i: int, run: str) -> contacts_pb2.Contact:
         given_name=f"Ada{i}",
         family_name=f"Lovelace-{run}",
         emails=[contacts_pb2.EmailAddress(address=f"Mixed.Case.{i}.{run}@Example.com")],
+        phones=[contacts_pb2.PhoneNumber(number=f"+41 44 668 18 0{i}")],
     )
 
 
@@ -433,3 +434,24 @@ def test_pipeline_list_leads_unimplemented(pipeline, tenant_a):
         metadata=tenant_a.metadata,
         timeout=RPC_TIMEOUT_S,
     )
+
+
+def test_logs_hold_no_personal_data_or_secrets(suite, tenant_a, tenant_b, state):
+    """After the whole scenario (debug logging on), no service log contains a person's
+    name, email address or phone number, a bearer token or the signing secret."""
+    forbidden = [tenant_a.token, tenant_b.token, suite.secret]
+    for i in range(3):
+        forbidden += [
+            f"Mixed.Case.{i}.{state.run}@Example.com",
+            f"mixed.case.{i}.{state.run}@example.com",
+            f"Lovelace-{state.run}",
+            f"+4144668180{i}",
+            f"44 668 18 0{i}",
+        ]
+    scanned = 0
+    for sp in suite.procs.values():
+        text = sp.log_path.read_text(errors="replace")
+        scanned += len(text)
+        for value in forbidden:
+            assert value not in text, f"{sp.name} logged a secret or personal value ({value[:12]}...)"
+    assert scanned > 1000, "the services wrote (almost) no logs: the scan would prove nothing"
