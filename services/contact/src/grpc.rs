@@ -175,6 +175,30 @@ impl ContactApi {
             .map(|value| Contact::decode(value.bytes.as_ref()).map_err(ApiError::internal))
             .transpose()
     }
+
+    /// UpdateContact with `allow_missing` on a contact that does not exist.
+    async fn create_missing(
+        &self,
+        caller: &Caller,
+        patch: &Contact,
+        paths: &[String],
+        id: &str,
+        (request_id, hash, validate_only): (&str, &str, bool),
+    ) -> Result<Response<Contact>, Status> {
+        let mut contact = Contact::default();
+        mask::apply(&mut contact, patch, paths);
+        let mut violations = Violations::new();
+        validate::identifiable(&mut violations, "contact", &contact);
+        violations.into_result()?;
+        ensure_may_change(caller, "", Some(&contact.owner))?;
+        store::prepare_new(&mut contact, id);
+        if validate_only {
+            return Ok(Response::new(contact));
+        }
+        let stored = self.store.create(caller, contact, request_id, hash).await?;
+        self.remember(&caller.tenant, &stored).await;
+        Ok(Response::new(stored.contact))
+    }
 }
 
 /// Non-managers may change only contacts they own or that are unassigned, and may
@@ -211,6 +235,19 @@ fn record_stage_change(before: i32, after: &mut Contact, now: i64) {
 
 fn request_hash<M: prost::Message>(message: &M) -> String {
     idempotency::request_hash(&message.encode_to_vec())
+}
+
+/// The start of every mutation: the caller, the request, its hash for replays, and its
+/// request id checked.
+fn mutation<M: prost::Message>(
+    request: Request<M>,
+    request_id: impl Fn(&M) -> &str,
+) -> Result<(Caller, M, String), Status> {
+    let caller = Caller::from_request(&request)?;
+    let request = request.into_inner();
+    idempotency::validate(request_id(&request))?;
+    let hash = request_hash(&request);
+    Ok((caller, request, hash))
 }
 
 /// Parses `order_by` ("family_name, create_time desc"); the id ends every order.
@@ -427,10 +464,7 @@ impl ContactService for ContactApi {
         &self,
         request: Request<UpdateContactRequest>,
     ) -> Result<Response<Contact>, Status> {
-        let caller = Caller::from_request(&request)?;
-        let request = request.into_inner();
-        let hash = request_hash(&request);
-        idempotency::validate(&request.request_id)?;
+        let (caller, request, hash) = mutation(request, |r| &r.request_id)?;
         let Some(mut patch) = request.contact else {
             return Err(ApiError::invalid("contact", "is required").into());
         };
@@ -445,28 +479,6 @@ impl ContactService for ContactApi {
         let mut violations = Violations::new();
         validate::contact(&mut violations, "contact", &mut patch);
         violations.into_result()?;
-
-        if self.store.get(&caller.tenant, &id).await?.is_none() {
-            if !request.allow_missing {
-                return Err(ApiError::not_found(names::contact_name(&id)).into());
-            }
-            let mut contact = Contact::default();
-            mask::apply(&mut contact, &patch, &paths);
-            let mut violations = Violations::new();
-            validate::identifiable(&mut violations, "contact", &contact);
-            violations.into_result()?;
-            ensure_may_change(&caller, "", Some(&contact.owner))?;
-            store::prepare_new(&mut contact, &id);
-            if request.validate_only {
-                return Ok(Response::new(contact));
-            }
-            let stored = self
-                .store
-                .create(&caller, contact, &request.request_id, &hash)
-                .await?;
-            self.remember(&caller.tenant, &stored).await;
-            return Ok(Response::new(stored.contact));
-        }
 
         let validate_only = request.validate_only;
         let mut preview = None;
@@ -521,7 +533,22 @@ impl ContactService for ContactApi {
                     }))
                 },
             )
-            .await?;
+            .await;
+        let outcome = match outcome {
+            // AIP-134: with allow_missing, an update of a missing contact creates it.
+            Err(ApiError::NotFound { .. }) if request.allow_missing => {
+                return self
+                    .create_missing(
+                        &caller,
+                        &patch,
+                        &paths,
+                        &id,
+                        (&request.request_id, &hash, validate_only),
+                    )
+                    .await;
+            }
+            outcome => outcome?,
+        };
         if let Some(contact) = preview {
             return Ok(Response::new(contact));
         }
@@ -533,10 +560,7 @@ impl ContactService for ContactApi {
         &self,
         request: Request<DeleteContactRequest>,
     ) -> Result<Response<Contact>, Status> {
-        let caller = Caller::from_request(&request)?;
-        let request = request.into_inner();
-        let hash = request_hash(&request);
-        idempotency::validate(&request.request_id)?;
+        let (caller, request, hash) = mutation(request, |r| &r.request_id)?;
         let id = names::parse(names::CONTACTS, "name", &request.name)?;
         let outcome = self
             .store
@@ -574,10 +598,7 @@ impl ContactService for ContactApi {
         &self,
         request: Request<UndeleteContactRequest>,
     ) -> Result<Response<Contact>, Status> {
-        let caller = Caller::from_request(&request)?;
-        let request = request.into_inner();
-        let hash = request_hash(&request);
-        idempotency::validate(&request.request_id)?;
+        let (caller, request, hash) = mutation(request, |r| &r.request_id)?;
         let id = names::parse(names::CONTACTS, "name", &request.name)?;
         let outcome = self
             .store

@@ -320,10 +320,6 @@ impl ContactStore {
         Self { db, feed }
     }
 
-    pub fn db(&self) -> &DatabaseConnection {
-        &self.db
-    }
-
     pub async fn get(&self, tenant: &str, id: &str) -> Result<Option<StoredContact>, ApiError> {
         let row = Contacts::find_by_id((tenant.to_owned(), id.to_owned()))
             .one(&self.db)

@@ -89,10 +89,6 @@ impl Caller {
         self.roles.contains(&role)
     }
 
-    pub fn has_any(&self, roles: &[Role]) -> bool {
-        self.roles.iter().any(|role| roles.contains(role))
-    }
-
     /// Whether the caller may change a record owned by `owner` (empty: unassigned).
     pub fn may_change_owned_by(&self, owner: &str) -> bool {
         owner.is_empty()
@@ -323,12 +319,6 @@ impl RoleTable {
     /// The roles that may call `path`, or `None` when the method is not in the table.
     pub fn roles_for(&self, path: &str) -> Option<&HashSet<Role>> {
         self.methods.get(path)
-    }
-
-    pub fn methods(&self) -> impl Iterator<Item = (&str, &HashSet<Role>)> {
-        self.methods
-            .iter()
-            .map(|(path, roles)| (path.as_str(), roles))
     }
 }
 

@@ -491,13 +491,6 @@ impl CacheHandle {
             }
         }
     }
-
-    /// Removes `key` (for erasure: the value must be gone, not superseded).
-    pub async fn evict(&self, key: &str) {
-        if let Err(err) = self.inner.delete(key).await {
-            tracing::warn!(cache.backend = self.inner.backend(), error = %err, "cache delete failed");
-        }
-    }
 }
 
 #[cfg(test)]

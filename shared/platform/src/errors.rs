@@ -42,10 +42,6 @@ impl Violations {
         self.0.push(FieldViolation::new(field, description));
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// `Ok(())` when nothing was added, else `ApiError::InvalidArgument`.
     pub fn into_result(self) -> Result<(), ApiError> {
         if self.0.is_empty() {
