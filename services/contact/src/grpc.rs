@@ -1,5 +1,6 @@
 //! The ContactService over gRPC: decode, validate, authorise, then call the store.
-//! Methods this issue has not built answer UNIMPLEMENTED (the generated defaults).
+//! The contact methods live here; every other group of methods lives in its own module
+//! and is delegated to.
 
 use std::pin::Pin;
 
@@ -19,13 +20,23 @@ use crm_proto::common::{Event, WatchEventsRequest};
 use crm_proto::contact::contact_service_server::ContactService;
 use crm_proto::contact::*;
 
+use crate::accounts::AccountsApi;
+use crate::audit::AuditApi;
+use crate::consent::ConsentApi;
+use crate::context::Context;
 use crate::domain::{mask, names, validate};
+use crate::duplicates::DuplicatesApi;
+use crate::privacy::PrivacyApi;
+use crate::search::SearchApi;
+use crate::segments::SegmentsApi;
 use crate::store::{self, Change, ContactStore, ListQuery, SortField, StoredContact};
+use crate::timeline::TimelineApi;
+use crate::transfer::TransferApi;
 
 pub const SERVICE: &str = "contact";
 const MAX_BATCH: usize = 1000;
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// The fields ListContacts filters on, and their columns.
 pub const CONTACT_FILTER_FIELDS: &[FilterField] = &[
@@ -111,6 +122,14 @@ pub const CONTACT_FILTER_FIELDS: &[FilterField] = &[
     },
 ];
 
+/// A ListContacts filter as a condition on the contacts table (also used by segments,
+/// search and export).
+pub(crate) fn contact_filter(
+    filter: &str,
+) -> Result<Option<sea_orm::sea_query::Condition>, ApiError> {
+    filter::condition(filter, CONTACT_FILTER_FIELDS)
+}
+
 fn parse_stage(name: &str) -> Option<i32> {
     LifecycleStage::from_str_name(name)
         .or_else(|| LifecycleStage::from_str_name(&format!("LIFECYCLE_STAGE_{name}")))
@@ -122,20 +141,33 @@ pub struct ContactApi {
     cache: CacheHandle,
     feed: EventFeed,
     tokens: PageTokens,
+    accounts: AccountsApi,
+    timeline: TimelineApi,
+    consent: ConsentApi,
+    segments: SegmentsApi,
+    audit: AuditApi,
+    duplicates: DuplicatesApi,
+    privacy: PrivacyApi,
+    search: SearchApi,
+    transfer: TransferApi,
 }
 
 impl ContactApi {
-    pub fn new(
-        store: ContactStore,
-        cache: CacheHandle,
-        feed: EventFeed,
-        tokens: PageTokens,
-    ) -> Self {
+    pub fn new(ctx: Context) -> Self {
         Self {
-            store,
-            cache,
-            feed,
-            tokens,
+            store: ctx.contacts.clone(),
+            cache: ctx.cache.clone(),
+            feed: ctx.feed.clone(),
+            tokens: ctx.tokens.clone(),
+            accounts: AccountsApi::new(ctx.clone()),
+            timeline: TimelineApi::new(ctx.clone()),
+            consent: ConsentApi::new(ctx.clone()),
+            segments: SegmentsApi::new(ctx.clone()),
+            audit: AuditApi::new(ctx.clone()),
+            duplicates: DuplicatesApi::new(ctx.clone()),
+            privacy: PrivacyApi::new(ctx.clone()),
+            search: SearchApi::new(ctx.clone()),
+            transfer: TransferApi::new(ctx),
         }
     }
 
@@ -251,7 +283,7 @@ fn mutation<M: prost::Message>(
 }
 
 /// Parses `order_by` ("family_name, create_time desc"); the id ends every order.
-fn parse_order(order_by: &str) -> Result<Vec<(SortField, bool)>, ApiError> {
+pub(crate) fn parse_order(order_by: &str) -> Result<Vec<(SortField, bool)>, ApiError> {
     let mut order = Vec::new();
     for part in order_by.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let mut words = part.split_whitespace();
@@ -406,7 +438,7 @@ impl ContactService for ContactApi {
         let request = request.into_inner();
         let limit = pagination::page_size(request.page_size, 50, 1000)?;
         let order = parse_order(&request.order_by)?;
-        let condition = filter::condition(&request.filter, CONTACT_FILTER_FIELDS)?;
+        let condition = contact_filter(&request.filter)?;
         let fingerprint = PageTokens::fingerprint(&[
             &request.filter,
             &request.order_by,
@@ -629,6 +661,286 @@ impl ContactService for ContactApi {
             .await?;
         self.remember(&caller.tenant, &outcome).await;
         Ok(Response::new(outcome.contact))
+    }
+
+    async fn create_account(
+        &self,
+        request: Request<CreateAccountRequest>,
+    ) -> Result<Response<Account>, Status> {
+        self.accounts.create_account(request).await
+    }
+
+    async fn get_account(
+        &self,
+        request: Request<GetAccountRequest>,
+    ) -> Result<Response<Account>, Status> {
+        self.accounts.get_account(request).await
+    }
+
+    async fn batch_get_accounts(
+        &self,
+        request: Request<BatchGetAccountsRequest>,
+    ) -> Result<Response<BatchGetAccountsResponse>, Status> {
+        self.accounts.batch_get_accounts(request).await
+    }
+
+    async fn list_accounts(
+        &self,
+        request: Request<ListAccountsRequest>,
+    ) -> Result<Response<ListAccountsResponse>, Status> {
+        self.accounts.list_accounts(request).await
+    }
+
+    async fn update_account(
+        &self,
+        request: Request<UpdateAccountRequest>,
+    ) -> Result<Response<Account>, Status> {
+        self.accounts.update_account(request).await
+    }
+
+    async fn delete_account(
+        &self,
+        request: Request<DeleteAccountRequest>,
+    ) -> Result<Response<Account>, Status> {
+        self.accounts.delete_account(request).await
+    }
+
+    async fn undelete_account(
+        &self,
+        request: Request<UndeleteAccountRequest>,
+    ) -> Result<Response<Account>, Status> {
+        self.accounts.undelete_account(request).await
+    }
+
+    async fn create_interaction(
+        &self,
+        request: Request<CreateInteractionRequest>,
+    ) -> Result<Response<Interaction>, Status> {
+        self.timeline.create_interaction(request).await
+    }
+
+    async fn get_interaction(
+        &self,
+        request: Request<GetInteractionRequest>,
+    ) -> Result<Response<Interaction>, Status> {
+        self.timeline.get_interaction(request).await
+    }
+
+    async fn list_interactions(
+        &self,
+        request: Request<ListInteractionsRequest>,
+    ) -> Result<Response<ListInteractionsResponse>, Status> {
+        self.timeline.list_interactions(request).await
+    }
+
+    async fn update_interaction(
+        &self,
+        request: Request<UpdateInteractionRequest>,
+    ) -> Result<Response<Interaction>, Status> {
+        self.timeline.update_interaction(request).await
+    }
+
+    async fn delete_interaction(
+        &self,
+        request: Request<DeleteInteractionRequest>,
+    ) -> Result<Response<DeleteInteractionResponse>, Status> {
+        self.timeline.delete_interaction(request).await
+    }
+
+    async fn create_episode(
+        &self,
+        request: Request<CreateEpisodeRequest>,
+    ) -> Result<Response<Episode>, Status> {
+        self.timeline.create_episode(request).await
+    }
+
+    async fn get_episode(
+        &self,
+        request: Request<GetEpisodeRequest>,
+    ) -> Result<Response<Episode>, Status> {
+        self.timeline.get_episode(request).await
+    }
+
+    async fn list_episodes(
+        &self,
+        request: Request<ListEpisodesRequest>,
+    ) -> Result<Response<ListEpisodesResponse>, Status> {
+        self.timeline.list_episodes(request).await
+    }
+
+    async fn update_episode(
+        &self,
+        request: Request<UpdateEpisodeRequest>,
+    ) -> Result<Response<Episode>, Status> {
+        self.timeline.update_episode(request).await
+    }
+
+    async fn record_consent(
+        &self,
+        request: Request<RecordConsentRequest>,
+    ) -> Result<Response<ConsentRecord>, Status> {
+        self.consent.record_consent(request).await
+    }
+
+    async fn get_consent(
+        &self,
+        request: Request<GetConsentRequest>,
+    ) -> Result<Response<GetConsentResponse>, Status> {
+        self.consent.get_consent(request).await
+    }
+
+    async fn list_consent_history(
+        &self,
+        request: Request<ListConsentHistoryRequest>,
+    ) -> Result<Response<ListConsentHistoryResponse>, Status> {
+        self.consent.list_consent_history(request).await
+    }
+
+    async fn get_contact_settings(
+        &self,
+        request: Request<GetContactSettingsRequest>,
+    ) -> Result<Response<ContactSettings>, Status> {
+        self.consent.get_contact_settings(request).await
+    }
+
+    async fn update_contact_settings(
+        &self,
+        request: Request<UpdateContactSettingsRequest>,
+    ) -> Result<Response<ContactSettings>, Status> {
+        self.consent.update_contact_settings(request).await
+    }
+
+    async fn create_segment(
+        &self,
+        request: Request<CreateSegmentRequest>,
+    ) -> Result<Response<Segment>, Status> {
+        self.segments.create_segment(request).await
+    }
+
+    async fn get_segment(
+        &self,
+        request: Request<GetSegmentRequest>,
+    ) -> Result<Response<Segment>, Status> {
+        self.segments.get_segment(request).await
+    }
+
+    async fn list_segments(
+        &self,
+        request: Request<ListSegmentsRequest>,
+    ) -> Result<Response<ListSegmentsResponse>, Status> {
+        self.segments.list_segments(request).await
+    }
+
+    async fn update_segment(
+        &self,
+        request: Request<UpdateSegmentRequest>,
+    ) -> Result<Response<Segment>, Status> {
+        self.segments.update_segment(request).await
+    }
+
+    async fn delete_segment(
+        &self,
+        request: Request<DeleteSegmentRequest>,
+    ) -> Result<Response<DeleteSegmentResponse>, Status> {
+        self.segments.delete_segment(request).await
+    }
+
+    async fn list_segment_members(
+        &self,
+        request: Request<ListSegmentMembersRequest>,
+    ) -> Result<Response<ListSegmentMembersResponse>, Status> {
+        self.segments.list_segment_members(request).await
+    }
+
+    async fn add_segment_members(
+        &self,
+        request: Request<AddSegmentMembersRequest>,
+    ) -> Result<Response<AddSegmentMembersResponse>, Status> {
+        self.segments.add_segment_members(request).await
+    }
+
+    async fn remove_segment_members(
+        &self,
+        request: Request<RemoveSegmentMembersRequest>,
+    ) -> Result<Response<RemoveSegmentMembersResponse>, Status> {
+        self.segments.remove_segment_members(request).await
+    }
+
+    async fn get_record_history(
+        &self,
+        request: Request<GetRecordHistoryRequest>,
+    ) -> Result<Response<GetRecordHistoryResponse>, Status> {
+        self.audit.get_record_history(request).await
+    }
+
+    async fn list_audit_events(
+        &self,
+        request: Request<ListAuditEventsRequest>,
+    ) -> Result<Response<ListAuditEventsResponse>, Status> {
+        self.audit.list_audit_events(request).await
+    }
+
+    async fn find_duplicates(
+        &self,
+        request: Request<FindDuplicatesRequest>,
+    ) -> Result<Response<FindDuplicatesResponse>, Status> {
+        self.duplicates.find_duplicates(request).await
+    }
+
+    async fn merge_contacts(
+        &self,
+        request: Request<MergeContactsRequest>,
+    ) -> Result<Response<MergeContactsResponse>, Status> {
+        self.duplicates.merge_contacts(request).await
+    }
+
+    async fn get_duplicate_rules(
+        &self,
+        request: Request<GetDuplicateRulesRequest>,
+    ) -> Result<Response<DuplicateRules>, Status> {
+        self.duplicates.get_duplicate_rules(request).await
+    }
+
+    async fn update_duplicate_rules(
+        &self,
+        request: Request<UpdateDuplicateRulesRequest>,
+    ) -> Result<Response<DuplicateRules>, Status> {
+        self.duplicates.update_duplicate_rules(request).await
+    }
+
+    async fn export_personal_data(
+        &self,
+        request: Request<ExportPersonalDataRequest>,
+    ) -> Result<Response<ExportPersonalDataResponse>, Status> {
+        self.privacy.export_personal_data(request).await
+    }
+
+    async fn erase_personal_data(
+        &self,
+        request: Request<ErasePersonalDataRequest>,
+    ) -> Result<Response<ErasePersonalDataResponse>, Status> {
+        self.privacy.erase_personal_data(request).await
+    }
+
+    async fn search_contacts(
+        &self,
+        request: Request<SearchContactsRequest>,
+    ) -> Result<Response<SearchContactsResponse>, Status> {
+        self.search.search_contacts(request).await
+    }
+
+    async fn import_contacts(
+        &self,
+        request: Request<tonic::Streaming<ImportContactsRequest>>,
+    ) -> Result<Response<BoxStream<ImportContactsResponse>>, Status> {
+        self.transfer.import_contacts(request).await
+    }
+
+    async fn export_contacts(
+        &self,
+        request: Request<ExportContactsRequest>,
+    ) -> Result<Response<BoxStream<ExportContactsResponse>>, Status> {
+        self.transfer.export_contacts(request).await
     }
 
     async fn watch_events(

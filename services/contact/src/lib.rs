@@ -3,11 +3,22 @@
 //! A request walks one way: `grpc` (decode, validate, authorise) → `domain` (rules, no
 //! I/O) → `store` (one transaction, outbox row included) → back out.
 
+pub mod accounts;
+pub mod audit;
+pub mod consent;
+pub mod context;
 pub mod domain;
+pub mod duplicates;
 pub mod grpc;
+pub mod index;
 pub mod migrations;
+pub mod privacy;
 pub mod roles;
+pub mod search;
+pub mod segments;
 pub mod store;
+pub mod timeline;
+pub mod transfer;
 
 use std::time::Duration;
 
@@ -40,12 +51,13 @@ pub async fn add_to(
         cache.backend = cache.backend(),
         "service ready"
     );
-    let api = ContactApi::new(
-        store::ContactStore::new(database, feed.clone()),
+    let api = ContactApi::new(context::Context {
+        contacts: store::ContactStore::new(database.clone(), feed.clone()),
+        db: database,
+        feed: feed.clone(),
         cache,
-        feed.clone(),
-        PageTokens::new(&keys.page_token_secret),
-    );
+        tokens: PageTokens::new(&keys.page_token_secret),
+    });
     let max = config.server.max_message_bytes;
     let server = ContactServiceServer::new(api)
         .max_decoding_message_size(max)

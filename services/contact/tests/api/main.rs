@@ -10,10 +10,19 @@
 
 mod harness;
 
+mod accounts;
+mod audit;
 mod auth;
 mod cache;
+mod consent;
 mod contacts;
+mod duplicates;
 mod outbox;
+mod privacy;
+mod search;
+mod segments;
 mod shutdown;
 mod tenancy;
+mod timeline;
 mod tracing_propagation;
+mod transfer;

@@ -1,0 +1,19 @@
+//! What every part of the contact service shares: the database, the event feed, the
+//! cache, page tokens, and the contact store the other resources refer to.
+
+use sea_orm::DatabaseConnection;
+
+use crm_platform::cache::CacheHandle;
+use crm_platform::events::EventFeed;
+use crm_platform::pagination::PageTokens;
+
+use crate::store::ContactStore;
+
+#[derive(Clone)]
+pub struct Context {
+    pub db: DatabaseConnection,
+    pub feed: EventFeed,
+    pub cache: CacheHandle,
+    pub tokens: PageTokens,
+    pub contacts: ContactStore,
+}
