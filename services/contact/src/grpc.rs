@@ -120,6 +120,11 @@ pub const CONTACT_FILTER_FIELDS: &[FilterField] = &[
         column: "delete_time_us",
         kind: FieldKind::Timestamp,
     },
+    FilterField {
+        name: "attributes.",
+        column: "",
+        kind: FieldKind::Keyed(crate::index::attribute_condition),
+    },
 ];
 
 /// A ListContacts filter as a condition on the contacts table (also used by segments,

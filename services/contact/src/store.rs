@@ -254,8 +254,7 @@ pub(crate) async fn after_write<C: ConnectionTrait>(
     tenant: &str,
     contacts: &[&Contact],
 ) -> Result<(), ApiError> {
-    let _ = (conn, tenant, contacts);
-    Ok(())
+    crate::index::write(conn, tenant, contacts).await
 }
 
 /// The sortable fields of ListContacts.

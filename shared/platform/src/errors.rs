@@ -61,6 +61,13 @@ pub enum ApiError {
     NotFound { resource: String },
     #[error("{resource} already exists")]
     AlreadyExists { resource: String },
+    /// A new record that looks like existing ones, refused by the tenant's rules.
+    #[error("{message}")]
+    Duplicate {
+        message: String,
+        /// The names of the existing records it looks like.
+        duplicates: Vec<String>,
+    },
     #[error("the etag does not match the current version of {resource}")]
     EtagMismatch { resource: String },
     #[error("{message}")]
@@ -130,7 +137,7 @@ impl ApiError {
         match self {
             Self::InvalidArgument(_) => Code::InvalidArgument,
             Self::NotFound { .. } => Code::NotFound,
-            Self::AlreadyExists { .. } => Code::AlreadyExists,
+            Self::AlreadyExists { .. } | Self::Duplicate { .. } => Code::AlreadyExists,
             Self::EtagMismatch { .. } | Self::Aborted { .. } => Code::Aborted,
             Self::FailedPrecondition { .. } => Code::FailedPrecondition,
             Self::Unauthenticated { .. } => Code::Unauthenticated,
@@ -147,6 +154,7 @@ impl ApiError {
             Self::InvalidArgument(_) => "INVALID_ARGUMENT",
             Self::NotFound { .. } => "RESOURCE_NOT_FOUND",
             Self::AlreadyExists { .. } => "RESOURCE_ALREADY_EXISTS",
+            Self::Duplicate { .. } => "DUPLICATE_CONTACT",
             Self::EtagMismatch { .. } => "ETAG_MISMATCH",
             Self::Aborted { reason, .. }
             | Self::FailedPrecondition { reason, .. }
@@ -187,6 +195,9 @@ impl From<ApiError> for tonic::Status {
             }
             ApiError::Unavailable { dependency } => {
                 metadata.insert("dependency".to_owned(), (*dependency).to_owned());
+            }
+            ApiError::Duplicate { duplicates, .. } => {
+                metadata.insert("duplicates".to_owned(), bounded(&duplicates.join(",")));
             }
             ApiError::Internal { detail } => {
                 tracing::error!(error.detail = %detail, "internal error");

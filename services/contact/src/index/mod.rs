@@ -1,4 +1,409 @@
 //! Derived lookup tables of contacts, kept in step by every write
-//! (`store::after_write`): search terms and typed attribute values.
+//! (`store::after_write`): the terms that search and duplicate finding look up, the
+//! search vocabulary (distinct terms, for typo tolerance), and typed attribute values
+//! for `attributes.<key>` filters.
 
 pub mod migration;
+
+use std::collections::BTreeSet;
+
+use sea_orm::ConnectionTrait;
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query, SimpleExpr};
+use unicode_normalization::UnicodeNormalization as _;
+
+use crm_platform::ApiError;
+use crm_platform::errors::from_db;
+use crm_platform::filter::{Op, Value};
+use crm_proto::common::attribute_value::Kind;
+use crm_proto::contact::Contact;
+
+use migration::{ContactAttributes, ContactTerms, SearchVocabulary};
+
+/// Which part of a contact a term came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TermField {
+    GivenName = 1,
+    FamilyName = 2,
+    /// A whole email address.
+    Email = 3,
+    /// A word of an email address's local part or domain.
+    EmailWord = 4,
+    /// The domain of an email address.
+    EmailDomain = 5,
+    /// The digits of a phone number in E.164.
+    Phone = 6,
+    Tag = 7,
+}
+
+impl TermField {
+    pub fn from_code(code: i16) -> Option<Self> {
+        Some(match code {
+            1 => Self::GivenName,
+            2 => Self::FamilyName,
+            3 => Self::Email,
+            4 => Self::EmailWord,
+            5 => Self::EmailDomain,
+            6 => Self::Phone,
+            7 => Self::Tag,
+            _ => return None,
+        })
+    }
+
+    /// Words (not whole addresses or numbers) go in the vocabulary that typo-tolerant
+    /// search scans.
+    pub fn in_vocabulary(self) -> bool {
+        matches!(
+            self,
+            Self::GivenName | Self::FamilyName | Self::EmailWord | Self::Tag
+        )
+    }
+
+    pub fn code(self) -> i16 {
+        self as i16
+    }
+
+    /// The Contact field a match on this term is reported as.
+    pub fn contact_field(self) -> &'static str {
+        match self {
+            Self::GivenName => "given_name",
+            Self::FamilyName => "family_name",
+            Self::Email | Self::EmailWord | Self::EmailDomain => "emails",
+            Self::Phone => "phones",
+            Self::Tag => "tags",
+        }
+    }
+}
+
+/// Folds text for matching: lower case, accents removed ("Müller" → "muller"),
+/// "ß" → "ss".
+pub fn fold(text: &str) -> String {
+    text.nfd()
+        .filter(|c| !unicode_normalization::char::is_combining_mark(*c))
+        .flat_map(char::to_lowercase)
+        .collect::<String>()
+        .replace('ß', "ss")
+}
+
+/// The words of a name or free text, folded.
+pub fn words(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(|c: char| !c.is_alphanumeric() && c != '@' && c != '.' && c != '+')
+        .flat_map(|w| w.split(['.', '@', '+']))
+        .filter(|w| !w.is_empty())
+        .map(fold)
+}
+
+/// The digits of a phone number.
+pub fn phone_digits(number: &str) -> String {
+    number.chars().filter(char::is_ascii_digit).collect()
+}
+
+/// Every term of a contact, with the field it came from. Merged contacts have none:
+/// they are not found, only redirected to.
+pub fn terms(contact: &Contact) -> BTreeSet<(String, TermField)> {
+    let mut out = BTreeSet::new();
+    if !contact.merged_into.is_empty() {
+        return out;
+    }
+    for word in words(&contact.given_name) {
+        out.insert((word, TermField::GivenName));
+    }
+    for word in words(&contact.family_name) {
+        out.insert((word, TermField::FamilyName));
+    }
+    for email in &contact.emails {
+        let address = email.address.to_lowercase();
+        if let Some((local, domain)) = address.split_once('@') {
+            out.insert((domain.to_owned(), TermField::EmailDomain));
+            for word in words(local).chain(words(domain)) {
+                out.insert((word, TermField::EmailWord));
+            }
+        }
+        out.insert((address, TermField::Email));
+    }
+    for phone in &contact.phones {
+        let digits = phone_digits(&phone.number);
+        if !digits.is_empty() {
+            out.insert((digits, TermField::Phone));
+        }
+    }
+    for tag in &contact.tags {
+        out.insert((fold(tag), TermField::Tag));
+    }
+    out.retain(|(term, _)| term.len() <= 254);
+    out
+}
+
+fn contact_id(contact: &Contact) -> &str {
+    contact.name.trim_start_matches("contacts/")
+}
+
+/// Rows per insert statement: well under the bind-parameter limits of both backends.
+const ROWS_PER_INSERT: usize = 2_000;
+
+/// Rewrites the derived rows of the given contacts.
+pub async fn write<C: ConnectionTrait>(
+    conn: &C,
+    tenant: &str,
+    contacts: &[&Contact],
+) -> Result<(), ApiError> {
+    if contacts.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = contacts.iter().map(|c| contact_id(c)).collect();
+    let db = |e| from_db(e, "contact index");
+    conn.execute(
+        &Query::delete()
+            .from_table(ContactTerms::Table)
+            .and_where(Expr::col(ContactTerms::TenantId).eq(tenant))
+            .and_where(Expr::col(ContactTerms::ContactId).is_in(ids.iter().copied()))
+            .to_owned(),
+    )
+    .await
+    .map_err(db)?;
+    conn.execute(
+        &Query::delete()
+            .from_table(ContactAttributes::Table)
+            .and_where(Expr::col(ContactAttributes::TenantId).eq(tenant))
+            .and_where(Expr::col(ContactAttributes::ContactId).is_in(ids.iter().copied()))
+            .to_owned(),
+    )
+    .await
+    .map_err(db)?;
+
+    let mut term_rows = Vec::new();
+    let mut vocabulary = BTreeSet::new();
+    let mut attribute_rows = Vec::new();
+    for contact in contacts {
+        let id = contact_id(contact);
+        for (term, field) in terms(contact) {
+            if field.in_vocabulary() {
+                vocabulary.insert(term.clone());
+            }
+            term_rows.push((term, field, id));
+        }
+        if contact.merged_into.is_empty() {
+            for (key, value) in &contact.attributes {
+                attribute_rows.push((id, key.as_str(), value.kind.as_ref()));
+            }
+        }
+    }
+    for chunk in term_rows.chunks(ROWS_PER_INSERT) {
+        let mut insert = Query::insert();
+        insert.into_table(ContactTerms::Table).columns([
+            ContactTerms::TenantId,
+            ContactTerms::Term,
+            ContactTerms::Field,
+            ContactTerms::ContactId,
+        ]);
+        for (term, field, id) in chunk {
+            insert.values_panic([
+                tenant.into(),
+                term.as_str().into(),
+                field.code().into(),
+                (*id).into(),
+            ]);
+        }
+        conn.execute(&insert).await.map_err(db)?;
+    }
+    let vocabulary: Vec<String> = vocabulary.into_iter().collect();
+    for chunk in vocabulary.chunks(ROWS_PER_INSERT) {
+        let mut insert = Query::insert();
+        insert
+            .into_table(SearchVocabulary::Table)
+            .columns([SearchVocabulary::TenantId, SearchVocabulary::Term])
+            .on_conflict(
+                OnConflict::columns([SearchVocabulary::TenantId, SearchVocabulary::Term])
+                    .do_nothing()
+                    .to_owned(),
+            );
+        for term in chunk {
+            insert.values_panic([tenant.into(), term.as_str().into()]);
+        }
+        conn.execute(&insert).await.map_err(db)?;
+    }
+    for chunk in attribute_rows.chunks(ROWS_PER_INSERT) {
+        let mut insert = Query::insert();
+        insert.into_table(ContactAttributes::Table).columns([
+            ContactAttributes::TenantId,
+            ContactAttributes::ContactId,
+            ContactAttributes::Key,
+            ContactAttributes::TextValue,
+            ContactAttributes::NumberValue,
+            ContactAttributes::BoolValue,
+        ]);
+        for (id, key, kind) in chunk {
+            let (text, number, flag): (Option<String>, Option<f64>, Option<bool>) = match kind {
+                Some(Kind::StringValue(s)) => (Some(s.clone()), None, None),
+                Some(Kind::NumberValue(n)) => (None, Some(*n), None),
+                Some(Kind::BoolValue(b)) => (None, None, Some(*b)),
+                Some(Kind::DateValue(d)) => (
+                    Some(format!("{:04}-{:02}-{:02}", d.year, d.month, d.day)),
+                    None,
+                    None,
+                ),
+                None => (None, None, None),
+            };
+            insert.values_panic([
+                tenant.into(),
+                (*id).into(),
+                (*key).into(),
+                text.into(),
+                number.into(),
+                flag.into(),
+            ]);
+        }
+        conn.execute(&insert).await.map_err(db)?;
+    }
+    Ok(())
+}
+
+/// Removes vocabulary terms no contact uses any more (after an erasure, so that an
+/// erased name is not left behind in the vocabulary).
+pub async fn prune_vocabulary<C: ConnectionTrait>(
+    conn: &C,
+    tenant: &str,
+    candidates: &[String],
+) -> Result<(), ApiError> {
+    if candidates.is_empty() {
+        return Ok(());
+    }
+    let in_use = Query::select()
+        .column(ContactTerms::Term)
+        .from(ContactTerms::Table)
+        .and_where(Expr::col(ContactTerms::TenantId).eq(tenant))
+        .and_where(Expr::col(ContactTerms::Term).is_in(candidates.iter().map(String::as_str)))
+        .to_owned();
+    conn.execute(
+        &Query::delete()
+            .from_table(SearchVocabulary::Table)
+            .and_where(Expr::col(SearchVocabulary::TenantId).eq(tenant))
+            .and_where(
+                Expr::col(SearchVocabulary::Term).is_in(candidates.iter().map(String::as_str)),
+            )
+            .and_where(Expr::col(SearchVocabulary::Term).not_in_subquery(in_use))
+            .to_owned(),
+    )
+    .await
+    .map_err(|e| from_db(e, "contact index"))?;
+    Ok(())
+}
+
+/// `attributes.<key> <op> <value>` as a condition on the contacts table: a quoted
+/// value compares text (and dates, as "YYYY-MM-DD"), `true`/`false` booleans, other
+/// unquoted words numbers; `attributes.<key>:*` tests presence.
+pub fn attribute_condition(key: &str, op: Op, value: &Value) -> Result<SimpleExpr, String> {
+    let valid_key = key.len() <= 63
+        && key.starts_with(|c: char| c.is_ascii_lowercase())
+        && key
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !valid_key {
+        return Err("attribute keys are [a-z][a-z0-9_]{0,62}".into());
+    }
+    let column = |c: ContactAttributes| Expr::col((ContactAttributes::Table, c));
+    let compare = |col: SimpleExpr, v: sea_orm::Value| -> Result<SimpleExpr, String> {
+        Ok(match op {
+            Op::Eq | Op::Has => col.eq(v),
+            Op::Ne => col.ne(v),
+            Op::Lt => col.lt(v),
+            Op::Le => col.lte(v),
+            Op::Gt => col.gt(v),
+            Op::Ge => col.gte(v),
+        })
+    };
+    let test = match (op, value) {
+        (Op::Has, Value::Word(w)) if w == "*" => None,
+        (_, Value::Text(text)) => Some(compare(
+            column(ContactAttributes::TextValue),
+            text.clone().into(),
+        )?),
+        (_, Value::Word(w)) if w == "true" || w == "false" => {
+            if !matches!(op, Op::Eq | Op::Ne | Op::Has) {
+                return Err("booleans compare with = and != only".into());
+            }
+            Some(compare(
+                column(ContactAttributes::BoolValue),
+                (w == "true").into(),
+            )?)
+        }
+        (_, Value::Word(w)) => {
+            let number: f64 = w
+                .parse()
+                .ok()
+                .filter(|n: &f64| n.is_finite())
+                .ok_or("expected a number, true, false, or a quoted text")?;
+            Some(compare(
+                column(ContactAttributes::NumberValue),
+                number.into(),
+            )?)
+        }
+    };
+    let mut members = Query::select();
+    members
+        .columns([
+            (ContactAttributes::Table, ContactAttributes::TenantId),
+            (ContactAttributes::Table, ContactAttributes::ContactId),
+        ])
+        .from(ContactAttributes::Table)
+        .and_where(column(ContactAttributes::Key).eq(key));
+    if let Some(test) = test {
+        members.and_where(test);
+    }
+    // (tenant_id, id): a client-chosen contact id may exist in two tenants.
+    Ok(Expr::tuple([Expr::col("tenant_id"), Expr::col("id")]).in_subquery(members.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crm_proto::contact::{EmailAddress, PhoneNumber};
+
+    #[test]
+    fn folds_accents_and_case() {
+        assert_eq!(fold("Müller-Straße"), "muller-strasse");
+        assert_eq!(fold("ÉLODIE"), "elodie");
+    }
+
+    #[test]
+    fn terms_of_a_contact() {
+        let contact = Contact {
+            name: "contacts/x".into(),
+            given_name: "Anna-Lena".into(),
+            family_name: "Müller".into(),
+            emails: vec![EmailAddress {
+                address: "anna.mueller@acme.ch".into(),
+                ..Default::default()
+            }],
+            phones: vec![PhoneNumber {
+                number: "+41446681800".into(),
+                ..Default::default()
+            }],
+            tags: vec!["VIP".into()],
+            ..Default::default()
+        };
+        let terms = terms(&contact);
+        for expected in [
+            ("anna", TermField::GivenName),
+            ("lena", TermField::GivenName),
+            ("muller", TermField::FamilyName),
+            ("anna.mueller@acme.ch", TermField::Email),
+            ("mueller", TermField::EmailWord),
+            ("acme.ch", TermField::EmailDomain),
+            ("41446681800", TermField::Phone),
+            ("vip", TermField::Tag),
+        ] {
+            assert!(
+                terms.contains(&(expected.0.to_owned(), expected.1)),
+                "{expected:?} in {terms:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn attribute_keys_are_checked() {
+        assert!(attribute_condition("Score", Op::Eq, &Value::Word("1".into())).is_err());
+        assert!(attribute_condition("score", Op::Gt, &Value::Word("x".into())).is_err());
+        assert!(attribute_condition("score", Op::Gt, &Value::Word("10".into())).is_ok());
+        assert!(attribute_condition("vip", Op::Lt, &Value::Word("true".into())).is_err());
+    }
+}

@@ -9,7 +9,7 @@ use tonic_types::StatusExt as _;
 use crate::harness::{Backend, TestServer, admin, authed, token};
 use crate::on_both_backends;
 
-fn person(given: &str, family: &str, email: &str) -> Contact {
+pub(crate) fn person(given: &str, family: &str, email: &str) -> Contact {
     Contact {
         given_name: given.into(),
         family_name: family.into(),
@@ -21,7 +21,7 @@ fn person(given: &str, family: &str, email: &str) -> Contact {
     }
 }
 
-async fn create(
+pub(crate) async fn create(
     client: &mut contact_service_client::ContactServiceClient<tonic::transport::Channel>,
     token: &str,
     contact: Contact,

@@ -1,1 +1,334 @@
+//! SearchContacts on a seeded data set with typos, prefixes, accents, emails, phones
+//! and tags; and `attributes.<key>` filters on ListContacts.
 
+use std::collections::HashMap;
+
+use crm_proto::common::{AttributeValue, attribute_value};
+use crm_proto::contact::*;
+use tonic::Code;
+
+use crate::contacts::{create, person};
+use crate::harness::{Backend, TestServer, admin, authed};
+use crate::on_both_backends;
+
+type Client = contact_service_client::ContactServiceClient<tonic::transport::Channel>;
+
+async fn search(
+    client: &mut Client,
+    token: &str,
+    query: &str,
+    filter: &str,
+) -> Vec<(String, f64, Vec<String>)> {
+    client
+        .search_contacts(authed(
+            SearchContactsRequest {
+                query: query.into(),
+                filter: filter.into(),
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .expect("search")
+        .into_inner()
+        .results
+        .into_iter()
+        .map(|r| {
+            let c = r.contact.expect("contact");
+            (c.display_name, r.score, r.matched_fields)
+        })
+        .collect()
+}
+
+async fn seed(client: &mut Client, token: &str) -> HashMap<&'static str, String> {
+    let people = [
+        (
+            "Anna",
+            "Müller",
+            "anna.mueller@acme.ch",
+            "+41 44 668 18 00",
+            "vip",
+        ),
+        (
+            "Annabelle",
+            "Meier",
+            "a.meier@globex.com",
+            "+41 79 123 45 67",
+            "",
+        ),
+        (
+            "John",
+            "Smith",
+            "john.smith@initech.com",
+            "+1 212 555 0100",
+            "press",
+        ),
+        ("Johanna", "Schmidt", "jo@schmidt.de", "+49 30 1234567", ""),
+        (
+            "Peter",
+            "Meyer",
+            "peter@meyer.ch",
+            "+41 31 555 66 77",
+            "vip",
+        ),
+        (
+            "Élodie",
+            "Durand",
+            "elodie.durand@exemple.fr",
+            "+33 1 23 45 67 89",
+            "",
+        ),
+    ];
+    let mut names = HashMap::new();
+    for (given, family, email, phone, tag) in people {
+        let mut contact = person(given, family, email);
+        contact.phones.push(PhoneNumber {
+            number: phone.into(),
+            ..Default::default()
+        });
+        if !tag.is_empty() {
+            contact.tags.push(tag.into());
+        }
+        let created = create(client, token, contact).await;
+        names.insert(given, created.name);
+    }
+    names
+}
+
+async fn finds_people_with_typos_prefixes_and_accents(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut client = server.client().await;
+    let token = admin("acme");
+    seed(&mut client, &token).await;
+
+    let first = |results: &[(String, f64, Vec<String>)]| results.first().map(|r| r.0.clone());
+    // Accents fold: "muller" finds Müller.
+    let found = search(&mut client, &token, "muller", "").await;
+    assert_eq!(first(&found).as_deref(), Some("Anna Müller"), "{found:?}");
+    // A transposition typo.
+    let found = search(&mut client, &token, "jonh", "").await;
+    assert_eq!(first(&found).as_deref(), Some("John Smith"), "{found:?}");
+    // One wrong letter.
+    let found = search(&mut client, &token, "schmitt", "").await;
+    assert_eq!(
+        first(&found).as_deref(),
+        Some("Johanna Schmidt"),
+        "{found:?}"
+    );
+    // A prefix finds both Anna and Annabelle, the exact word first.
+    let found = search(&mut client, &token, "anna", "").await;
+    let names: Vec<&str> = found.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(names.first(), Some(&"Anna Müller"), "{found:?}");
+    assert!(names.contains(&"Annabelle Meier"), "{found:?}");
+    // Two words: both must match; Meier and Meyer differ by one letter.
+    let found = search(&mut client, &token, "peter meier", "").await;
+    assert_eq!(first(&found).as_deref(), Some("Peter Meyer"), "{found:?}");
+    assert_eq!(found.len(), 1, "{found:?}");
+    // An email prefix, a phone in another form, a tag.
+    let found = search(&mut client, &token, "john.smith@init", "").await;
+    assert_eq!(first(&found).as_deref(), Some("John Smith"));
+    assert_eq!(found[0].2, ["emails"]);
+    let found = search(&mut client, &token, "+41 79 123", "").await;
+    assert_eq!(first(&found).as_deref(), Some("Annabelle Meier"));
+    assert_eq!(found[0].2, ["phones"]);
+    let found = search(&mut client, &token, "vip", "").await;
+    assert_eq!(found.len(), 2, "{found:?}");
+    // Scores are ordered.
+    let found = search(&mut client, &token, "me", "").await;
+    assert!(found.windows(2).all(|w| w[0].1 >= w[1].1), "{found:?}");
+    // Nothing for nonsense; a filter narrows.
+    assert!(search(&mut client, &token, "zzzzqx", "").await.is_empty());
+    let found = search(&mut client, &token, "vip", "family_name = \"Meyer\"").await;
+    assert_eq!(found.len(), 1);
+    server.finish().await;
+}
+on_both_backends!(finds_people_with_typos_prefixes_and_accents);
+
+async fn search_is_tenant_scoped_paged_and_validated(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut client = server.client().await;
+    let acme = admin("acme");
+    let names = seed(&mut client, &acme).await;
+    let globex = admin("globex");
+    assert!(search(&mut client, &globex, "anna", "").await.is_empty());
+
+    // Pages of one, through every match of the prefix "ann": Anna and Annabelle.
+    let mut token = String::new();
+    let mut seen = Vec::new();
+    loop {
+        let page = client
+            .search_contacts(authed(
+                SearchContactsRequest {
+                    query: "ann".into(),
+                    page_size: 1,
+                    page_token: token.clone(),
+                    ..Default::default()
+                },
+                &acme,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        seen.extend(page.results.into_iter().map(|r| r.contact.unwrap().name));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    // The page token is bound to the tenant and the query.
+    let first_page = client
+        .search_contacts(authed(
+            SearchContactsRequest {
+                query: "ann".into(),
+                page_size: 1,
+                ..Default::default()
+            },
+            &acme,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    for (query, tenant) in [("john", &acme), ("ann", &globex)] {
+        let err = client
+            .search_contacts(authed(
+                SearchContactsRequest {
+                    query: query.into(),
+                    page_token: first_page.next_page_token.clone(),
+                    ..Default::default()
+                },
+                tenant,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+    }
+
+    // Deleted contacts are not found.
+    client
+        .delete_contact(authed(
+            DeleteContactRequest {
+                name: names["Anna"].clone(),
+                ..Default::default()
+            },
+            &acme,
+        ))
+        .await
+        .unwrap();
+    let found = search(&mut client, &acme, "muller", "").await;
+    assert!(found.is_empty(), "{found:?}");
+
+    for bad in ["", "   ", &"x".repeat(201)] {
+        let err = client
+            .search_contacts(authed(
+                SearchContactsRequest {
+                    query: bad.into(),
+                    ..Default::default()
+                },
+                &acme,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+    }
+    server.finish().await;
+}
+on_both_backends!(search_is_tenant_scoped_paged_and_validated);
+
+fn attribute(kind: attribute_value::Kind) -> AttributeValue {
+    AttributeValue { kind: Some(kind) }
+}
+
+async fn attributes_filter_by_type(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut client = server.client().await;
+    let token = admin("acme");
+    let mut gold = person("Gina", "Gold", "gina@gold.ch");
+    gold.attributes.insert(
+        "score".into(),
+        attribute(attribute_value::Kind::NumberValue(42.0)),
+    );
+    gold.attributes.insert(
+        "tier".into(),
+        attribute(attribute_value::Kind::StringValue("gold".into())),
+    );
+    gold.attributes.insert(
+        "newsletter".into(),
+        attribute(attribute_value::Kind::BoolValue(true)),
+    );
+    create(&mut client, &token, gold).await;
+    let mut silver = person("Sam", "Silver", "sam@silver.ch");
+    silver.attributes.insert(
+        "score".into(),
+        attribute(attribute_value::Kind::NumberValue(7.5)),
+    );
+    silver.attributes.insert(
+        "tier".into(),
+        attribute(attribute_value::Kind::StringValue("silver".into())),
+    );
+    create(&mut client, &token, silver).await;
+    // Another tenant with the same attributes must never leak in.
+    let mut other = person("Otto", "Other", "otto@other.ch");
+    other.attributes.insert(
+        "score".into(),
+        attribute(attribute_value::Kind::NumberValue(99.0)),
+    );
+    create(&mut client, &admin("globex"), other).await;
+
+    let list = |filter: &'static str| {
+        let mut client = client.clone();
+        let token = token.clone();
+        async move {
+            let mut names: Vec<String> = client
+                .list_contacts(authed(
+                    ListContactsRequest {
+                        filter: filter.into(),
+                        ..Default::default()
+                    },
+                    &token,
+                ))
+                .await
+                .map(|r| {
+                    r.into_inner()
+                        .contacts
+                        .into_iter()
+                        .map(|c| c.family_name)
+                        .collect()
+                })
+                .map_err(|s| s.code())?;
+            names.sort();
+            Ok::<_, Code>(names)
+        }
+    };
+    assert_eq!(list("attributes.score > 10").await, Ok(vec!["Gold".into()]));
+    assert_eq!(
+        list("attributes.score <= 10").await,
+        Ok(vec!["Silver".into()])
+    );
+    assert_eq!(
+        list("attributes.tier = \"silver\"").await,
+        Ok(vec!["Silver".into()])
+    );
+    assert_eq!(
+        list("attributes.newsletter = true").await,
+        Ok(vec!["Gold".into()])
+    );
+    assert_eq!(
+        list("attributes.newsletter:*").await,
+        Ok(vec!["Gold".into()])
+    );
+    assert_eq!(
+        list("attributes.score > 5 AND NOT attributes.tier = \"gold\"").await,
+        Ok(vec!["Silver".into()])
+    );
+    assert_eq!(
+        list("attributes.Bad-Key = 1").await,
+        Err(Code::InvalidArgument)
+    );
+    assert_eq!(
+        list("attributes.score > abc").await,
+        Err(Code::InvalidArgument)
+    );
+    server.finish().await;
+}
+on_both_backends!(attributes_filter_by_type);
