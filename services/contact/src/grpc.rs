@@ -25,7 +25,7 @@ use crate::audit::AuditApi;
 use crate::consent::ConsentApi;
 use crate::context::Context;
 use crate::domain::{mask, names, validate};
-use crate::duplicates::DuplicatesApi;
+use crate::duplicates::{DuplicatesApi, matching};
 use crate::privacy::PrivacyApi;
 use crate::search::SearchApi;
 use crate::segments::SegmentsApi;
@@ -35,6 +35,8 @@ use crate::transfer::TransferApi;
 
 pub const SERVICE: &str = "contact";
 const MAX_BATCH: usize = 1000;
+/// The response header that lists likely duplicates of a created contact (WARN).
+pub const DUPLICATES_HEADER: &str = "crm-duplicates";
 
 pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -146,6 +148,7 @@ pub struct ContactApi {
     cache: CacheHandle,
     feed: EventFeed,
     tokens: PageTokens,
+    db: sea_orm::DatabaseConnection,
     accounts: AccountsApi,
     timeline: TimelineApi,
     consent: ConsentApi,
@@ -164,6 +167,7 @@ impl ContactApi {
             cache: ctx.cache.clone(),
             feed: ctx.feed.clone(),
             tokens: ctx.tokens.clone(),
+            db: ctx.db.clone(),
             accounts: AccountsApi::new(ctx.clone()),
             timeline: TimelineApi::new(ctx.clone()),
             consent: ConsentApi::new(ctx.clone()),
@@ -181,14 +185,7 @@ impl ContactApi {
     }
 
     async fn remember(&self, tenant: &str, stored: &StoredContact) {
-        let id = stored.contact.name.trim_start_matches("contacts/");
-        self.cache
-            .written(
-                &Self::cache_key(tenant, id),
-                stored.revision,
-                &stored.contact.encode_to_vec(),
-            )
-            .await;
+        remember(&self.cache, tenant, stored).await;
     }
 
     /// The contact by id through the cache (misses load once).
@@ -211,6 +208,36 @@ impl ContactApi {
         cached
             .map(|value| Contact::decode(value.bytes.as_ref()).map_err(ApiError::internal))
             .transpose()
+    }
+
+    /// The tenant's duplicate rules applied to a new contact: BLOCK refuses it with
+    /// the candidates, WARN returns them (for the response header), ALLOW skips the
+    /// check.
+    async fn duplicates_on_create(
+        &self,
+        tenant: &str,
+        contact: &Contact,
+    ) -> Result<Vec<String>, ApiError> {
+        let rules = matching::rules(&self.db, tenant).await?;
+        let action = DuplicateAction::try_from(rules.on_create).unwrap_or(DuplicateAction::Warn);
+        if action == DuplicateAction::Allow {
+            return Ok(Vec::new());
+        }
+        let found: Vec<String> =
+            matching::candidates_for_batch(&self.db, tenant, std::slice::from_ref(contact), &rules)
+                .await?
+                .into_iter()
+                .flatten()
+                .map(|c| c.contact)
+                .collect();
+        if action == DuplicateAction::Block && !found.is_empty() {
+            return Err(ApiError::Duplicate {
+                message: "the contact looks like existing contacts; see the duplicates metadata"
+                    .into(),
+                duplicates: found,
+            });
+        }
+        Ok(found)
     }
 
     /// UpdateContact with `allow_missing` on a contact that does not exist.
@@ -238,9 +265,22 @@ impl ContactApi {
     }
 }
 
+/// Puts a contact just written into the cache, so this process never reads an older
+/// version of it afterwards.
+pub(crate) async fn remember(cache: &CacheHandle, tenant: &str, stored: &StoredContact) {
+    let id = stored.contact.name.trim_start_matches("contacts/");
+    cache
+        .written(
+            &ContactApi::cache_key(tenant, id),
+            stored.revision,
+            &stored.contact.encode_to_vec(),
+        )
+        .await;
+}
+
 /// Non-managers may change only contacts they own or that are unassigned, and may
 /// assign them only to themselves.
-fn ensure_may_change(
+pub(crate) fn ensure_may_change(
     caller: &Caller,
     current_owner: &str,
     new_owner: Option<&str>,
@@ -371,16 +411,24 @@ impl ContactService for ContactApi {
         violations.into_result()?;
         ensure_may_change(&caller, "", Some(&contact.owner))?;
         store::prepare_new(&mut contact, &id);
-        if request.validate_only {
-            return Ok(Response::new(contact));
+        let duplicates = self.duplicates_on_create(&caller.tenant, &contact).await?;
+        let mut response = if request.validate_only {
+            Response::new(contact)
+        } else {
+            let stored = self
+                .store
+                .create(&caller, contact, &request.request_id, &hash)
+                .await?;
+            self.remember(&caller.tenant, &stored).await;
+            tracing::info!(contact = %stored.contact.name, tenant = %caller.tenant, "contact stored");
+            Response::new(stored.contact)
+        };
+        if !duplicates.is_empty()
+            && let Ok(value) = duplicates.join(",").parse()
+        {
+            response.metadata_mut().insert(DUPLICATES_HEADER, value);
         }
-        let stored = self
-            .store
-            .create(&caller, contact, &request.request_id, &hash)
-            .await?;
-        self.remember(&caller.tenant, &stored).await;
-        tracing::info!(contact = %stored.contact.name, tenant = %caller.tenant, "contact stored");
-        Ok(Response::new(stored.contact))
+        Ok(response)
     }
 
     async fn get_contact(

@@ -126,7 +126,13 @@ pub(crate) fn active_model(
         create_time_us: Set(micros(&contact.create_time).unwrap_or_default()),
         update_time_us: Set(micros(&contact.update_time).unwrap_or_default()),
         delete_time_us: Set(micros(&contact.delete_time)),
-        merged_into: Set((!contact.merged_into.is_empty()).then(|| contact.merged_into.clone())),
+        // The id only: the column holds 36 characters.
+        merged_into: Set((!contact.merged_into.is_empty()).then(|| {
+            contact
+                .merged_into
+                .trim_start_matches("contacts/")
+                .to_owned()
+        })),
         data: Set(contact.encode_to_vec()),
     }
 }

@@ -1,10 +1,21 @@
 //! Scoring likely duplicates: exact email, exact phone, and similar names within the
 //! same account or email domain.
+//!
+//! Candidates come from the terms index (shared addresses, numbers and name words)
+//! and from the probe's account, so a batch of probes costs a fixed number of queries.
 
-use sea_orm::ConnectionTrait;
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use sea_orm::sea_query::{Condition, Expr, ExprTrait, Query};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
 
 use crm_platform::ApiError;
-use crm_proto::contact::{Contact, DuplicateMatch, DuplicateRules};
+use crm_platform::errors::from_db;
+use crm_proto::contact::{Contact, DuplicateMatch, DuplicateMatchRule, DuplicateRules};
+
+use crate::index::migration::ContactTerms;
+use crate::index::{self, TermField};
+use crate::store::contact_row;
 
 /// A stored contact a probe looks like.
 #[derive(Debug, Clone, PartialEq)]
@@ -15,20 +26,530 @@ pub struct Candidate {
     pub matches: Vec<DuplicateMatch>,
 }
 
+/// Contacts sharing one account (or one name word) beyond this are not compared by
+/// name: such groups say little about duplicates and would cost a scan.
+const MAX_GROUP: u64 = 2_000;
+
+/// What matching needs to know of a contact.
+#[derive(Debug, Clone, Default)]
+pub struct Profile {
+    pub id: String,
+    pub create_time_us: i64,
+    /// Given and family name, folded.
+    pub full_name: String,
+    pub name_words: BTreeSet<String>,
+    pub emails: BTreeSet<String>,
+    pub domains: BTreeSet<String>,
+    pub phones: BTreeSet<String>,
+    pub account: String,
+}
+
+fn full_name(given: &str, family: &str) -> String {
+    index::fold(format!("{given} {family}").trim())
+}
+
+fn domains_of<'a>(emails: impl Iterator<Item = &'a String>) -> BTreeSet<String> {
+    emails
+        .filter_map(|e| e.split_once('@').map(|(_, d)| d.to_owned()))
+        .collect()
+}
+
+impl Profile {
+    pub fn of_contact(contact: &Contact) -> Self {
+        let emails: BTreeSet<String> = contact
+            .emails
+            .iter()
+            .map(|e| e.address.to_lowercase())
+            .collect();
+        Self {
+            id: contact.name.trim_start_matches("contacts/").to_owned(),
+            create_time_us: contact
+                .create_time
+                .as_ref()
+                .map(|t| t.seconds * 1_000_000 + i64::from(t.nanos / 1_000))
+                .unwrap_or_default(),
+            full_name: full_name(&contact.given_name, &contact.family_name),
+            name_words: index::words(&contact.given_name)
+                .chain(index::words(&contact.family_name))
+                .collect(),
+            domains: domains_of(emails.iter()),
+            emails,
+            phones: contact
+                .phones
+                .iter()
+                .map(|p| index::phone_digits(&p.number))
+                .filter(|d| !d.is_empty())
+                .collect(),
+            account: contact.account.clone(),
+        }
+    }
+
+    fn of_row(row: &ProfileRow) -> Self {
+        let list = |index: &str| -> BTreeSet<String> {
+            index
+                .split('|')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        let emails = list(&row.emails_index);
+        Self {
+            id: row.id.clone(),
+            create_time_us: row.create_time_us,
+            full_name: full_name(&row.given_name, &row.family_name),
+            name_words: index::words(&row.given_name)
+                .chain(index::words(&row.family_name))
+                .collect(),
+            domains: domains_of(emails.iter()),
+            emails,
+            phones: list(&row.phones_index)
+                .iter()
+                .map(|p| index::phone_digits(p))
+                .collect(),
+            account: row.account.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, sea_orm::FromQueryResult)]
+struct ProfileRow {
+    id: String,
+    given_name: String,
+    family_name: String,
+    emails_index: String,
+    phones_index: String,
+    account: String,
+    create_time_us: i64,
+}
+
+fn rule_on(rules: &DuplicateRules, rule: DuplicateMatchRule) -> bool {
+    rules.match_rules.is_empty() || rules.match_rules.contains(&(rule as i32))
+}
+
+fn min_score(rules: &DuplicateRules) -> f64 {
+    if rules.min_score > 0.0 {
+        rules.min_score
+    } else {
+        super::rules::DEFAULT_MIN_SCORE
+    }
+}
+
+fn name_threshold(rules: &DuplicateRules) -> f64 {
+    if rules.name_similarity_threshold > 0.0 {
+        rules.name_similarity_threshold
+    } else {
+        super::rules::DEFAULT_NAME_SIMILARITY
+    }
+}
+
+/// How much `a` and `b` look like the same person, and why; `None` below the rules'
+/// minimum score.
+pub fn score(
+    a: &Profile,
+    b: &Profile,
+    rules: &DuplicateRules,
+) -> Option<(f64, Vec<DuplicateMatch>)> {
+    let mut matches = Vec::new();
+    let mut add = |field: &str, rule: DuplicateMatchRule, similarity: f64| {
+        matches.push(DuplicateMatch {
+            field: field.to_owned(),
+            rule: rule as i32,
+            similarity,
+        });
+    };
+    if rule_on(rules, DuplicateMatchRule::ExactEmail) && !a.emails.is_disjoint(&b.emails) {
+        add("emails", DuplicateMatchRule::ExactEmail, 1.0);
+    }
+    if rule_on(rules, DuplicateMatchRule::ExactPhone) && !a.phones.is_disjoint(&b.phones) {
+        add("phones", DuplicateMatchRule::ExactPhone, 1.0);
+    }
+    if !a.full_name.is_empty() && !b.full_name.is_empty() {
+        let similarity = strsim::jaro_winkler(&a.full_name, &b.full_name);
+        if similarity >= name_threshold(rules) {
+            let similarity = (similarity * 1000.0).round() / 1000.0;
+            if rule_on(rules, DuplicateMatchRule::SimilarNameSameAccount)
+                && !a.account.is_empty()
+                && a.account == b.account
+            {
+                add(
+                    "display_name",
+                    DuplicateMatchRule::SimilarNameSameAccount,
+                    similarity,
+                );
+            }
+            if rule_on(rules, DuplicateMatchRule::SimilarNameSameEmailDomain)
+                && !a.domains.is_disjoint(&b.domains)
+            {
+                add(
+                    "display_name",
+                    DuplicateMatchRule::SimilarNameSameEmailDomain,
+                    similarity,
+                );
+            }
+        }
+    }
+    if matches.is_empty() {
+        return None;
+    }
+    // Independent evidence adds up: 1 - Π(1 - strength).
+    let mut doubt = 1.0;
+    for m in &matches {
+        let strength = match DuplicateMatchRule::try_from(m.rule) {
+            Ok(DuplicateMatchRule::ExactEmail) => 1.0,
+            Ok(DuplicateMatchRule::ExactPhone) => 0.9,
+            Ok(DuplicateMatchRule::SimilarNameSameAccount) => 0.95 * m.similarity,
+            Ok(DuplicateMatchRule::SimilarNameSameEmailDomain) => 0.9 * m.similarity,
+            _ => 0.0,
+        };
+        doubt *= 1.0 - strength;
+    }
+    let score = ((1.0 - doubt) * 1000.0).round() / 1000.0;
+    (score >= min_score(rules)).then_some((score, matches))
+}
+
 /// The tenant's duplicate rules, or the defaults when none were set.
 pub async fn rules<C: ConnectionTrait>(conn: &C, tenant: &str) -> Result<DuplicateRules, ApiError> {
-    let _ = (conn, tenant);
-    Ok(DuplicateRules::default())
+    super::rules::load(conn, tenant)
+        .await
+        .map(|(rules, _)| rules)
+}
+
+async fn ids_by_terms<C: ConnectionTrait>(
+    conn: &C,
+    tenant: &str,
+    lookups: &[(TermField, &BTreeSet<String>)],
+) -> Result<HashSet<String>, ApiError> {
+    let mut any = Condition::any();
+    let mut empty = true;
+    for (field, terms) in lookups {
+        if terms.is_empty() {
+            continue;
+        }
+        empty = false;
+        any = any.add(
+            Condition::all()
+                .add(Expr::col(ContactTerms::Field).eq(field.code()))
+                .add(Expr::col(ContactTerms::Term).is_in(terms.iter().map(String::as_str))),
+        );
+    }
+    if empty {
+        return Ok(HashSet::new());
+    }
+    let rows = conn
+        .query_all(
+            &Query::select()
+                .distinct()
+                .column(ContactTerms::ContactId)
+                .from(ContactTerms::Table)
+                .and_where(Expr::col(ContactTerms::TenantId).eq(tenant))
+                .cond_where(any)
+                .limit(MAX_GROUP * 10)
+                .to_owned(),
+        )
+        .await
+        .map_err(|e| from_db(e, "contacts"))?;
+    rows.iter()
+        .map(|row| {
+            row.try_get_by_index::<String>(0)
+                .map_err(ApiError::internal)
+        })
+        .collect()
+}
+
+fn live_profiles() -> sea_orm::Select<contact_row::Entity> {
+    contact_row::Entity::find()
+        .select_only()
+        .columns([
+            contact_row::Column::Id,
+            contact_row::Column::GivenName,
+            contact_row::Column::FamilyName,
+            contact_row::Column::EmailsIndex,
+            contact_row::Column::PhonesIndex,
+            contact_row::Column::Account,
+            contact_row::Column::CreateTimeUs,
+        ])
+        .filter(contact_row::Column::DeleteTimeUs.is_null())
+        .filter(contact_row::Column::MergedInto.is_null())
+}
+
+/// The live contacts with these ids, or in these accounts.
+async fn load_profiles<C: ConnectionTrait>(
+    conn: &C,
+    tenant: &str,
+    ids: &HashSet<String>,
+    accounts: &BTreeSet<String>,
+) -> Result<Vec<Profile>, ApiError> {
+    let mut profiles: HashMap<String, Profile> = HashMap::new();
+    let ids: Vec<&String> = ids.iter().collect();
+    for chunk in ids.chunks(1_000) {
+        let rows = live_profiles()
+            .filter(contact_row::Column::TenantId.eq(tenant))
+            .filter(contact_row::Column::Id.is_in(chunk.iter().map(|s| s.as_str())))
+            .into_model::<ProfileRow>()
+            .all(conn)
+            .await
+            .map_err(|e| from_db(e, "contacts"))?;
+        for row in &rows {
+            profiles.insert(row.id.clone(), Profile::of_row(row));
+        }
+    }
+    if !accounts.is_empty() {
+        let rows = live_profiles()
+            .filter(contact_row::Column::TenantId.eq(tenant))
+            .filter(contact_row::Column::Account.is_in(accounts.iter().map(String::as_str)))
+            .limit(MAX_GROUP)
+            .into_model::<ProfileRow>()
+            .all(conn)
+            .await
+            .map_err(|e| from_db(e, "contacts"))?;
+        for row in &rows {
+            profiles
+                .entry(row.id.clone())
+                .or_insert_with(|| Profile::of_row(row));
+        }
+    }
+    Ok(profiles.into_values().collect())
 }
 
 /// For each probe (already validated and normalised), the stored contacts scoring at
-/// least `rules.min_score`, best first. One round of queries for the whole batch.
+/// least the rules' minimum, best first. One round of queries for the whole batch. A
+/// probe never matches itself (the same id).
 pub async fn candidates_for_batch<C: ConnectionTrait>(
     conn: &C,
     tenant: &str,
     probes: &[Contact],
     rules: &DuplicateRules,
 ) -> Result<Vec<Vec<Candidate>>, ApiError> {
-    let _ = (conn, tenant, rules);
-    Ok(vec![Vec::new(); probes.len()])
+    let profiles: Vec<Profile> = probes.iter().map(Profile::of_contact).collect();
+    let mut emails = BTreeSet::new();
+    let mut phones = BTreeSet::new();
+    let mut words = BTreeSet::new();
+    let mut accounts = BTreeSet::new();
+    for p in &profiles {
+        emails.extend(p.emails.iter().cloned());
+        phones.extend(p.phones.iter().cloned());
+        words.extend(p.name_words.iter().cloned());
+        if !p.account.is_empty() {
+            accounts.insert(p.account.clone());
+        }
+    }
+    let ids = ids_by_terms(
+        conn,
+        tenant,
+        &[
+            (TermField::Email, &emails),
+            (TermField::Phone, &phones),
+            (TermField::GivenName, &words),
+            (TermField::FamilyName, &words),
+        ],
+    )
+    .await?;
+    let stored = load_profiles(conn, tenant, &ids, &accounts).await?;
+    Ok(profiles
+        .iter()
+        .map(|probe| {
+            let mut found: Vec<Candidate> = stored
+                .iter()
+                .filter(|s| s.id != probe.id)
+                .filter_map(|s| {
+                    score(probe, s, rules).map(|(score, matches)| Candidate {
+                        contact: format!("contacts/{}", s.id),
+                        score,
+                        matches,
+                    })
+                })
+                .collect();
+            found.sort_by(|a, b| {
+                b.score
+                    .total_cmp(&a.score)
+                    .then_with(|| a.contact.cmp(&b.contact))
+            });
+            found
+        })
+        .collect())
+}
+
+/// A likely duplicate pair of a tenant scan: the older contact first.
+#[derive(Debug, Clone)]
+pub struct Pair {
+    pub older: String,
+    pub newer: String,
+    pub score: f64,
+    pub matches: Vec<DuplicateMatch>,
+}
+
+/// Every likely duplicate pair in the tenant, best first. Contacts are compared when
+/// they share an email address, a phone number, an account or an email domain
+/// (groups larger than MAX_GROUP are not compared by name).
+pub async fn tenant_pairs<C: ConnectionTrait>(
+    conn: &C,
+    tenant: &str,
+    rules: &DuplicateRules,
+) -> Result<Vec<Pair>, ApiError> {
+    // Groups of contact ids that share a key: an address, a number, a domain.
+    let rows = conn
+        .query_all(
+            &Query::select()
+                .columns([
+                    ContactTerms::Field,
+                    ContactTerms::Term,
+                    ContactTerms::ContactId,
+                ])
+                .from(ContactTerms::Table)
+                .and_where(Expr::col(ContactTerms::TenantId).eq(tenant))
+                .and_where(Expr::col(ContactTerms::Field).is_in([
+                    TermField::Email.code(),
+                    TermField::Phone.code(),
+                    TermField::EmailDomain.code(),
+                ]))
+                .order_by(ContactTerms::Field, sea_orm::Order::Asc)
+                .order_by(ContactTerms::Term, sea_orm::Order::Asc)
+                .to_owned(),
+        )
+        .await
+        .map_err(|e| from_db(e, "contacts"))?;
+    let mut groups: HashMap<(i16, String), Vec<String>> = HashMap::new();
+    for row in &rows {
+        let field: i16 = row.try_get_by_index(0).map_err(ApiError::internal)?;
+        let term: String = row.try_get_by_index(1).map_err(ApiError::internal)?;
+        let id: String = row.try_get_by_index(2).map_err(ApiError::internal)?;
+        groups.entry((field, term)).or_default().push(id);
+    }
+    let accounts: Vec<(String, String)> = contact_row::Entity::find()
+        .select_only()
+        .columns([contact_row::Column::Account, contact_row::Column::Id])
+        .filter(contact_row::Column::TenantId.eq(tenant))
+        .filter(contact_row::Column::Account.ne(""))
+        .filter(contact_row::Column::DeleteTimeUs.is_null())
+        .filter(contact_row::Column::MergedInto.is_null())
+        .into_tuple()
+        .all(conn)
+        .await
+        .map_err(|e| from_db(e, "contacts"))?;
+    for (account, id) in accounts {
+        groups.entry((0, account)).or_default().push(id);
+    }
+    let mut candidate_pairs: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut involved: HashSet<String> = HashSet::new();
+    for members in groups.values() {
+        if members.len() < 2 || members.len() as u64 > MAX_GROUP {
+            continue;
+        }
+        for (i, a) in members.iter().enumerate() {
+            for b in &members[i + 1..] {
+                if a != b {
+                    let pair = if a < b {
+                        (a.clone(), b.clone())
+                    } else {
+                        (b.clone(), a.clone())
+                    };
+                    involved.insert(pair.0.clone());
+                    involved.insert(pair.1.clone());
+                    candidate_pairs.insert(pair);
+                }
+            }
+        }
+    }
+    let profiles: HashMap<String, Profile> =
+        load_profiles(conn, tenant, &involved, &BTreeSet::new())
+            .await?
+            .into_iter()
+            .map(|p| (p.id.clone(), p))
+            .collect();
+    let mut pairs = Vec::new();
+    for (a, b) in candidate_pairs {
+        let (Some(pa), Some(pb)) = (profiles.get(&a), profiles.get(&b)) else {
+            continue;
+        };
+        if let Some((score, matches)) = score(pa, pb, rules) {
+            let (older, newer) = if (pa.create_time_us, &pa.id) <= (pb.create_time_us, &pb.id) {
+                (pa, pb)
+            } else {
+                (pb, pa)
+            };
+            pairs.push(Pair {
+                older: format!("contacts/{}", older.id),
+                newer: format!("contacts/{}", newer.id),
+                score,
+                matches,
+            });
+        }
+    }
+    pairs.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then_with(|| a.older.cmp(&b.older))
+            .then_with(|| a.newer.cmp(&b.newer))
+    });
+    Ok(pairs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crm_proto::contact::{EmailAddress, PhoneNumber};
+
+    fn contact(id: &str, given: &str, family: &str, email: &str, account: &str) -> Contact {
+        Contact {
+            name: format!("contacts/{id}"),
+            given_name: given.into(),
+            family_name: family.into(),
+            emails: vec![EmailAddress {
+                address: email.into(),
+                ..Default::default()
+            }],
+            account: account.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn scores_by_rule() {
+        let rules = DuplicateRules::default();
+        let a = Profile::of_contact(&contact("1", "Anna", "Müller", "anna@acme.ch", ""));
+        let same_email = Profile::of_contact(&contact("2", "A.", "M.", "anna@acme.ch", ""));
+        let (score_email, matches) = score(&a, &same_email, &rules).expect("email");
+        assert_eq!(score_email, 1.0);
+        assert_eq!(matches[0].rule, DuplicateMatchRule::ExactEmail as i32);
+
+        let typo_same_domain =
+            Profile::of_contact(&contact("3", "Anna", "Muller", "a.mueller@acme.ch", ""));
+        let (s, m) = score(&a, &typo_same_domain, &rules).expect("similar name, same domain");
+        assert!(s >= 0.85 && s < 1.0, "{s}");
+        assert_eq!(
+            m[0].rule,
+            DuplicateMatchRule::SimilarNameSameEmailDomain as i32
+        );
+
+        let stranger = Profile::of_contact(&contact("4", "Bob", "Brown", "bob@other.ch", ""));
+        assert!(score(&a, &stranger, &rules).is_none());
+
+        let mut phone_a = contact("5", "X", "Y", "x@a.ch", "");
+        phone_a.phones.push(PhoneNumber {
+            number: "+41446681800".into(),
+            ..Default::default()
+        });
+        let mut phone_b = contact("6", "Z", "W", "z@b.ch", "");
+        phone_b.phones = phone_a.phones.clone();
+        let (s, _) = score(
+            &Profile::of_contact(&phone_a),
+            &Profile::of_contact(&phone_b),
+            &rules,
+        )
+        .expect("phone");
+        assert_eq!(s, 0.9);
+        // Only the rules in force count.
+        let email_only = DuplicateRules {
+            match_rules: vec![DuplicateMatchRule::ExactEmail as i32],
+            ..Default::default()
+        };
+        assert!(
+            score(
+                &Profile::of_contact(&phone_a),
+                &Profile::of_contact(&phone_b),
+                &email_only
+            )
+            .is_none()
+        );
+    }
 }

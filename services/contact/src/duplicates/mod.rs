@@ -1,16 +1,44 @@
 //! Duplicate finding, merge, and the tenant duplicate rules.
 
 pub mod matching;
+mod merge;
 pub mod migration;
+pub mod rules;
+
+use std::collections::HashMap;
 
 use tonic::{Request, Response, Status};
 
+use crm_platform::auth::Caller;
+use crm_platform::db::{micros_to_timestamp, now_micros};
+use crm_platform::errors::from_db;
+use crm_platform::events::{self, NewEvent};
+use crm_platform::pagination::{self, CursorValue, PageTokens};
+use crm_platform::{ApiError, Violations, idempotency};
+use crm_proto::common::FieldChange;
 use crm_proto::contact::*;
 
 use crate::context::Context;
+use crate::domain::{names, validate};
 
 pub struct DuplicatesApi {
     ctx: Context,
+}
+
+/// A page of an offset-paged answer, and the token of the next one.
+fn offset_of(
+    tokens: &PageTokens,
+    token: &str,
+    tenant: &str,
+    fingerprint: &str,
+) -> Result<usize, ApiError> {
+    match tokens.decode(token, tenant, fingerprint)? {
+        None => Ok(0),
+        Some(key) => match key.as_slice() {
+            [CursorValue::Int(n)] if *n >= 0 => Ok(*n as usize),
+            _ => Err(ApiError::invalid("page_token", "page token is malformed")),
+        },
+    }
 }
 
 impl DuplicatesApi {
@@ -18,39 +46,272 @@ impl DuplicatesApi {
         Self { ctx }
     }
 
+    async fn contacts_by_name(
+        &self,
+        tenant: &str,
+        names_wanted: &[String],
+    ) -> Result<HashMap<String, Contact>, ApiError> {
+        let ids: Vec<String> = names_wanted
+            .iter()
+            .map(|n| n.trim_start_matches("contacts/").to_owned())
+            .collect();
+        Ok(self
+            .ctx
+            .contacts
+            .get_many(tenant, &ids)
+            .await?
+            .into_iter()
+            .map(|s| (s.contact.name.clone(), s.contact))
+            .collect())
+    }
+
     pub async fn find_duplicates(
         &self,
         request: Request<FindDuplicatesRequest>,
     ) -> Result<Response<FindDuplicatesResponse>, Status> {
-        let _ = (&self.ctx, request);
-        Err(Status::unimplemented("find_duplicates is not built yet"))
+        let caller = Caller::from_request(&request)?;
+        let request = request.into_inner();
+        if !(0.0..=1.0).contains(&request.min_score) {
+            return Err(ApiError::invalid("min_score", "must be between 0 and 1").into());
+        }
+        let page_size = pagination::page_size(request.page_size, 50, 1000)? as usize;
+        let mut rules = matching::rules(&self.ctx.db, &caller.tenant).await?;
+        if request.min_score > 0.0 {
+            rules.min_score = request.min_score;
+        }
+        let target_key = match &request.target {
+            Some(find_duplicates_request::Target::Contact(name)) => name.clone(),
+            Some(find_duplicates_request::Target::Probe(probe)) => {
+                idempotency::request_hash(&prost::Message::encode_to_vec(probe))
+            }
+            None => String::new(),
+        };
+        let fingerprint = PageTokens::fingerprint(&[&target_key, &request.min_score.to_string()]);
+        let offset = offset_of(
+            &self.ctx.tokens,
+            &request.page_token,
+            &caller.tenant,
+            &fingerprint,
+        )?;
+
+        // (the contact duplicated, the duplicate, score, matches), best first.
+        let found: Vec<(String, String, f64, Vec<DuplicateMatch>)> = match request.target {
+            Some(find_duplicates_request::Target::Contact(name)) => {
+                let id = names::parse(names::CONTACTS, "contact", &name)?;
+                let stored = self
+                    .ctx
+                    .contacts
+                    .get(&caller.tenant, &id)
+                    .await?
+                    .ok_or_else(|| ApiError::not_found(names::contact_name(&id)))?;
+                let name = stored.contact.name.clone();
+                matching::candidates_for_batch(
+                    &self.ctx.db,
+                    &caller.tenant,
+                    &[stored.contact],
+                    &rules,
+                )
+                .await?
+                .into_iter()
+                .flatten()
+                .map(|c| (name.clone(), c.contact, c.score, c.matches))
+                .collect()
+            }
+            Some(find_duplicates_request::Target::Probe(mut probe)) => {
+                let mut violations = Violations::new();
+                validate::contact(&mut violations, "probe", &mut probe);
+                violations.into_result()?;
+                probe.name.clear();
+                matching::candidates_for_batch(&self.ctx.db, &caller.tenant, &[probe], &rules)
+                    .await?
+                    .into_iter()
+                    .flatten()
+                    .map(|c| (String::new(), c.contact, c.score, c.matches))
+                    .collect()
+            }
+            None => matching::tenant_pairs(&self.ctx.db, &caller.tenant, &rules)
+                .await?
+                .into_iter()
+                .map(|p| (p.older, p.newer, p.score, p.matches))
+                .collect(),
+        };
+        let page: Vec<_> = found.iter().skip(offset).take(page_size).collect();
+        let wanted: Vec<String> = page.iter().map(|(_, dup, _, _)| dup.clone()).collect();
+        let mut contacts = self.contacts_by_name(&caller.tenant, &wanted).await?;
+        let candidates = page
+            .into_iter()
+            .filter_map(|(contact, duplicate, score, matches)| {
+                contacts
+                    .remove(duplicate)
+                    .map(|duplicate| DuplicateCandidate {
+                        contact: contact.clone(),
+                        duplicate: Some(duplicate),
+                        score: *score,
+                        matched_fields: matches.clone(),
+                    })
+            })
+            .collect();
+        let next = offset + page_size;
+        let next_page_token = if next < found.len() {
+            self.ctx.tokens.encode(
+                &caller.tenant,
+                &fingerprint,
+                vec![CursorValue::Int(next as i64)],
+            )?
+        } else {
+            String::new()
+        };
+        Ok(Response::new(FindDuplicatesResponse {
+            candidates,
+            next_page_token,
+        }))
     }
 
     pub async fn merge_contacts(
         &self,
         request: Request<MergeContactsRequest>,
     ) -> Result<Response<MergeContactsResponse>, Status> {
-        let _ = (&self.ctx, request);
-        Err(Status::unimplemented("merge_contacts is not built yet"))
+        let caller = Caller::from_request(&request)?;
+        let request = request.into_inner();
+        let response = merge::merge(&self.ctx, &caller, request).await?;
+        Ok(Response::new(response))
     }
 
     pub async fn get_duplicate_rules(
         &self,
         request: Request<GetDuplicateRulesRequest>,
     ) -> Result<Response<DuplicateRules>, Status> {
-        let _ = (&self.ctx, request);
-        Err(Status::unimplemented(
-            "get_duplicate_rules is not built yet",
-        ))
+        let caller = Caller::from_request(&request)?;
+        if request.get_ref().name != rules::NAME {
+            return Err(ApiError::invalid("name", "must be \"duplicateRules\"").into());
+        }
+        let (mut found, revision) = rules::load(&self.ctx.db, &caller.tenant).await?;
+        found.etag = names::etag(revision);
+        Ok(Response::new(found))
     }
 
     pub async fn update_duplicate_rules(
         &self,
         request: Request<UpdateDuplicateRulesRequest>,
     ) -> Result<Response<DuplicateRules>, Status> {
-        let _ = (&self.ctx, request);
-        Err(Status::unimplemented(
-            "update_duplicate_rules is not built yet",
-        ))
+        let caller = Caller::from_request(&request)?;
+        let request = request.into_inner();
+        idempotency::validate(&request.request_id)?;
+        let hash = idempotency::request_hash(&prost::Message::encode_to_vec(&request));
+        let Some(patch) = request.duplicate_rules else {
+            return Err(ApiError::invalid("duplicate_rules", "is required").into());
+        };
+        if patch.name != rules::NAME {
+            return Err(
+                ApiError::invalid("duplicate_rules.name", "must be \"duplicateRules\"").into(),
+            );
+        }
+        let paths = rule_paths(request.update_mask.as_ref())?;
+        let mut violations = Violations::new();
+        rules::validate(&mut violations, &patch, &paths);
+        violations.into_result()?;
+        let etag = if request.etag.is_empty() {
+            patch.etag.clone()
+        } else {
+            request.etag.clone()
+        };
+
+        let db = |e| from_db(e, rules::NAME);
+        let txn = events::begin_write(&self.ctx.db).await.map_err(db)?;
+        if !request.request_id.is_empty()
+            && idempotency::lookup(
+                &txn,
+                &caller.tenant,
+                "UpdateDuplicateRules",
+                &request.request_id,
+                &hash,
+            )
+            .await?
+            .is_some()
+        {
+            let (mut current, revision) = rules::load(&txn, &caller.tenant).await?;
+            current.etag = names::etag(revision);
+            return Ok(Response::new(current));
+        }
+        rules::lock(&txn, &caller.tenant).await?;
+        let (current, revision) = rules::load(&txn, &caller.tenant).await?;
+        names::check_etag(&etag, revision, rules::NAME)?;
+        let mut updated = current.clone();
+        rules::apply(&mut updated, &patch, &paths);
+        let mut updated = rules::with_defaults(updated);
+        let now = now_micros();
+        updated.update_time = Some(micros_to_timestamp(now));
+        let changes: Vec<FieldChange> = paths
+            .iter()
+            .filter_map(|path| {
+                let old = rules::value(&current, path);
+                let new = rules::value(&updated, path);
+                (old != new).then(|| FieldChange {
+                    path: path.clone(),
+                    old_value: Some(old),
+                    new_value: Some(new),
+                })
+            })
+            .collect();
+        let new_revision = revision + 1;
+        updated.etag = names::etag(new_revision);
+        rules::save(&txn, &caller.tenant, &updated, new_revision, now).await?;
+        if !request.request_id.is_empty() {
+            idempotency::record(
+                &txn,
+                &caller.tenant,
+                "UpdateDuplicateRules",
+                &request.request_id,
+                &hash,
+                rules::NAME,
+            )
+            .await
+            .map_err(db)?;
+        }
+        events::append(
+            &txn,
+            &caller,
+            NewEvent {
+                event_type: "crm.contact.v1.DuplicateRulesUpdated",
+                resource_name: rules::NAME.into(),
+                changes,
+                payload: Some(prost_types::Any {
+                    type_url: "type.googleapis.com/crm.contact.v1.DuplicateRules".into(),
+                    value: prost::Message::encode_to_vec(&updated),
+                }),
+                request_id: request.request_id.clone(),
+            },
+        )
+        .await
+        .map_err(db)?;
+        txn.commit().await.map_err(db)?;
+        self.ctx.feed.committed();
+        Ok(Response::new(updated))
     }
+}
+
+fn rule_paths(mask: Option<&prost_types::FieldMask>) -> Result<Vec<String>, ApiError> {
+    let Some(mask) = mask.filter(|m| !m.paths.is_empty()) else {
+        return Err(ApiError::invalid(
+            "update_mask",
+            "is required; use \"*\" to replace every mutable field",
+        ));
+    };
+    let mut paths = Vec::new();
+    for path in &mask.paths {
+        let path = path.trim();
+        if path == "*" {
+            paths.extend(rules::PATHS.iter().map(|p| (*p).to_owned()));
+        } else if rules::PATHS.contains(&path) {
+            paths.push(path.to_owned());
+        } else {
+            return Err(ApiError::invalid(
+                "update_mask",
+                format!("{path:?} is not a mutable field of DuplicateRules"),
+            ));
+        }
+    }
+    paths.sort();
+    paths.dedup();
+    Ok(paths)
 }

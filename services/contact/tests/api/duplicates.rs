@@ -1,1 +1,624 @@
+//! FindDuplicates, the duplicate rules on CreateContact, and MergeContacts.
 
+use std::time::Duration;
+
+use crm_platform::auth::Role;
+use crm_platform::events::HEARTBEAT_TYPE;
+use crm_proto::common::{AttributeValue, Event, WatchEventsRequest, attribute_value};
+use crm_proto::contact::*;
+use prost_types::FieldMask;
+use tonic::Code;
+use tonic_types::StatusExt as _;
+
+use crate::contacts::{create, person};
+use crate::harness::{Backend, TestServer, admin, authed, token};
+use crate::on_both_backends;
+
+type Client = contact_service_client::ContactServiceClient<tonic::transport::Channel>;
+
+/// Every event of the tenant so far (read until the feed goes quiet).
+pub(crate) async fn feed(client: &mut Client, token: &str) -> Vec<Event> {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut stream = client
+        .watch_events(authed(
+            WatchEventsRequest {
+                after_position: 0,
+                heartbeat_seconds: 1,
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = Vec::new();
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("an event or heartbeat within 10 s")
+            .unwrap()
+            .expect("stream open");
+        if event.r#type == HEARTBEAT_TYPE {
+            return events;
+        }
+        events.push(event);
+    }
+}
+
+async fn find(
+    client: &mut Client,
+    token: &str,
+    target: find_duplicates_request::Target,
+) -> Vec<(String, f64, Vec<i32>)> {
+    client
+        .find_duplicates(authed(
+            FindDuplicatesRequest {
+                target: Some(target),
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .candidates
+        .into_iter()
+        .map(|c| {
+            (
+                c.duplicate.unwrap().name,
+                c.score,
+                c.matched_fields.iter().map(|m| m.rule).collect(),
+            )
+        })
+        .collect()
+}
+
+async fn finds_duplicates_by_email_phone_and_similar_name(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut client = server.client().await;
+    let token = admin("acme");
+    let anna = create(
+        &mut client,
+        &token,
+        person("Anna", "Müller", "anna@acme.ch"),
+    )
+    .await;
+    let same_email = create(&mut client, &token, person("A.", "M.", "ANNA@acme.ch")).await;
+    let typo = create(
+        &mut client,
+        &token,
+        person("Anna", "Muller", "a.mueller@acme.ch"),
+    )
+    .await;
+    let mut by_phone = person("Hanna", "Meier", "hanna@elsewhere.ch");
+    by_phone.phones.push(PhoneNumber {
+        number: "+41 79 000 00 01".into(),
+        ..Default::default()
+    });
+    let by_phone = create(&mut client, &token, by_phone).await;
+    create(&mut client, &token, person("Bob", "Brown", "bob@brown.ch")).await;
+    // Another tenant's twin is never a candidate.
+    create(
+        &mut client,
+        &admin("globex"),
+        person("Anna", "Müller", "anna@acme.ch"),
+    )
+    .await;
+
+    let found = find(
+        &mut client,
+        &token,
+        find_duplicates_request::Target::Contact(anna.name.clone()),
+    )
+    .await;
+    let names: Vec<&str> = found.iter().map(|f| f.0.as_str()).collect();
+    assert_eq!(
+        names,
+        [same_email.name.as_str(), typo.name.as_str()],
+        "{found:?}"
+    );
+    assert_eq!(found[0].1, 1.0);
+    assert_eq!(found[0].2, [DuplicateMatchRule::ExactEmail as i32]);
+    assert!(found[1].1 >= 0.85 && found[1].1 < 1.0);
+    assert_eq!(
+        found[1].2,
+        [DuplicateMatchRule::SimilarNameSameEmailDomain as i32]
+    );
+
+    // A probe (not stored): by phone in another form.
+    let mut probe = person("Someone", "Else", "someone@else.ch");
+    probe.phones.push(PhoneNumber {
+        number: "+41790000001".into(),
+        ..Default::default()
+    });
+    let found = find(
+        &mut client,
+        &token,
+        find_duplicates_request::Target::Probe(probe),
+    )
+    .await;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].0, by_phone.name);
+    assert_eq!(found[0].2, [DuplicateMatchRule::ExactPhone as i32]);
+
+    // The tenant scan lists each pair once, the older contact first, best first.
+    let mut pairs = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .find_duplicates(authed(
+                FindDuplicatesRequest {
+                    page_size: 1,
+                    page_token: page_token.clone(),
+                    ..Default::default()
+                },
+                &token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        pairs.extend(
+            page.candidates
+                .into_iter()
+                .map(|c| (c.contact, c.duplicate.unwrap().name, c.score)),
+        );
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert!(
+        pairs.contains(&(anna.name.clone(), same_email.name.clone(), 1.0)),
+        "{pairs:?}"
+    );
+    assert!(
+        pairs.iter().any(|p| p.0 == anna.name && p.1 == typo.name),
+        "{pairs:?}"
+    );
+    assert!(pairs.windows(2).all(|w| w[0].2 >= w[1].2));
+    let mut unique = pairs.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), pairs.len());
+
+    let bad = client
+        .find_duplicates(authed(
+            FindDuplicatesRequest {
+                min_score: 1.5,
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    server.finish().await;
+}
+on_both_backends!(finds_duplicates_by_email_phone_and_similar_name);
+
+async fn duplicate_rules_decide_create(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut client = server.client().await;
+    let token = admin("acme");
+    let rules = client
+        .get_duplicate_rules(authed(
+            GetDuplicateRulesRequest {
+                name: "duplicateRules".into(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rules.on_create, DuplicateAction::Warn as i32);
+    assert_eq!(rules.on_import, DuplicateAction::Block as i32);
+    assert_eq!(rules.min_score, 0.85);
+    assert_eq!(rules.etag, "r0");
+
+    let first = create(
+        &mut client,
+        &token,
+        person("Ada", "Lovelace", "ada@example.com"),
+    )
+    .await;
+    // WARN (the default): created, with the candidates in a header.
+    let warned = client
+        .create_contact(authed(
+            CreateContactRequest {
+                contact: Some(person("Ada", "L.", "ada@example.com")),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        warned
+            .metadata()
+            .get("crm-duplicates")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        first.name
+    );
+
+    let update = |rules: DuplicateRules, paths: &[&str], etag: &str| UpdateDuplicateRulesRequest {
+        duplicate_rules: Some(DuplicateRules {
+            name: "duplicateRules".into(),
+            ..rules
+        }),
+        update_mask: Some(FieldMask {
+            paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+        }),
+        etag: etag.into(),
+        ..Default::default()
+    };
+    // A rep may not change the rules.
+    let rep = token_for_rep();
+    let denied = client
+        .update_duplicate_rules(authed(
+            update(
+                DuplicateRules {
+                    on_create: DuplicateAction::Block as i32,
+                    ..Default::default()
+                },
+                &["on_create"],
+                "",
+            ),
+            &rep,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let blocked_rules = client
+        .update_duplicate_rules(authed(
+            update(
+                DuplicateRules {
+                    on_create: DuplicateAction::Block as i32,
+                    ..Default::default()
+                },
+                &["on_create"],
+                "r0",
+            ),
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(blocked_rules.on_create, DuplicateAction::Block as i32);
+    assert_eq!(blocked_rules.etag, "r1");
+    let stale = client
+        .update_duplicate_rules(authed(
+            update(DuplicateRules::default(), &["on_create"], "r0"),
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Code::Aborted);
+    for (rules, path) in [
+        (
+            DuplicateRules {
+                min_score: 1.5,
+                ..Default::default()
+            },
+            "min_score",
+        ),
+        (
+            DuplicateRules {
+                match_rules: vec![99],
+                ..Default::default()
+            },
+            "match_rules",
+        ),
+    ] {
+        let err = client
+            .update_duplicate_rules(authed(update(rules, &[path], ""), &token))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(
+            err.get_details_bad_request().unwrap().field_violations[0]
+                .field
+                .starts_with(&format!("duplicate_rules.{path}"))
+        );
+    }
+
+    // BLOCK: refused with the candidates named.
+    let refused = client
+        .create_contact(authed(
+            CreateContactRequest {
+                contact: Some(person("Ada", "Byron", "ADA@example.com")),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::AlreadyExists);
+    let info = refused.get_details_error_info().unwrap();
+    assert_eq!(info.reason, "DUPLICATE_CONTACT");
+    assert!(info.metadata["duplicates"].contains(&first.name));
+    // Someone new is still welcome.
+    create(
+        &mut client,
+        &token,
+        person("Grace", "Hopper", "grace@example.com"),
+    )
+    .await;
+    server.finish().await;
+}
+on_both_backends!(duplicate_rules_decide_create);
+
+fn token_for_rep() -> String {
+    token("acme", "rep-1", &[Role::SalesRep])
+}
+
+fn text(value: &str) -> AttributeValue {
+    AttributeValue {
+        kind: Some(attribute_value::Kind::StringValue(value.into())),
+    }
+}
+
+async fn merge_three_duplicates(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut client = server.client().await;
+    let token = admin("acme");
+    let mut winner = person("Anna", "Müller", "anna@acme.ch");
+    winner.job_title = "Engineer".into();
+    winner.tags = vec!["vip".into()];
+    winner.lifecycle_stage = LifecycleStage::Lead as i32;
+    winner.attributes.insert("shoe_size".into(), text("38"));
+    let winner = create(&mut client, &token, winner).await;
+    let mut second = person("Anna", "Muller", "anna.private@gmail.com");
+    second.job_title = "Head of Engineering".into();
+    second.tags = vec!["press".into()];
+    second.phones.push(PhoneNumber {
+        number: "+41 79 111 22 33".into(),
+        ..Default::default()
+    });
+    second.attributes.insert("shoe_size".into(), text("39"));
+    second.attributes.insert("team".into(), text("core"));
+    let second = create(&mut client, &token, second).await;
+    let mut third = person("A.", "Müller", "a.mueller@acme.ch");
+    third.lifecycle_stage = LifecycleStage::Customer as i32;
+    let third = create(&mut client, &token, third).await;
+    let before = feed(&mut client, &token).await.len();
+
+    let request = MergeContactsRequest {
+        winner: winner.name.clone(),
+        losers: vec![second.name.clone(), third.name.clone()],
+        field_choices: [("job_title".to_owned(), second.name.clone())].into(),
+        request_id: "0192f0c1-7b1e-7cc3-9a44-4d2a3f1e9b10".into(),
+        ..Default::default()
+    };
+    // A dry run shows the result and changes nothing.
+    let preview = client
+        .merge_contacts(authed(
+            MergeContactsRequest {
+                dry_run: true,
+                request_id: String::new(),
+                ..request.clone()
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(preview.dry_run);
+    assert_eq!(
+        preview.merged_contact.as_ref().unwrap().job_title,
+        "Head of Engineering"
+    );
+    let unchanged = client
+        .get_contact(authed(
+            GetContactRequest {
+                name: second.name.clone(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        unchanged.name, second.name,
+        "a dry run leaves the loser alone"
+    );
+
+    let merged = client
+        .merge_contacts(authed(request.clone(), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    let contact = merged.merged_contact.clone().unwrap();
+    assert!(!merged.dry_run);
+    assert_eq!(contact.name, winner.name);
+    assert_eq!(contact.job_title, "Head of Engineering");
+    let emails: Vec<&str> = contact.emails.iter().map(|e| e.address.as_str()).collect();
+    assert_eq!(
+        emails,
+        [
+            "anna@acme.ch",
+            "anna.private@gmail.com",
+            "a.mueller@acme.ch"
+        ]
+    );
+    assert_eq!(contact.emails.iter().filter(|e| e.primary).count(), 1);
+    assert_eq!(contact.phones[0].number, "+41791112233");
+    assert_eq!(contact.tags, ["vip", "press"]);
+    assert_eq!(
+        contact.attributes["shoe_size"],
+        text("38"),
+        "the winner's value stays"
+    );
+    assert_eq!(
+        contact.attributes["team"],
+        text("core"),
+        "the loser's extra is kept"
+    );
+    assert_eq!(contact.stage_history.len(), 2);
+    assert_eq!(
+        merged.merged_contacts,
+        [second.name.clone(), third.name.clone()]
+    );
+    assert!(merged.changes.iter().any(|c| c.path == "job_title"));
+
+    // Losers redirect, are not listed, not searched, and cannot be merged again.
+    for loser in [&second.name, &third.name] {
+        let got = client
+            .get_contact(authed(
+                GetContactRequest {
+                    name: loser.clone(),
+                },
+                &token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got.name, winner.name);
+    }
+    let listed = client
+        .list_contacts(authed(ListContactsRequest::default(), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.total_size, 1);
+    let searched = client
+        .search_contacts(authed(
+            SearchContactsRequest {
+                query: "anna".into(),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(searched.results.len(), 1);
+    let again = client
+        .merge_contacts(authed(
+            MergeContactsRequest {
+                request_id: String::new(),
+                ..request.clone()
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition);
+
+    // A retry with the same request id answers the same, and publishes nothing more.
+    let retried = client
+        .merge_contacts(authed(request.clone(), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retried, merged);
+    let events = feed(&mut client, &token).await;
+    let merges: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.r#type == "crm.contact.v1.ContactsMerged")
+        .collect();
+    assert_eq!(merges.len(), 1, "one merge event");
+    assert_eq!(events.len(), before + 1, "and nothing else");
+    assert_eq!(merges[0].resource_name, winner.name);
+    server.finish().await;
+}
+on_both_backends!(merge_three_duplicates);
+
+async fn merge_validation_and_rules(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut client = server.client().await;
+    let token = admin("acme");
+    let a = create(&mut client, &token, person("A", "One", "a@one.ch")).await;
+    let b = create(&mut client, &token, person("B", "Two", "b@two.ch")).await;
+    let other_tenant = create(
+        &mut client,
+        &admin("globex"),
+        person("C", "Three", "c@three.ch"),
+    )
+    .await;
+    let cases: Vec<(MergeContactsRequest, Code)> = vec![
+        (
+            MergeContactsRequest {
+                winner: a.name.clone(),
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            MergeContactsRequest {
+                winner: a.name.clone(),
+                losers: vec![a.name.clone()],
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            MergeContactsRequest {
+                winner: a.name.clone(),
+                losers: vec![b.name.clone(), b.name.clone()],
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            MergeContactsRequest {
+                winner: a.name.clone(),
+                losers: vec![b.name.clone()],
+                field_choices: [("emails".to_owned(), b.name.clone())].into(),
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            MergeContactsRequest {
+                winner: a.name.clone(),
+                losers: vec![b.name.clone()],
+                field_choices: [("job_title".to_owned(), other_tenant.name.clone())].into(),
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            MergeContactsRequest {
+                winner: a.name.clone(),
+                losers: vec![other_tenant.name.clone()],
+                ..Default::default()
+            },
+            Code::NotFound,
+        ),
+        (
+            MergeContactsRequest {
+                winner: a.name.clone(),
+                losers: vec![b.name.clone()],
+                etag: "r99".into(),
+                ..Default::default()
+            },
+            Code::Aborted,
+        ),
+    ];
+    for (request, code) in cases {
+        let err = client
+            .merge_contacts(authed(request.clone(), &token))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), code, "{request:?}: {err:?}");
+    }
+    // A rep cannot merge someone else's contacts.
+    let mut owned = person("D", "Four", "d@four.ch");
+    owned.owner = "rep-2".into();
+    let owned = create(&mut client, &token, owned).await;
+    let err = client
+        .merge_contacts(authed(
+            MergeContactsRequest {
+                winner: a.name.clone(),
+                losers: vec![owned.name.clone()],
+                ..Default::default()
+            },
+            &token_for_rep(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    server.finish().await;
+}
+on_both_backends!(merge_validation_and_rules);
