@@ -22,7 +22,7 @@ use crm_proto::contact::*;
 
 use crate::accounts::AccountsApi;
 use crate::audit::AuditApi;
-use crate::consent::ConsentApi;
+use crate::consent::{ConsentApi, suppression};
 use crate::context::Context;
 use crate::domain::{mask, names, validate};
 use crate::duplicates::{DuplicatesApi, matching};
@@ -210,7 +210,8 @@ impl ContactApi {
             .transpose()
     }
 
-    /// The tenant's duplicate rules applied to a new contact: BLOCK refuses it with
+    /// A new contact must not bring back an erased person. Then the tenant's duplicate
+    /// rules apply: BLOCK refuses it with
     /// the candidates, WARN returns them (for the response header), ALLOW skips the
     /// check.
     async fn duplicates_on_create(
@@ -218,6 +219,16 @@ impl ContactApi {
         tenant: &str,
         contact: &Contact,
     ) -> Result<Vec<String>, ApiError> {
+        let emails: Vec<String> = contact.emails.iter().map(|e| e.address.clone()).collect();
+        if !suppression::suppressed(&self.db, tenant, &emails)
+            .await?
+            .is_empty()
+        {
+            return Err(ApiError::FailedPrecondition {
+                reason: "ERASED_PERSON",
+                message: "an email address belongs to a person whose data was erased".into(),
+            });
+        }
         let rules = matching::rules(&self.db, tenant).await?;
         let action = DuplicateAction::try_from(rules.on_create).unwrap_or(DuplicateAction::Warn);
         if action == DuplicateAction::Allow {

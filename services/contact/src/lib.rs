@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod index;
 pub mod migrations;
 pub mod privacy;
+pub mod replay;
 pub mod roles;
 pub mod search;
 pub mod segments;

@@ -86,6 +86,32 @@ pub fn normalise_phone(raw: &str) -> Result<String, &'static str> {
     Ok(format!("+{digits}"))
 }
 
+/// A phone number in E.164. With the tenant's default region (ISO 3166-1 alpha-2), a
+/// number in national format ("044 668 18 00") is read as a number of that region and
+/// must be a valid one; without it, such numbers are refused.
+pub fn normalise_phone_in(raw: &str, region: Option<&str>) -> Result<String, &'static str> {
+    let international = raw.trim_start().starts_with('+');
+    let Some(region) = region.filter(|r| !r.is_empty() && !international) else {
+        return normalise_phone(raw);
+    };
+    if raw
+        .trim()
+        .chars()
+        .any(|c| !(c.is_ascii_digit() || " -.()/".contains(c)))
+    {
+        return Err("must contain only digits, spaces, dashes, dots and parentheses");
+    }
+    let country: phonenumber::country::Id = region
+        .parse()
+        .map_err(|_| "cannot be read: the default phone region is unknown")?;
+    let number = phonenumber::parse(Some(country), raw.trim())
+        .map_err(|_| "must be a phone number of the default region, or start with +")?;
+    if !phonenumber::is_valid(&number) {
+        return Err("is not a valid number of the default region");
+    }
+    normalise_phone(&number.format().mode(phonenumber::Mode::E164).to_string())
+}
+
 fn enum_known<E: TryFrom<i32>>(violations: &mut Violations, field: &str, value: i32) {
     if E::try_from(value).is_err() {
         violations.add(field, format!("unknown value {value}"));
@@ -171,6 +197,17 @@ fn address(violations: &mut Violations, field: &str, address: &mut Address) {
 /// Validates and normalises the client-settable fields of `contact`, reporting paths
 /// under `prefix` (e.g. `contact`). Output-only fields are left to the caller.
 pub fn contact(violations: &mut Violations, prefix: &str, contact: &mut Contact) {
+    contact_in_region(violations, prefix, contact, None);
+}
+
+/// Validates and normalises a contact; phone numbers in national format are read in
+/// `region` (the tenant's default phone region), when there is one.
+pub fn contact_in_region(
+    violations: &mut Violations,
+    prefix: &str,
+    contact: &mut Contact,
+    region: Option<&str>,
+) {
     let at = |field: &str| format!("{prefix}.{field}");
     text(
         violations,
@@ -261,7 +298,7 @@ pub fn contact(violations: &mut Violations, prefix: &str, contact: &mut Contact)
     let mut seen = HashSet::new();
     for (i, phone) in contact.phones.iter_mut().enumerate() {
         let field = at(&format!("phones[{i}].number"));
-        match normalise_phone(&phone.number) {
+        match normalise_phone_in(&phone.number, region) {
             Ok(normal) => {
                 if !seen.insert(normal.clone()) {
                     violations.add(&field, "appears twice");
@@ -404,6 +441,26 @@ mod tests {
             "+0123456789",
         ] {
             assert!(normalise_phone(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn national_numbers_use_the_default_region() {
+        assert_eq!(
+            normalise_phone_in("044 668 18 00", Some("CH")).unwrap(),
+            "+41446681800"
+        );
+        assert_eq!(
+            normalise_phone_in("(415) 555-0132", Some("US")).unwrap(),
+            "+14155550132"
+        );
+        // International numbers do not depend on the region.
+        assert_eq!(
+            normalise_phone_in("+49 30 1234567", Some("CH")).unwrap(),
+            "+49301234567"
+        );
+        for (bad, region) in [("044 668 18 00", None), ("12", Some("CH")), ("abc", Some("CH"))] {
+            assert!(normalise_phone_in(bad, region).is_err(), "{bad}");
         }
     }
 

@@ -9,9 +9,8 @@ use sea_orm::{
 use crm_platform::auth::Caller;
 use crm_platform::db::{micros_to_timestamp, now_micros};
 use crm_platform::errors::from_db;
-use crm_platform::events::{self, NewEvent, outbox};
+use crm_platform::events::{self, NewEvent};
 use crm_platform::{ApiError, Violations, idempotency};
-use crm_proto::common::Event;
 use crm_proto::contact::{Contact, MergeContactsRequest, MergeContactsResponse};
 
 use crate::context::Context;
@@ -188,24 +187,16 @@ async fn replay<C: ConnectionTrait>(
     else {
         return Ok(None);
     };
-    let rows = outbox::Entity::find()
-        .filter(outbox::Column::TenantId.eq(caller.tenant.as_str()))
-        .filter(outbox::Column::ResourceName.eq(winner.as_str()))
-        .filter(outbox::Column::EventType.eq(EVENT_TYPE))
-        .order_by_desc(outbox::Column::EventTimeUs)
-        .all(conn)
-        .await
-        .map_err(|e| from_db(e, "event"))?;
-    for row in rows {
-        let Ok(event) = Event::decode(row.payload.as_slice()) else {
-            continue;
-        };
-        if event.request_id == request.request_id
-            && let Some(payload) = event.payload
-            && let Ok(response) = MergeContactsResponse::decode(payload.value.as_slice())
-        {
-            return Ok(Some(response));
-        }
+    if let Some(response) = crate::replay::response_from_event(
+        conn,
+        &caller.tenant,
+        &winner,
+        EVENT_TYPE,
+        &request.request_id,
+    )
+    .await?
+    {
+        return Ok(Some(response));
     }
     // The event is gone (retention or erasure): answer with the winner as it is now.
     let id = names::parse(names::CONTACTS, "winner", &winner)?;

@@ -32,6 +32,8 @@ pub fn redis_url() -> String {
 
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
+    /// The database the service writes, for tests that inspect it directly.
+    pub database_url: String,
     shutdown: Option<oneshot::Sender<()>>,
     pub task: Option<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -92,6 +94,7 @@ impl TestServer {
             }
         };
         let keys = KeyMaterial::load(&config).expect("keys");
+        let config = config;
         let authenticator = Arc::new(keys.authenticator(&config).expect("authenticator"));
         let mut services = ServiceSet::new();
         crm_contact::add_to(&mut services, &config, &keys)
@@ -124,6 +127,7 @@ impl TestServer {
         });
         let server = Self {
             addr,
+            database_url: config.database.url.replace("{service}", "contact"),
             shutdown: Some(tx),
             task: Some(task),
             _dir: dir,

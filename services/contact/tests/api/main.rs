@@ -19,6 +19,7 @@ mod contacts;
 mod duplicates;
 mod outbox;
 mod privacy;
+mod scan;
 mod search;
 mod segments;
 mod shutdown;
