@@ -110,7 +110,7 @@ fn money(violations: &mut Violations, field: &str, money: &mut Money) {
     } else if (money.units > 0 && money.nanos < 0) || (money.units < 0 && money.nanos > 0) {
         violations.add(format!("{field}.nanos"), "must have the same sign as units");
     }
-    if money.units < 0 || money.nanos < 0 {
+    if money.units < 0 || (money.units == 0 && money.nanos < 0) {
         violations.add(format!("{field}.units"), "must not be negative");
     }
 }
