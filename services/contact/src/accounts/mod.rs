@@ -91,7 +91,11 @@ impl AccountsApi {
     }
 
     /// The account as answered: with its contact count.
-    async fn answer(&self, tenant: &str, stored: StoredAccount) -> Result<Response<Account>, Status> {
+    async fn answer(
+        &self,
+        tenant: &str,
+        stored: StoredAccount,
+    ) -> Result<Response<Account>, Status> {
         let mut accounts = [stored.account];
         store::with_counts(&self.ctx.db, tenant, &mut accounts).await?;
         let [account] = accounts;
@@ -352,9 +356,7 @@ impl AccountsApi {
             let now = now_micros();
             let mut account = current.account;
             account.delete_time = Some(micros_to_timestamp(now));
-            account.expire_time = Some(micros_to_timestamp(
-                now + store::SOFT_DELETE_RETENTION_US,
-            ));
+            account.expire_time = Some(micros_to_timestamp(now + store::SOFT_DELETE_RETENTION_US));
             account.update_time = account.delete_time;
             Ok(Some(Change {
                 account,

@@ -101,11 +101,7 @@ async fn purge_one(
     if postgres {
         select = select.lock_exclusive();
     }
-    let Some(row) = select
-        .one(&txn)
-        .await
-        .map_err(|e| from_db(e, "account"))?
-    else {
+    let Some(row) = select.one(&txn).await.map_err(|e| from_db(e, "account"))? else {
         return Ok(None);
     };
     let due = row.delete_time_us.is_some() && row.expire_time_us.is_some_and(|t| t <= now_us);
@@ -134,7 +130,9 @@ async fn purge_one(
         contact.etag = names::etag(revision);
         let changes = contact_store::changes(&current.contact, &contact, &["account".into()]);
         let updated = contact_row::Entity::update_many()
-            .set(contact_store::active_model(tenant, &row.id, revision, &contact))
+            .set(contact_store::active_model(
+                tenant, &row.id, revision, &contact,
+            ))
             .filter(contact_row::Column::TenantId.eq(tenant))
             .filter(contact_row::Column::Id.eq(row.id.as_str()))
             .filter(contact_row::Column::Revision.eq(current.revision))

@@ -195,7 +195,10 @@ pub async fn contact_counts<C: ConnectionTrait>(
     let rows: Vec<(String, i64)> = contact_row::Entity::find()
         .select_only()
         .column(contact_row::Column::Account)
-        .column_as(Expr::expr(Func::count(Expr::col(contact_row::Column::Id))), "n")
+        .column_as(
+            Expr::expr(Func::count(Expr::col(contact_row::Column::Id))),
+            "n",
+        )
         .filter(contact_row::Column::TenantId.eq(tenant))
         .filter(contact_row::Column::Account.is_in(account_names.iter().copied()))
         .filter(contact_row::Column::DeleteTimeUs.is_null())
@@ -234,7 +237,10 @@ async fn check_parent<C: ConnectionTrait>(
     let field = "account.parent_account";
     let parent_id = names::parse(names::ACCOUNTS, field, parent)?;
     if parent_id == id {
-        return Err(ApiError::invalid(field, "an account cannot be its own parent"));
+        return Err(ApiError::invalid(
+            field,
+            "an account cannot be its own parent",
+        ));
     }
     // Serialise hierarchy changes per tenant on Postgres: two concurrent updates (A under
     // B, B under A) would each see no cycle. SQLite writers are serialised already.
@@ -251,7 +257,10 @@ async fn check_parent<C: ConnectionTrait>(
         return Err(ApiError::invalid(field, "must name an existing account"));
     };
     if found.account.delete_time.is_some() {
-        return Err(ApiError::invalid(field, "must name an account that is not deleted"));
+        return Err(ApiError::invalid(
+            field,
+            "must name an account that is not deleted",
+        ));
     }
     let own_name = account_name(id);
     let mut next = found.account.parent_account;
@@ -279,7 +288,11 @@ async fn check_parent<C: ConnectionTrait>(
 
 /// Whether the account exists in the tenant and is not deleted. `id` is the UUID, or
 /// the whole "accounts/{id}" name.
-pub async fn exists<C: ConnectionTrait>(conn: &C, tenant: &str, id: &str) -> Result<bool, ApiError> {
+pub async fn exists<C: ConnectionTrait>(
+    conn: &C,
+    tenant: &str,
+    id: &str,
+) -> Result<bool, ApiError> {
     let id = id.strip_prefix("accounts/").unwrap_or(id);
     let Ok(id) = names::parse_id("account", id) else {
         return Ok(false);

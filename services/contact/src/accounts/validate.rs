@@ -94,8 +94,8 @@ pub fn normalise_domain(raw: &str) -> Result<String, &'static str> {
 /// An amount of money (google.type.Money rules); revenue is never negative.
 fn money(violations: &mut Violations, field: &str, money: &mut Money) {
     money.currency_code = money.currency_code.trim().to_owned();
-    let code_ok =
-        money.currency_code.len() == 3 && money.currency_code.chars().all(|c| c.is_ascii_uppercase());
+    let code_ok = money.currency_code.len() == 3
+        && money.currency_code.chars().all(|c| c.is_ascii_uppercase());
     if !code_ok {
         violations.add(
             format!("{field}.currency_code"),
@@ -448,7 +448,10 @@ mod tests {
             "account.tags[1]",
             "account.attributes.Bad",
         ] {
-            assert!(found.contains(&expected.to_owned()), "{expected}: {found:?}");
+            assert!(
+                found.contains(&expected.to_owned()),
+                "{expected}: {found:?}"
+            );
         }
     }
 

@@ -176,7 +176,10 @@ async fn crud_happy_path(backend: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(
-        get(&mut client, &token, &preview.name).await.unwrap_err().code(),
+        get(&mut client, &token, &preview.name)
+            .await
+            .unwrap_err()
+            .code(),
         Code::NotFound
     );
 
@@ -302,7 +305,10 @@ async fn crud_happy_path(backend: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(upserted.name, wanted);
-    assert_eq!(get(&mut client, &token, wanted).await.unwrap().domain, "gamma.co.uk");
+    assert_eq!(
+        get(&mut client, &token, wanted).await.unwrap().domain,
+        "gamma.co.uk"
+    );
 }
 on_both_backends!(crud_happy_path);
 
@@ -367,7 +373,10 @@ async fn validation_names_each_field(backend: Backend) {
     // Domains: normalised when plausible, refused otherwise.
     for (raw, expected) in [
         ("https://WWW.Acme.ch/about", "acme.ch"),
-        ("HTTP://shop.Example.co.uk:8080/path?q=1", "shop.example.co.uk"),
+        (
+            "HTTP://shop.Example.co.uk:8080/path?q=1",
+            "shop.example.co.uk",
+        ),
         ("example.org.", "example.org"),
         ("www.beta.io", "beta.io"),
     ] {
@@ -375,7 +384,13 @@ async fn validation_names_each_field(backend: Backend) {
         account.domain = raw.into();
         assert_eq!(create(&mut client, &token, account).await.domain, expected);
     }
-    for raw in ["localhost", "acme..ch", "10.0.0.1", "-acme.ch", "acme ch.com"] {
+    for raw in [
+        "localhost",
+        "acme..ch",
+        "10.0.0.1",
+        "-acme.ch",
+        "acme ch.com",
+    ] {
         let mut account = company("Domain Test");
         account.domain = raw.into();
         let status = client
@@ -413,7 +428,10 @@ async fn validation_names_each_field(backend: Backend) {
             ))
             .await
             .unwrap_err();
-        assert!(violated_fields(&status).contains(&field.to_owned()), "{field}");
+        assert!(
+            violated_fields(&status).contains(&field.to_owned()),
+            "{field}"
+        );
     }
 
     // Update: an emptied display name is refused; unknown mask paths too.
@@ -434,9 +452,13 @@ async fn validation_names_each_field(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&output_only), ["update_mask"]);
-    let bad_name = get(&mut client, &token, "contacts/0192f0c1-7b1e-7cc3-9a44-4d2a3f1e9b10")
-        .await
-        .unwrap_err();
+    let bad_name = get(
+        &mut client,
+        &token,
+        "contacts/0192f0c1-7b1e-7cc3-9a44-4d2a3f1e9b10",
+    )
+    .await
+    .unwrap_err();
     assert_eq!(violated_fields(&bad_name), ["name"]);
     for (filter, order_by) in [
         ("nope = 1", ""),
@@ -520,7 +542,13 @@ async fn parents_exist_and_never_cycle(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&status), ["account.parent_account"]);
-    assert!(get(&mut client, &token, &a.name).await.unwrap().parent_account.is_empty());
+    assert!(
+        get(&mut client, &token, &a.name)
+            .await
+            .unwrap()
+            .parent_account
+            .is_empty()
+    );
 
     // A deleted account is no parent for new links.
     let d = create(&mut client, &token, company("D Defunct")).await;
@@ -540,7 +568,9 @@ async fn parents_exist_and_never_cycle(backend: Backend) {
     assert_eq!(violated_fields(&status), ["account.parent_account"]);
 
     // Re-parenting without a cycle works, and filters find the children.
-    set_parent(&mut client, &token, &c.name, &a.name).await.unwrap();
+    set_parent(&mut client, &token, &c.name, &a.name)
+        .await
+        .unwrap();
     let children = client
         .list_accounts(authed(
             ListAccountsRequest {
@@ -553,7 +583,11 @@ async fn parents_exist_and_never_cycle(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
-    let names: Vec<&str> = children.accounts.iter().map(|x| x.display_name.as_str()).collect();
+    let names: Vec<&str> = children
+        .accounts
+        .iter()
+        .map(|x| x.display_name.as_str())
+        .collect();
     assert_eq!(names, ["B Group", "C Branch"]);
 }
 on_both_backends!(parents_exist_and_never_cycle);
@@ -574,7 +608,10 @@ async fn stale_etags_abort(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(stale.code(), Code::Aborted);
-    assert_eq!(stale.get_details_error_info().unwrap().reason, "ETAG_MISMATCH");
+    assert_eq!(
+        stale.get_details_error_info().unwrap().reason,
+        "ETAG_MISMATCH"
+    );
     let stale_delete = client
         .delete_account(authed(
             DeleteAccountRequest {
@@ -707,7 +744,10 @@ async fn tenants_are_isolated(backend: Backend) {
         .unwrap_err();
     assert_eq!(violated_fields(&status), ["account.parent_account"]);
     assert_eq!(
-        get(&mut client, &a_token, &acme.name).await.unwrap().industry,
+        get(&mut client, &a_token, &acme.name)
+            .await
+            .unwrap()
+            .industry,
         ""
     );
 }
@@ -774,7 +814,9 @@ async fn reps_change_only_their_own(backend: Backend) {
         .unwrap();
     change.etag.clear();
     change.owner = "ben".into();
-    let reassigned = update(&mut client, &boss, change, &["owner"]).await.unwrap();
+    let reassigned = update(&mut client, &boss, change, &["owner"])
+        .await
+        .unwrap();
     assert_eq!(reassigned.owner, "ben");
 }
 on_both_backends!(reps_change_only_their_own);
@@ -821,7 +863,13 @@ async fn contact_count_counts_live_linked_contacts(backend: Backend) {
         .await
         .unwrap();
 
-    assert_eq!(get(&mut client, &token, &acme.name).await.unwrap().contact_count, 2);
+    assert_eq!(
+        get(&mut client, &token, &acme.name)
+            .await
+            .unwrap()
+            .contact_count,
+        2
+    );
     let batch = client
         .batch_get_accounts(authed(
             BatchGetAccountsRequest {
@@ -896,7 +944,10 @@ async fn lists_filter_order_and_page(backend: Backend) {
         .unwrap()
         .into_inner();
     let names = |page: &ListAccountsResponse| -> Vec<String> {
-        page.accounts.iter().map(|a| a.display_name.clone()).collect()
+        page.accounts
+            .iter()
+            .map(|a| a.display_name.clone())
+            .collect()
     };
     assert_eq!(names(&first), ["Bravo", "Foxtrot"]);
     assert_eq!(first.total_size, 3);
@@ -921,9 +972,21 @@ async fn lists_filter_order_and_page(backend: Backend) {
 
     for (filter, order_by, expected) in [
         (r#"domain = "CHARLIE.example""#, "", vec!["Charlie"]),
-        ("annual_revenue.units > 600000", "display_name desc", vec!["Delta", "Charlie"]),
-        (r#"display_name = "A*" OR tier = ACCOUNT_TIER_KEY"#, "domain", vec!["Alpha", "Delta"]),
-        (r#"create_time > "2000-01-01T00:00:00Z" AND NOT tags: "b2b""#, "", vec!["Delta"]),
+        (
+            "annual_revenue.units > 600000",
+            "display_name desc",
+            vec!["Delta", "Charlie"],
+        ),
+        (
+            r#"display_name = "A*" OR tier = ACCOUNT_TIER_KEY"#,
+            "domain",
+            vec!["Alpha", "Delta"],
+        ),
+        (
+            r#"create_time > "2000-01-01T00:00:00Z" AND NOT tags: "b2b""#,
+            "",
+            vec!["Delta"],
+        ),
     ] {
         let page = client
             .list_accounts(authed(
@@ -983,7 +1046,8 @@ impl Direct {
         let db = crm_platform::db::open::<crm_contact::migrations::Migrator>(&config, "contact")
             .await
             .unwrap();
-        let feed = crm_platform::events::EventFeed::new(db.clone(), "contact", config.events.clone());
+        let feed =
+            crm_platform::events::EventFeed::new(db.clone(), "contact", config.events.clone());
         let ttl = Duration::from_secs(60);
         let ctx = crm_contact::context::Context {
             contacts: crm_contact::store::ContactStore::new(db.clone(), feed.clone()),
@@ -1014,7 +1078,8 @@ impl Drop for Direct {
                 };
                 runtime.block_on(async {
                     let base = crate::harness::postgres_base();
-                    if let Ok(admin) = sea_orm::Database::connect(format!("{base}/postgres")).await {
+                    if let Ok(admin) = sea_orm::Database::connect(format!("{base}/postgres")).await
+                    {
                         let _ = admin
                             .execute_unprepared(&format!(
                                 "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
