@@ -331,6 +331,9 @@ impl AccountsApi {
             }
             outcome => outcome?,
         };
+        if !validate_only {
+            tracing::info!(account = %outcome.account.name, tenant = %caller.tenant, "account updated");
+        }
         self.answer(&caller.tenant, outcome).await
     }
 
@@ -365,6 +368,7 @@ impl AccountsApi {
             }))
         })
         .await?;
+        tracing::info!(account = %outcome.account.name, tenant = %caller.tenant, "account deleted");
         self.answer(&caller.tenant, outcome).await
     }
 
@@ -399,6 +403,7 @@ impl AccountsApi {
             }))
         })
         .await?;
+        tracing::info!(account = %outcome.account.name, tenant = %caller.tenant, "account undeleted");
         self.answer(&caller.tenant, outcome).await
     }
 }
