@@ -1263,3 +1263,121 @@ async fn purge_clears_links(backend: Backend) {
     assert_eq!(seen, expected);
 }
 on_both_backends!(purge_clears_links);
+
+async fn events_carry_the_account_and_its_changes(backend: Backend) {
+    use crm_platform::events::outbox;
+    use crm_proto::contact::contact_service_server::ContactService as _;
+    use prost::Message as _;
+    use sea_orm::{EntityTrait as _, QueryOrder as _};
+    let direct = Direct::start(backend).await;
+    let api = &direct.api;
+    let mut new = company("Acme");
+    new.employee_count = 10;
+    let created = api
+        .create_account(as_admin(CreateAccountRequest {
+            account: Some(new),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let patch = Account {
+        name: created.name.clone(),
+        display_name: "Acme AG".into(),
+        employee_count: 20,
+        industry: "not in the mask".into(),
+        ..Default::default()
+    };
+    let mask = FieldMask {
+        paths: vec!["display_name".into(), "employee_count".into()],
+    };
+    // validate_only answers with the result and stores nothing.
+    let preview = api
+        .update_account(as_admin(UpdateAccountRequest {
+            account: Some(patch.clone()),
+            update_mask: Some(mask.clone()),
+            validate_only: true,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(preview.display_name, "Acme AG");
+    let unchanged = api
+        .get_account(as_admin(GetAccountRequest {
+            name: created.name.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(unchanged, created);
+    api.update_account(as_admin(UpdateAccountRequest {
+        account: Some(patch),
+        update_mask: Some(mask),
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    api.delete_account(as_admin(DeleteAccountRequest {
+        name: created.name.clone(),
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    api.undelete_account(as_admin(UndeleteAccountRequest {
+        name: created.name.clone(),
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+
+    let events: Vec<crm_proto::common::Event> = outbox::Entity::find()
+        .order_by_asc(outbox::Column::EventTimeUs)
+        .order_by_asc(outbox::Column::Id)
+        .all(&direct.ctx.db)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| crm_proto::common::Event::decode(row.payload.as_slice()).unwrap())
+        .collect();
+    let types: Vec<&str> = events.iter().map(|e| e.r#type.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "crm.contact.v1.AccountCreated",
+            "crm.contact.v1.AccountUpdated",
+            "crm.contact.v1.AccountDeleted",
+            "crm.contact.v1.AccountUndeleted",
+        ]
+    );
+    assert!(events.iter().all(|e| e.resource_name == created.name));
+    let payload = events[1].payload.as_ref().unwrap();
+    assert_eq!(
+        payload.type_url,
+        "type.googleapis.com/crm.contact.v1.Account"
+    );
+    let after = Account::decode(payload.value.as_slice()).unwrap();
+    assert_eq!(
+        (after.display_name.as_str(), after.etag.as_str()),
+        ("Acme AG", "r2")
+    );
+    let text = |v: &Option<prost_types::Value>| match v.as_ref().and_then(|v| v.kind.as_ref()) {
+        Some(prost_types::value::Kind::StringValue(s)) => s.clone(),
+        Some(prost_types::value::Kind::NumberValue(n)) => n.to_string(),
+        other => format!("{other:?}"),
+    };
+    let changes: Vec<(String, String, String)> = events[1]
+        .changes
+        .iter()
+        .map(|c| (c.path.clone(), text(&c.old_value), text(&c.new_value)))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            ("display_name".into(), "Acme".into(), "Acme AG".into()),
+            ("employee_count".into(), "10".into(), "20".into()),
+        ]
+    );
+    assert_eq!(events[1].actor.as_ref().unwrap().subject, "admin");
+}
+on_both_backends!(events_carry_the_account_and_its_changes);
