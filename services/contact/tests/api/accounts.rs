@@ -1381,3 +1381,37 @@ async fn events_carry_the_account_and_its_changes(backend: Backend) {
     assert_eq!(events[1].actor.as_ref().unwrap().subject, "admin");
 }
 on_both_backends!(events_carry_the_account_and_its_changes);
+
+/// Two concurrent re-parentings that together would make a cycle (A under B, B under
+/// A): at most one may win, on every try.
+async fn concurrent_reparenting_never_cycles(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let token = admin("acme");
+    let mut client = server.client().await;
+    for round in 0..5 {
+        let a = create(&mut client, &token, company(&format!("A{round}"))).await;
+        let b = create(&mut client, &token, company(&format!("B{round}"))).await;
+        let (mut one, mut two) = (server.client().await, server.client().await);
+        let (t1, t2) = (token.clone(), token.clone());
+        let (a1, b1, a2, b2) = (
+            a.name.clone(),
+            b.name.clone(),
+            a.name.clone(),
+            b.name.clone(),
+        );
+        let (first, second) = tokio::join!(
+            tokio::spawn(async move { set_parent(&mut one, &t1, &a1, &b1).await }),
+            tokio::spawn(async move { set_parent(&mut two, &t2, &b2, &a2).await }),
+        );
+        let outcomes = [first.unwrap(), second.unwrap()];
+        let wins = outcomes.iter().filter(|o| o.is_ok()).count();
+        assert_eq!(wins, 1, "round {round}: {outcomes:?}");
+        for outcome in outcomes.iter().filter_map(|o| o.as_ref().err()) {
+            assert_eq!(violated_fields(outcome), ["account.parent_account"]);
+        }
+        let a_now = get(&mut client, &token, &a.name).await.unwrap();
+        let b_now = get(&mut client, &token, &b.name).await.unwrap();
+        assert!(a_now.parent_account.is_empty() || b_now.parent_account.is_empty());
+    }
+}
+on_both_backends!(concurrent_reparenting_never_cycles);
