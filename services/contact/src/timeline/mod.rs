@@ -356,6 +356,14 @@ impl TimelineApi {
         )?;
         let etag = etag_of(&request.etag, &patch.etag);
         let name = rows::interaction_name(&id);
+        // A retry answers as the first call did, even though the etag has moved on.
+        if let Some(done) = self
+            .store
+            .replayed_interaction(&caller, "UpdateInteraction", &request.request_id, &hash)
+            .await?
+        {
+            return Ok(Response::new(done.interaction));
+        }
         // Validate the result against the current version first (outside the write
         // transaction, since the reference checks read other tables); the write then
         // applies the validated fields to the version it locks.
@@ -538,6 +546,13 @@ impl TimelineApi {
         let paths = mask::paths(request.update_mask.as_ref(), mask::EPISODE_FIELDS, "Episode")?;
         let etag = etag_of(&request.etag, &patch.etag);
         let name = rows::episode_name(&id);
+        if let Some(done) = self
+            .store
+            .replayed_episode(&caller, "UpdateEpisode", &request.request_id, &hash)
+            .await?
+        {
+            return Ok(Response::new(done.episode));
+        }
         let current = self
             .store
             .get_episode(&caller.tenant, &id)

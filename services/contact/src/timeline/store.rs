@@ -402,6 +402,34 @@ impl TimelineStore {
         Ok(Some(stored))
     }
 
+    /// The interaction a request id already produced, when it was used before.
+    pub async fn replayed_interaction(
+        &self,
+        caller: &Caller,
+        method: &str,
+        request_id: &str,
+        hash: &str,
+    ) -> Result<Option<StoredInteraction>, ApiError> {
+        match replayed(&self.db, caller, method, request_id, hash).await? {
+            Some(name) => Ok(Some(self.replay_interaction(&self.db, caller, &name).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The episode a request id already produced, when it was used before.
+    pub async fn replayed_episode(
+        &self,
+        caller: &Caller,
+        method: &str,
+        request_id: &str,
+        hash: &str,
+    ) -> Result<Option<StoredEpisode>, ApiError> {
+        match replayed(&self.db, caller, method, request_id, hash).await? {
+            Some(name) => Ok(Some(self.replay_episode(&self.db, caller, &name).await?)),
+            None => Ok(None),
+        }
+    }
+
     /// After a failed write with a request id, a concurrent call with the same id may
     /// have won the race (the loser waits on the key, then meets a unique violation):
     /// answer with what the winner committed.

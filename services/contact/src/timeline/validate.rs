@@ -261,8 +261,7 @@ pub async fn resolve_contacts(
 ) -> Result<HashMap<String, String>, ApiError> {
     let ids: Vec<String> = refs
         .iter()
-        .map(|(_, name)| rows::id_of(names::CONTACTS, name).to_owned())
-        .filter(|id| !id.is_empty())
+        .filter_map(|(_, name)| names::parse(names::CONTACTS, "", name).ok())
         .collect();
     let mut accounts = HashMap::new();
     if ids.is_empty() {
@@ -286,7 +285,8 @@ pub async fn resolve_contacts(
         }
     }
     for (field, name) in refs.iter_mut() {
-        if name.is_empty() || rows::id_of(names::CONTACTS, name).is_empty() {
+        // Malformed names were reported by the pure checks already.
+        if names::parse(names::CONTACTS, "", name).is_err() {
             continue;
         }
         let mut contact = found.get(name.as_str());
@@ -317,11 +317,11 @@ pub async fn episode_exists<C: ConnectionTrait>(
     field: &str,
     episode: &str,
 ) -> Result<(), ApiError> {
-    let id = rows::id_of(rows::EPISODES, episode);
-    if id.is_empty() {
+    // A malformed name was reported by the pure checks already.
+    let Ok(id) = names::parse(rows::EPISODES, field, episode) else {
         return Ok(());
-    }
-    let found = episode_row::Entity::find_by_id((tenant.to_owned(), id.to_owned()))
+    };
+    let found = episode_row::Entity::find_by_id((tenant.to_owned(), id))
         .one(conn)
         .await
         .map_err(|e| from_db(e, "episode"))?;

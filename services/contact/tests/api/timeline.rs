@@ -338,7 +338,6 @@ async fn interaction_validation(backend: Backend) {
         "interaction.channel",
         "interaction.direction",
         "interaction.outcome",
-        "interaction.contact",
         "interaction.interaction_time",
         "interaction.duration",
         "interaction.participants[0]",
