@@ -124,7 +124,9 @@ fn interaction_value(i: &Interaction, path: &str) -> prost_types::Value {
     use crm_proto::contact::{InteractionDirection, InteractionOutcome, InteractionType};
     match path {
         "type" => enum_name(
-            InteractionType::try_from(i.r#type).ok().map(|e| e.as_str_name()),
+            InteractionType::try_from(i.r#type)
+                .ok()
+                .map(|e| e.as_str_name()),
             i.r#type,
         ),
         "channel" => enum_name(
@@ -151,21 +153,23 @@ fn interaction_value(i: &Interaction, path: &str) -> prost_types::Value {
             .as_ref()
             .map_or_else(null, |d| string(d.to_string())),
         "participants" => prost_types::Value {
-            kind: Some(prost_types::value::Kind::ListValue(prost_types::ListValue {
-                values: i
-                    .participants
-                    .iter()
-                    .map(|p| {
-                        string(
-                            [&p.contact, &p.user, &p.email_address]
-                                .into_iter()
-                                .find(|v| !v.is_empty())
-                                .cloned()
-                                .unwrap_or_default(),
-                        )
-                    })
-                    .collect(),
-            })),
+            kind: Some(prost_types::value::Kind::ListValue(
+                prost_types::ListValue {
+                    values: i
+                        .participants
+                        .iter()
+                        .map(|p| {
+                            string(
+                                [&p.contact, &p.user, &p.email_address]
+                                    .into_iter()
+                                    .find(|v| !v.is_empty())
+                                    .cloned()
+                                    .unwrap_or_default(),
+                            )
+                        })
+                        .collect(),
+                },
+            )),
         },
         "episode" => string(&i.episode),
         "subject" => string(&i.subject),
@@ -210,7 +214,11 @@ fn diff<T>(
         .collect()
 }
 
-pub fn interaction_changes(before: &Interaction, after: &Interaction, paths: &[String]) -> Vec<FieldChange> {
+pub fn interaction_changes(
+    before: &Interaction,
+    after: &Interaction,
+    paths: &[String],
+) -> Vec<FieldChange> {
     diff(before, after, paths, interaction_value)
 }
 

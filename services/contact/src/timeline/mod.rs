@@ -161,8 +161,13 @@ impl TimelineApi {
         if wants("account")
             && let Some(account) = absorb(
                 violations,
-                check_account_link(&self.ctx.db, tenant, "interaction.account", &interaction.account)
-                    .await,
+                check_account_link(
+                    &self.ctx.db,
+                    tenant,
+                    "interaction.account",
+                    &interaction.account,
+                )
+                .await,
             )?
         {
             interaction.account = account;
@@ -195,8 +200,7 @@ impl TimelineApi {
         if wants("account")
             && let Some(account) = absorb(
                 violations,
-                check_account_link(&self.ctx.db, tenant, "episode.account", &episode.account)
-                    .await,
+                check_account_link(&self.ctx.db, tenant, "episode.account", &episode.account).await,
             )?
         {
             episode.account = account;
@@ -276,11 +280,9 @@ impl TimelineApi {
                     .await?,
             ),
             (false, false) => {
-                return Err(ApiError::invalid(
-                    "account",
-                    "set at most one of contact and account",
-                )
-                .into());
+                return Err(
+                    ApiError::invalid("account", "set at most one of contact and account").into(),
+                );
             }
         };
         let filter = query::interaction_filter(&request.filter)?;
@@ -543,7 +545,11 @@ impl TimelineApi {
             return Err(ApiError::invalid("episode", "is required").into());
         };
         let id = names::parse(EPISODES, "episode.name", &patch.name)?;
-        let paths = mask::paths(request.update_mask.as_ref(), mask::EPISODE_FIELDS, "Episode")?;
+        let paths = mask::paths(
+            request.update_mask.as_ref(),
+            mask::EPISODE_FIELDS,
+            "Episode",
+        )?;
         let etag = etag_of(&request.etag, &patch.etag);
         let name = rows::episode_name(&id);
         if let Some(done) = self

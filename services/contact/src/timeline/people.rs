@@ -101,7 +101,15 @@ pub async fn repoint_contacts<C: ConnectionTrait>(
         episode.contact.clone_from(&winner_name);
         episode.etag = names::etag(stored.revision + 1);
         episode.update_time = Some(now);
-        rewrite_episode(conn, tenant, &row.id, stored.revision, &row.creator, &episode).await?;
+        rewrite_episode(
+            conn,
+            tenant,
+            &row.id,
+            stored.revision,
+            &row.creator,
+            &episode,
+        )
+        .await?;
         episodes_moved += 1;
     }
     Ok((interactions_moved, episodes_moved))
@@ -147,7 +155,15 @@ pub async fn erase_contact<C: ConnectionTrait>(
         episode.display_name = "erased".into();
         episode.etag = names::etag(stored.revision + 1);
         episode.update_time = Some(now);
-        rewrite_episode(conn, tenant, &row.id, stored.revision, &row.creator, &episode).await?;
+        rewrite_episode(
+            conn,
+            tenant,
+            &row.id,
+            stored.revision,
+            &row.creator,
+            &episode,
+        )
+        .await?;
         episodes_erased += 1;
     }
     Ok((interactions_erased, episodes_erased))

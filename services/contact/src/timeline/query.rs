@@ -20,7 +20,9 @@ fn parse_type(name: &str) -> Option<i32> {
 }
 
 fn parse_channel(name: &str) -> Option<i32> {
-    with_prefix(name, "CHANNEL_", |n| Channel::from_str_name(n).map(|e| e as i32))
+    with_prefix(name, "CHANNEL_", |n| {
+        Channel::from_str_name(n).map(|e| e as i32)
+    })
 }
 
 fn parse_direction(name: &str) -> Option<i32> {
@@ -48,7 +50,11 @@ pub const INTERACTION_FILTER_FIELDS: &[FilterField] = &[
     field("episode", "episode", FieldKind::Text),
     field("source", "source", FieldKind::Text),
     field("creator", "creator", FieldKind::Text),
-    field("interaction_time", "interaction_time_us", FieldKind::Timestamp),
+    field(
+        "interaction_time",
+        "interaction_time_us",
+        FieldKind::Timestamp,
+    ),
     field("create_time", "create_time_us", FieldKind::Timestamp),
     field("participants.user", "participant_users", FieldKind::List),
 ];
@@ -65,9 +71,9 @@ pub const EPISODE_FILTER_FIELDS: &[FilterField] = &[
 
 /// Fields where `field:*` ("has a value", AIP-160) applies: the column, and whether an
 /// absent value is NULL (else the empty string).
-const INTERACTION_PRESENCE: &[(&str, &'static str, bool)] =
+const INTERACTION_PRESENCE: &[(&str, &str, bool)] =
     &[("episode", "episode", false), ("source", "source", false)];
-const EPISODE_PRESENCE: &[(&str, &'static str, bool)] = &[
+const EPISODE_PRESENCE: &[(&str, &str, bool)] = &[
     ("end_time", "end_time_us", true),
     ("contact", "contact", false),
     ("account", "account", false),
@@ -99,9 +105,7 @@ fn translate(
             op: Op::Has,
             value,
             ..
-        } if value.as_str() == "*"
-            && presence.iter().any(|(name, _, _)| name == field) =>
-        {
+        } if value.as_str() == "*" && presence.iter().any(|(name, _, _)| name == field) => {
             let (_, column, nullable) = presence
                 .iter()
                 .find(|(name, _, _)| name == field)
@@ -157,7 +161,10 @@ pub fn order(
             }
         };
         if words.next().is_some() {
-            return Err(ApiError::invalid("order_by", format!("cannot read {part:?}")));
+            return Err(ApiError::invalid(
+                "order_by",
+                format!("cannot read {part:?}"),
+            ));
         }
         let key = allowed
             .iter()
@@ -171,7 +178,10 @@ pub fn order(
                 )
             })?;
         if order.iter().any(|(k, _)| *k == key) {
-            return Err(ApiError::invalid("order_by", format!("{name} appears twice")));
+            return Err(ApiError::invalid(
+                "order_by",
+                format!("{name} appears twice"),
+            ));
         }
         order.push((key, descending));
     }
@@ -195,7 +205,12 @@ mod tests {
             [(SortKey::InteractionTime, true), (SortKey::Id, true)]
         );
         assert_eq!(
-            order("interaction_time", &allowed, (SortKey::InteractionTime, true)).unwrap(),
+            order(
+                "interaction_time",
+                &allowed,
+                (SortKey::InteractionTime, true)
+            )
+            .unwrap(),
             [(SortKey::InteractionTime, false), (SortKey::Id, false)]
         );
         assert!(order("subject", &allowed, (SortKey::InteractionTime, true)).is_err());

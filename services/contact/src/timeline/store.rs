@@ -18,9 +18,7 @@ use crm_platform::pagination::{self, CursorValue, KeysetColumn};
 use crm_proto::common::FieldChange;
 use crm_proto::contact::{Episode, Interaction};
 
-use super::rows::{
-    self, StoredEpisode, StoredInteraction, episode_row, interaction_row, link_row,
-};
+use super::rows::{self, StoredEpisode, StoredInteraction, episode_row, interaction_row, link_row};
 use crate::domain::names;
 use crate::store::contact_row;
 
@@ -185,7 +183,12 @@ pub async fn rewrite_interaction<C: ConnectionTrait>(
 ) -> Result<(), ApiError> {
     let name = rows::interaction_name(id);
     let updated = Interactions::update_many()
-        .set(rows::interaction_model(tenant, id, revision + 1, interaction))
+        .set(rows::interaction_model(
+            tenant,
+            id,
+            revision + 1,
+            interaction,
+        ))
         .filter(InteractionCol::TenantId.eq(tenant))
         .filter(InteractionCol::Id.eq(id))
         .filter(InteractionCol::Revision.eq(revision))
@@ -212,7 +215,13 @@ pub async fn rewrite_episode<C: ConnectionTrait>(
 ) -> Result<(), ApiError> {
     let name = rows::episode_name(id);
     let updated = Episodes::update_many()
-        .set(rows::episode_model(tenant, id, revision + 1, creator, episode))
+        .set(rows::episode_model(
+            tenant,
+            id,
+            revision + 1,
+            creator,
+            episode,
+        ))
         .filter(EpisodeCol::TenantId.eq(tenant))
         .filter(EpisodeCol::Id.eq(id))
         .filter(EpisodeCol::Revision.eq(revision))
@@ -411,7 +420,9 @@ impl TimelineStore {
         hash: &str,
     ) -> Result<Option<StoredInteraction>, ApiError> {
         match replayed(&self.db, caller, method, request_id, hash).await? {
-            Some(name) => Ok(Some(self.replay_interaction(&self.db, caller, &name).await?)),
+            Some(name) => Ok(Some(
+                self.replay_interaction(&self.db, caller, &name).await?,
+            )),
             None => Ok(None),
         }
     }
@@ -474,7 +485,12 @@ impl TimelineStore {
         let mut stored = load_episode(conn, &caller.tenant, id, false)
             .await?
             .ok_or_else(|| ApiError::not_found(name))?;
-        with_counts(conn, &caller.tenant, std::slice::from_mut(&mut stored.episode)).await?;
+        with_counts(
+            conn,
+            &caller.tenant,
+            std::slice::from_mut(&mut stored.episode),
+        )
+        .await?;
         Ok(stored)
     }
 
@@ -530,10 +546,15 @@ impl TimelineStore {
         }
         // The request id is claimed first, so that a concurrent duplicate waits here.
         claim(&txn, caller, METHOD, request_id, hash, &name).await?;
-        Interactions::insert(rows::interaction_model(&caller.tenant, &id, 1, &interaction))
-            .exec_without_returning(&txn)
-            .await
-            .map_err(|e| from_db(e, &name))?;
+        Interactions::insert(rows::interaction_model(
+            &caller.tenant,
+            &id,
+            1,
+            &interaction,
+        ))
+        .exec_without_returning(&txn)
+        .await
+        .map_err(|e| from_db(e, &name))?;
         relink(&txn, &caller.tenant, &id, &interaction).await?;
         publish(
             &txn,
@@ -806,7 +827,12 @@ impl TimelineStore {
         let mut current = load_episode(&txn, &caller.tenant, id, true)
             .await?
             .ok_or_else(|| ApiError::not_found(name.clone()))?;
-        with_counts(&txn, &caller.tenant, std::slice::from_mut(&mut current.episode)).await?;
+        with_counts(
+            &txn,
+            &caller.tenant,
+            std::slice::from_mut(&mut current.episode),
+        )
+        .await?;
         let revision = current.revision;
         let creator = current.creator.clone();
         let Some(Change {

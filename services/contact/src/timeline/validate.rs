@@ -66,7 +66,10 @@ pub async fn check_account_link<C: ConnectionTrait>(
 
 /// Adds the violations of `result` (an `INVALID_ARGUMENT`) to `violations`; any other
 /// error is returned.
-pub fn absorb<T>(violations: &mut Violations, result: Result<T, ApiError>) -> Result<Option<T>, ApiError> {
+pub fn absorb<T>(
+    violations: &mut Violations,
+    result: Result<T, ApiError>,
+) -> Result<Option<T>, ApiError> {
     match result {
         Ok(value) => Ok(Some(value)),
         Err(ApiError::InvalidArgument(found)) => {
@@ -104,9 +107,14 @@ fn enum_known<E: TryFrom<i32>>(violations: &mut Violations, field: &str, value: 
 }
 
 /// A timestamp within the years 1 ..= 9999; `None` when missing.
-pub fn timestamp(violations: &mut Violations, field: &str, ts: Option<&prost_types::Timestamp>) -> Option<i64> {
+pub fn timestamp(
+    violations: &mut Violations,
+    field: &str,
+    ts: Option<&prost_types::Timestamp>,
+) -> Option<i64> {
     let ts = ts?;
-    if !(MIN_SECONDS..=MAX_SECONDS).contains(&ts.seconds) || !(0..1_000_000_000).contains(&ts.nanos) {
+    if !(MIN_SECONDS..=MAX_SECONDS).contains(&ts.seconds) || !(0..1_000_000_000).contains(&ts.nanos)
+    {
         violations.add(field, "must be a valid time between the years 1 and 9999");
         return None;
     }
@@ -156,12 +164,19 @@ pub fn interaction(violations: &mut Violations, prefix: &str, interaction: &mut 
     enum_known::<InteractionOutcome>(violations, &at("outcome"), interaction.outcome);
     contact_name(violations, &at("contact"), &mut interaction.contact);
     if interaction.contact.is_empty() && interaction.account.is_empty() {
-        violations.add(at("contact"), "at least one of contact and account is required");
+        violations.add(
+            at("contact"),
+            "at least one of contact and account is required",
+        );
     }
     if interaction.interaction_time.is_none() {
         violations.add(at("interaction_time"), "is required");
     }
-    timestamp(violations, &at("interaction_time"), interaction.interaction_time.as_ref());
+    timestamp(
+        violations,
+        &at("interaction_time"),
+        interaction.interaction_time.as_ref(),
+    );
     if let Some(duration) = &interaction.duration {
         let in_range = duration.seconds >= 0
             && (0..1_000_000_000).contains(&duration.nanos)
@@ -194,8 +209,17 @@ pub fn interaction(violations: &mut Violations, prefix: &str, interaction: &mut 
             );
         }
         participant.contact = participant.contact.trim().to_owned();
-        contact_name(violations, &format!("{field}.contact"), &mut participant.contact);
-        line(violations, &format!("{field}.user"), &mut participant.user, MAX_USER);
+        contact_name(
+            violations,
+            &format!("{field}.contact"),
+            &mut participant.contact,
+        );
+        line(
+            violations,
+            &format!("{field}.user"),
+            &mut participant.user,
+            MAX_USER,
+        );
         if !participant.email_address.trim().is_empty() {
             match normalise_email(&participant.email_address) {
                 Ok(email) => participant.email_address = email,
@@ -216,27 +240,50 @@ pub fn interaction(violations: &mut Violations, prefix: &str, interaction: &mut 
             Err(_) => violations.add(at("episode"), "must be episodes/{id} with a UUID id"),
         }
     }
-    line(violations, &at("subject"), &mut interaction.subject, MAX_SUBJECT);
+    line(
+        violations,
+        &at("subject"),
+        &mut interaction.subject,
+        MAX_SUBJECT,
+    );
     if interaction.body.len() > MAX_BODY_BYTES {
         violations.add(at("body"), format!("at most {MAX_BODY_BYTES} bytes"));
     }
     if let Some(amount) = &mut interaction.amount {
         money(violations, &at("amount"), amount);
     }
-    line(violations, &at("source"), &mut interaction.source, MAX_SOURCE);
+    line(
+        violations,
+        &at("source"),
+        &mut interaction.source,
+        MAX_SOURCE,
+    );
 }
 
 /// The pure rules of an episode.
 pub fn episode(violations: &mut Violations, prefix: &str, episode: &mut Episode) {
     let at = |field: &str| format!("{prefix}.{field}");
-    line(violations, &at("display_name"), &mut episode.display_name, MAX_DISPLAY_NAME);
+    line(
+        violations,
+        &at("display_name"),
+        &mut episode.display_name,
+        MAX_DISPLAY_NAME,
+    );
     if episode.display_name.is_empty() {
         violations.add(at("display_name"), "is required");
     }
-    text(violations, &at("description"), &episode.description, MAX_DESCRIPTION);
+    text(
+        violations,
+        &at("description"),
+        &episode.description,
+        MAX_DESCRIPTION,
+    );
     contact_name(violations, &at("contact"), &mut episode.contact);
     if episode.contact.is_empty() && episode.account.is_empty() {
-        violations.add(at("contact"), "at least one of contact and account is required");
+        violations.add(
+            at("contact"),
+            "at least one of contact and account is required",
+        );
     }
     if episode.start_time.is_none() {
         violations.add(at("start_time"), "is required");
@@ -337,19 +384,44 @@ mod tests {
 
     #[test]
     fn channels_default_from_the_type() {
-        assert_eq!(default_channel(InteractionType::Call as i32), Channel::Phone);
-        assert_eq!(default_channel(InteractionType::Meeting as i32), Channel::InPerson);
-        assert_eq!(default_channel(InteractionType::Note as i32), Channel::Unspecified);
+        assert_eq!(
+            default_channel(InteractionType::Call as i32),
+            Channel::Phone
+        );
+        assert_eq!(
+            default_channel(InteractionType::Meeting as i32),
+            Channel::InPerson
+        );
+        assert_eq!(
+            default_channel(InteractionType::Note as i32),
+            Channel::Unspecified
+        );
         assert_eq!(default_channel(99), Channel::Unspecified);
     }
 
     #[test]
     fn money_rules() {
         let mut v = Violations::new();
-        money(&mut v, "m", &mut Money { currency_code: "EUR".into(), units: 1, nanos: 5 });
+        money(
+            &mut v,
+            "m",
+            &mut Money {
+                currency_code: "EUR".into(),
+                units: 1,
+                nanos: 5,
+            },
+        );
         assert!(v.into_result().is_ok());
         let mut v = Violations::new();
-        money(&mut v, "m", &mut Money { currency_code: "eur".into(), units: 1, nanos: -5 });
+        money(
+            &mut v,
+            "m",
+            &mut Money {
+                currency_code: "eur".into(),
+                units: 1,
+                nanos: -5,
+            },
+        );
         match v.into_result() {
             Err(ApiError::InvalidArgument(found)) => {
                 let fields: Vec<_> = found.iter().map(|f| f.field.as_str()).collect();

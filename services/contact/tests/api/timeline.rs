@@ -173,7 +173,11 @@ async fn interaction_crud(backend: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(updated.r#type, InteractionType::Meeting as i32);
-    assert_eq!(updated.channel, Channel::Phone as i32, "a set channel stays");
+    assert_eq!(
+        updated.channel,
+        Channel::Phone as i32,
+        "a set channel stays"
+    );
     assert_eq!(updated.outcome, InteractionOutcome::Completed as i32);
     assert_eq!(updated.subject, "Intro call");
     assert_eq!(updated.etag, "r2");
@@ -553,7 +557,7 @@ async fn listing(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(names(&by_ana_asc), [t1.name.clone()]);
+    assert_eq!(names(&by_ana_asc), [t1.name.as_str()]);
     let next = client
         .list_interactions(authed(
             ListInteractionsRequest {
@@ -568,7 +572,7 @@ async fn listing(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(names(&next), [t2.name.clone()]);
+    assert_eq!(names(&next), [t2.name.as_str()]);
 
     // Filters.
     let emails = client
@@ -576,13 +580,13 @@ async fn listing(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(names(&emails), [t2.name.clone()]);
+    assert_eq!(names(&emails), [t2.name.as_str()]);
     let by_user = client
         .list_interactions(authed(list("", "", "participants.user: \"rep-7\""), &token))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(names(&by_user), [t2.name.clone()]);
+    assert_eq!(names(&by_user), [t2.name.as_str()]);
     let calls_late = client
         .list_interactions(authed(
             list(
@@ -719,7 +723,11 @@ async fn episodes(backend: Backend) {
         .unwrap_err();
     assert_eq!(
         fields(&status),
-        ["episode.display_name", "episode.contact", "episode.end_time"]
+        [
+            "episode.display_name",
+            "episode.contact",
+            "episode.end_time"
+        ]
     );
     let status = client
         .create_episode(authed(
@@ -735,7 +743,10 @@ async fn episodes(backend: Backend) {
         ))
         .await
         .unwrap_err();
-    assert_eq!(fields(&status), ["episode.display_name", "episode.start_time"]);
+    assert_eq!(
+        fields(&status),
+        ["episode.display_name", "episode.start_time"]
+    );
 
     let new = || CreateEpisodeRequest {
         episode: Some(Episode {
@@ -911,7 +922,8 @@ impl Direct {
         let db = crm_platform::db::open::<crm_contact::migrations::Migrator>(&config, "contact")
             .await
             .unwrap();
-        let feed = crm_platform::events::EventFeed::new(db.clone(), "contact", config.events.clone());
+        let feed =
+            crm_platform::events::EventFeed::new(db.clone(), "contact", config.events.clone());
         let cache = crm_platform::cache::CacheHandle::new(
             Arc::new(crm_platform::cache::NoCache),
             std::time::Duration::from_secs(1),
@@ -1060,9 +1072,10 @@ async fn repoint_erase_and_export(backend: Backend) {
 
     // Re-point inside a transaction of the caller's.
     let txn = direct.db.begin().await.unwrap();
-    let moved = timeline::repoint_contacts(&txn, "acme", &[loser_id.clone()], &winner_id)
-        .await
-        .unwrap();
+    let moved =
+        timeline::repoint_contacts(&txn, "acme", std::slice::from_ref(&loser_id), &winner_id)
+            .await
+            .unwrap();
     txn.commit().await.unwrap();
     assert_eq!(moved, (2, 1));
     let first_now = direct.get(&first.name).await;
@@ -1082,9 +1095,14 @@ async fn repoint_erase_and_export(backend: Backend) {
     );
     assert!(direct.by_contact(&loser).await.is_empty());
     assert_eq!(
-        timeline::repoint_contacts(&direct.db, "other-tenant", &[winner_id.clone()], &other_id)
-            .await
-            .unwrap(),
+        timeline::repoint_contacts(
+            &direct.db,
+            "other-tenant",
+            std::slice::from_ref(&winner_id),
+            &other_id
+        )
+        .await
+        .unwrap(),
         (0, 0),
         "tenant-scoped"
     );
