@@ -125,12 +125,9 @@ fn cursor_of(contact: &Contact, order: &[(SortField, bool)]) -> Vec<CursorValue>
             SortField::GivenName => CursorValue::Text(contact.given_name.clone()),
             SortField::FamilyName => CursorValue::Text(contact.family_name.clone()),
             SortField::DisplayName => CursorValue::Text(contact.display_name.clone()),
-            SortField::Id => CursorValue::Text(
-                contact
-                    .name
-                    .trim_start_matches("contacts/")
-                    .to_owned(),
-            ),
+            SortField::Id => {
+                CursorValue::Text(contact.name.trim_start_matches("contacts/").to_owned())
+            }
         })
         .collect()
 }

@@ -311,7 +311,8 @@ impl Importer {
                 .enumerate()
                 .filter_map(|(i, slot)| match slot {
                     Slot::Pending(c)
-                        if mode == ImportMode::CreateOnly || working.matches(&c.contact).is_empty() =>
+                        if mode == ImportMode::CreateOnly
+                            || working.matches(&c.contact).is_empty() =>
                     {
                         Some((i, c.contact.clone()))
                     }
@@ -324,7 +325,9 @@ impl Importer {
                 for (position, list) in positions.into_iter().zip(found) {
                     candidates.insert(
                         position,
-                        list.into_iter().map(|candidate| candidate.contact).collect(),
+                        list.into_iter()
+                            .map(|candidate| candidate.contact)
+                            .collect(),
                     );
                 }
             }
@@ -370,10 +373,7 @@ impl Importer {
                         _ => Rejection::new(
                             "AMBIGUOUS_MATCH",
                             "contact.emails",
-                            format!(
-                                "the row's email addresses match {} contacts",
-                                matched.len()
-                            ),
+                            format!("the row's email addresses match {} contacts", matched.len()),
                         )
                         .into_result(checked.row_id),
                     }
@@ -462,7 +462,12 @@ impl Importer {
         self.create(working, checked, dups)
     }
 
-    fn create(&self, working: &mut Working, checked: Checked, dups: Vec<String>) -> ImportRowResult {
+    fn create(
+        &self,
+        working: &mut Working,
+        checked: Checked,
+        dups: Vec<String>,
+    ) -> ImportRowResult {
         let Checked {
             row_id,
             mut contact,
@@ -555,17 +560,17 @@ impl Importer {
             _ => Rejection::new(
                 "AMBIGUOUS_MATCH",
                 "contact.emails",
-                format!(
-                    "the row's email addresses match {} contacts",
-                    matched.len()
-                ),
+                format!("the row's email addresses match {} contacts", matched.len()),
             )
             .into_result(checked.row_id),
         }
     }
 
     fn update(&self, working: &mut Working, checked: Checked, id: &str) -> ImportRowResult {
-        let Checked { row_id, contact: patch } = checked;
+        let Checked {
+            row_id,
+            contact: patch,
+        } = checked;
         let shown = self.shown(working, id);
         let Some(entry) = working.entries.get(id) else {
             return Rejection::new("NOT_FOUND", "contact.name", "no such contact")

@@ -307,7 +307,9 @@ mod tests {
             "INVALID_FIELD"
         );
         assert_eq!(
-            check_contact(None, ImportMode::CreateOnly).unwrap_err().field,
+            check_contact(None, ImportMode::CreateOnly)
+                .unwrap_err()
+                .field,
             "contact"
         );
     }

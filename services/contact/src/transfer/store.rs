@@ -3,7 +3,9 @@
 
 use prost::Message as _;
 use sea_orm::sea_query::Condition;
-use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect,
+};
 
 use crm_platform::ApiError;
 use crm_platform::auth::Caller;
@@ -65,10 +67,7 @@ pub async fn load<C: ConnectionTrait>(
     if lock {
         select = select.lock_exclusive();
     }
-    let rows = select
-        .all(conn)
-        .await
-        .map_err(|e| from_db(e, "contacts"))?;
+    let rows = select.all(conn).await.map_err(|e| from_db(e, "contacts"))?;
     rows.iter().map(store::decode).collect()
 }
 
