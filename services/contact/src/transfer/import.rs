@@ -103,7 +103,8 @@ struct Checked {
 
 enum Slot {
     Done(ImportRowResult),
-    Pending(Checked),
+    // Boxed: a contact is large next to a result.
+    Pending(Box<Checked>),
 }
 
 /// The state of one ImportContacts call.
@@ -145,7 +146,7 @@ impl Importer {
     /// The summary as the last message carries it.
     pub fn finish(&mut self) -> ImportSummary {
         self.summary.end_time = Some(micros_to_timestamp(now_micros()));
-        self.summary.clone()
+        self.summary
     }
 
     fn on_import(&self) -> DuplicateAction {
@@ -244,10 +245,10 @@ impl Importer {
                     );
                 }
                 match rows::check_contact(row.contact, mode) {
-                    Ok(contact) => Slot::Pending(Checked {
+                    Ok(contact) => Slot::Pending(Box::new(Checked {
                         row_id: row.row_id,
                         contact,
-                    }),
+                    })),
                     Err(rejection) => Slot::Done(rejection.into_result(row.row_id)),
                 }
             })
@@ -340,7 +341,7 @@ impl Importer {
                     results.push(result);
                     continue;
                 }
-                Slot::Pending(checked) => checked,
+                Slot::Pending(checked) => *checked,
             };
             if let Some((j, _)) = checked
                 .contact

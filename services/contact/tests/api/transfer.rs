@@ -224,7 +224,7 @@ async fn create_only_outcomes(backend: Backend) {
     let old = result_of(&results, "r8");
     assert_eq!(outcome(old), ImportRowOutcome::SkippedDuplicate);
     assert_eq!(old.contact, existing.name);
-    assert_eq!(old.duplicates, [existing.name.clone()]);
+    assert_eq!(old.duplicates, std::slice::from_ref(&existing.name));
     let twin = result_of(&results, "r9");
     assert_eq!(
         outcome(twin),
@@ -526,7 +526,7 @@ async fn summary_only(backend: Backend) {
     let results: Vec<_> = messages.iter().flat_map(|m| m.results.clone()).collect();
     assert_eq!(results.len(), 1, "only rejected rows: {results:?}");
     assert_eq!(results[0].row_id, "2");
-    let summary = messages.last().unwrap().summary.clone().unwrap();
+    let summary = messages.last().unwrap().summary.unwrap();
     assert_eq!((summary.created, summary.rejected), (2, 1));
     assert_eq!(count(&mut client, &token).await, 2);
 }
