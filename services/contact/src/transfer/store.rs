@@ -2,7 +2,7 @@
 //! with the revision check, and the batch's outbox rows in one multi-row insert.
 
 use prost::Message as _;
-use sea_orm::sea_query::Condition;
+use sea_orm::sea_query::{Condition, Expr, ExprTrait, Query};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect,
 };
@@ -15,6 +15,8 @@ use crm_platform::events::outbox;
 use crm_proto::common::{Actor, Event, FieldChange};
 use crm_proto::contact::Contact;
 
+use crate::index::TermField;
+use crate::index::migration::ContactTerms;
 use crate::store::{self, StoredContact, contact_row};
 
 /// Rows per multi-row insert: well under the bind-parameter limits of SQLite (32,766)
@@ -30,14 +32,10 @@ pub struct PendingEvent {
     pub contact: Contact,
 }
 
-/// In one query: the live contacts whose primary email is one of `emails`, and the
-/// contacts with the given ids (whatever their state). On Postgres within a write,
-/// the rows are locked so that the batch's updates cannot lose a concurrent write.
-///
-/// Matching uses the primary email, whose column is indexed per tenant: one indexed
-/// lookup per batch keeps imports fast at a million contacts. Secondary addresses of
-/// stored contacts are not looked up here (`emails_index` can only be searched by a
-/// scan); the duplicate rules still see them.
+/// In one query: the live contacts having any of `emails` (primary or not, through
+/// the terms index), and the contacts with the given ids (whatever their state). On
+/// Postgres within a write, the rows are locked so that the batch's updates cannot
+/// lose a concurrent write.
 pub async fn load<C: ConnectionTrait>(
     conn: &C,
     tenant: &str,
@@ -53,7 +51,22 @@ pub async fn load<C: ConnectionTrait>(
     if !emails.is_empty() {
         any = any.add(
             Condition::all()
-                .add(Column::PrimaryEmail.is_in(emails.iter().map(String::as_str)))
+                .add(
+                    Column::Id.in_subquery(
+                        Query::select()
+                            .column(ContactTerms::ContactId)
+                            .from(ContactTerms::Table)
+                            .and_where(Expr::col(ContactTerms::TenantId).eq(tenant))
+                            .and_where(
+                                Expr::col(ContactTerms::Field).eq(TermField::Email.code()),
+                            )
+                            .and_where(
+                                Expr::col(ContactTerms::Term)
+                                    .is_in(emails.iter().map(String::as_str)),
+                            )
+                            .to_owned(),
+                    ),
+                )
                 .add(Column::DeleteTimeUs.is_null())
                 .add(Column::MergedInto.is_null()),
         );
