@@ -576,3 +576,96 @@ async fn roles_owners_and_tenants(backend: Backend) {
     assert_eq!(foreign.code(), Code::NotFound);
 }
 on_both_backends!(roles_owners_and_tenants);
+
+async fn merges_repoint_static_memberships(backend: Backend) {
+    use crm_contact::segments::store::member_row;
+    use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+
+    let db = crate::audit::Db::open(backend).await;
+    let id = |n: u8| format!("0192f0c1-7b1e-7cc3-9a44-4d2a3f1e9b{n:02}");
+    let (winner, loser_a, loser_b) = (id(1), id(2), id(3));
+    let (seg_1, seg_2, seg_3) = (id(11), id(12), id(13));
+    // seg_1 holds the winner and loser_a; seg_2 holds both losers; seg_3 only loser_b.
+    // Another tenant's membership of the same ids must not move.
+    let rows = [
+        ("acme", &seg_1, &winner),
+        ("acme", &seg_1, &loser_a),
+        ("acme", &seg_2, &loser_a),
+        ("acme", &seg_2, &loser_b),
+        ("acme", &seg_3, &loser_b),
+        ("globex", &seg_1, &loser_a),
+    ];
+    member_row::Entity::insert_many(rows.iter().enumerate().map(|(i, (tenant, segment, contact))| {
+        member_row::ActiveModel {
+            tenant_id: Set((*tenant).to_owned()),
+            segment_id: Set((*segment).clone()),
+            contact_id: Set((*contact).clone()),
+            add_time_us: Set(i as i64),
+        }
+    }))
+    .exec_without_returning(&db.conn)
+    .await
+    .unwrap();
+
+    let before = crm_contact::segments::static_segments_for(&db.conn, "acme", &loser_b)
+        .await
+        .unwrap();
+    assert_eq!(before.len(), 2);
+    assert!(before.contains(&format!("segments/{seg_3}")));
+
+    let moved = crm_contact::segments::repoint_contacts(
+        &db.conn,
+        "acme",
+        &[loser_a.clone(), loser_b.clone()],
+        &winner,
+    )
+    .await
+    .unwrap();
+    assert_eq!(moved, 2, "seg_2 and seg_3 gain the winner; seg_1 had it already");
+
+    let acme: Vec<(String, String)> = member_row::Entity::find()
+        .filter(member_row::Column::TenantId.eq("acme"))
+        .order_by_asc(member_row::Column::SegmentId)
+        .all(&db.conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.segment_id, m.contact_id))
+        .collect();
+    assert_eq!(
+        acme,
+        [
+            (seg_1.clone(), winner.clone()),
+            (seg_2.clone(), winner.clone()),
+            (seg_3.clone(), winner.clone()),
+        ]
+    );
+    let mut winner_segments = crm_contact::segments::static_segments_for(&db.conn, "acme", &winner)
+        .await
+        .unwrap();
+    winner_segments.sort();
+    assert_eq!(
+        winner_segments,
+        [seg_1, seg_2, seg_3.clone()].map(|s| format!("segments/{s}"))
+    );
+    assert!(
+        crm_contact::segments::static_segments_for(&db.conn, "acme", &loser_a)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        crm_contact::segments::static_segments_for(&db.conn, "globex", &loser_a)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // Again: nothing left to move.
+    let again = crm_contact::segments::repoint_contacts(&db.conn, "acme", &[loser_a], &winner)
+        .await
+        .unwrap();
+    assert_eq!(again, 0);
+    db.close().await;
+}
+on_both_backends!(merges_repoint_static_memberships);
