@@ -19,7 +19,13 @@ pub use query::{AUDIT_FIELDS, HISTORY_FIELDS};
 pub use redact::{redact, redact_events};
 
 /// The collections whose records have a history, and the tenant's singletons.
-const COLLECTIONS: &[&str] = &["contacts", "accounts", "interactions", "episodes", "segments"];
+const COLLECTIONS: &[&str] = &[
+    "contacts",
+    "accounts",
+    "interactions",
+    "episodes",
+    "segments",
+];
 const SINGLETONS: &[&str] = &["duplicateRules", "contactSettings"];
 
 /// A record name in its canonical form (ids lower-cased), or INVALID_ARGUMENT on `name`.
@@ -86,18 +92,19 @@ impl AuditApi {
             after: None,
             limit,
         };
-        let total = match self
-            .ctx
-            .tokens
-            .decode(listing.page_token, &caller.tenant, &fingerprint)?
-        {
-            Some(values) => {
-                let (after, total) = query::parse_cursor(values)?;
-                audit.after = Some(after);
-                total
-            }
-            None => query::count(&self.ctx.db, &caller.tenant, &audit).await?,
-        };
+        let total =
+            match self
+                .ctx
+                .tokens
+                .decode(listing.page_token, &caller.tenant, &fingerprint)?
+            {
+                Some(values) => {
+                    let (after, total) = query::parse_cursor(values)?;
+                    audit.after = Some(after);
+                    total
+                }
+                None => query::count(&self.ctx.db, &caller.tenant, &audit).await?,
+            };
         let (events, cursor) = query::page(&self.ctx.db, &caller.tenant, &audit).await?;
         let next_page_token = match cursor {
             Some(last) => self.ctx.tokens.encode(

@@ -93,9 +93,8 @@ pub async fn redact_events<C: ConnectionTrait>(
                 .as_ref()
                 .map(|a| a.subject.clone())
                 .unwrap_or_default();
-            let changed_paths = crm_platform::events::list_column(
-                event.changes.iter().map(|c| c.path.as_str()),
-            );
+            let changed_paths =
+                crm_platform::events::list_column(event.changes.iter().map(|c| c.path.as_str()));
             outbox::Entity::update_many()
                 .col_expr(outbox::Column::Payload, Expr::value(event.encode_to_vec()))
                 .col_expr(outbox::Column::ActorSubject, Expr::value(subject))

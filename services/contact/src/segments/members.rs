@@ -1,7 +1,9 @@
 //! What other modules ask of static memberships: merges re-point them, the GDPR export
 //! lists them.
 
-use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect,
+};
 
 use crm_platform::ApiError;
 use crm_platform::errors::from_db;

@@ -61,7 +61,11 @@ pub struct SegmentsApi {
 
 /// Non-managers may change only segments they own or that are unassigned, and may
 /// assign them only to themselves (the rule of contacts).
-fn ensure_may_change(caller: &Caller, current_owner: &str, new_owner: &str) -> Result<(), ApiError> {
+fn ensure_may_change(
+    caller: &Caller,
+    current_owner: &str,
+    new_owner: &str,
+) -> Result<(), ApiError> {
     if !caller.may_change_owned_by(current_owner) {
         return Err(ApiError::permission_denied(
             "only the owner or a manager may change this segment",
@@ -129,7 +133,12 @@ impl SegmentsApi {
         let mut segment = to_proto(row);
         let condition = Self::members_condition(tenant, row);
         segment.member_count = match condition {
-            Ok(condition) => self.ctx.contacts.count(tenant, Some(condition), false).await? as i64,
+            Ok(condition) => {
+                self.ctx
+                    .contacts
+                    .count(tenant, Some(condition), false)
+                    .await? as i64
+            }
             Err(_) => {
                 tracing::warn!(segment = %segment.name, "segment filter no longer reads; count is 0");
                 0
@@ -220,21 +229,23 @@ impl SegmentsApi {
         let limit = pagination::page_size(request.page_size, 50, 1000)?;
         let order = store::parse_order(&request.order_by)?;
         let condition = filter::condition(&request.filter, SEGMENT_FILTER_FIELDS)?;
-        let fingerprint = PageTokens::fingerprint(&["segments", &request.filter, &request.order_by]);
-        let (after, total) = match self
-            .ctx
-            .tokens
-            .decode(&request.page_token, &caller.tenant, &fingerprint)?
-        {
-            Some(key) => {
-                let (key, total) = split_total(key)?;
-                (Some(key), total)
-            }
-            None => (
-                None,
-                self.store.count(&caller.tenant, condition.clone()).await?,
-            ),
-        };
+        let fingerprint =
+            PageTokens::fingerprint(&["segments", &request.filter, &request.order_by]);
+        let (after, total) =
+            match self
+                .ctx
+                .tokens
+                .decode(&request.page_token, &caller.tenant, &fingerprint)?
+            {
+                Some(key) => {
+                    let (key, total) = split_total(key)?;
+                    (Some(key), total)
+                }
+                None => (
+                    None,
+                    self.store.count(&caller.tenant, condition.clone()).await?,
+                ),
+            };
         let (rows, cursor) = self
             .store
             .list(&caller.tenant, condition, &order, after, limit)
@@ -356,23 +367,24 @@ impl SegmentsApi {
             &request.filter,
             &request.order_by,
         ]);
-        let (after, total) = match self
-            .ctx
-            .tokens
-            .decode(&request.page_token, &caller.tenant, &fingerprint)?
-        {
-            Some(key) => {
-                let (key, total) = split_total(key)?;
-                (Some(key), total)
-            }
-            None => (
-                None,
-                self.ctx
-                    .contacts
-                    .count(&caller.tenant, Some(condition.clone()), false)
-                    .await?,
-            ),
-        };
+        let (after, total) =
+            match self
+                .ctx
+                .tokens
+                .decode(&request.page_token, &caller.tenant, &fingerprint)?
+            {
+                Some(key) => {
+                    let (key, total) = split_total(key)?;
+                    (Some(key), total)
+                }
+                None => (
+                    None,
+                    self.ctx
+                        .contacts
+                        .count(&caller.tenant, Some(condition.clone()), false)
+                        .await?,
+                ),
+            };
         let (stored, cursor) = self
             .ctx
             .contacts

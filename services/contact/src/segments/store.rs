@@ -213,12 +213,17 @@ pub fn parse_order(order_by: &str) -> Result<Vec<(SortField, bool)>, ApiError> {
             _ => {
                 return Err(ApiError::invalid(
                     "order_by",
-                    format!("cannot sort by {name:?}; use display_name, create_time or update_time"),
+                    format!(
+                        "cannot sort by {name:?}; use display_name, create_time or update_time"
+                    ),
                 ));
             }
         };
         if order.iter().any(|(f, _)| *f == field) {
-            return Err(ApiError::invalid("order_by", format!("{name} appears twice")));
+            return Err(ApiError::invalid(
+                "order_by",
+                format!("{name} appears twice"),
+            ));
         }
         order.push((field, descending));
     }
@@ -288,7 +293,11 @@ impl SegmentStore {
         &self.db
     }
 
-    pub async fn get(&self, tenant: &str, id: &str) -> Result<Option<segment_row::Model>, ApiError> {
+    pub async fn get(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<segment_row::Model>, ApiError> {
         Segments::find_by_id((tenant.to_owned(), id.to_owned()))
             .one(&self.db)
             .await
@@ -432,8 +441,15 @@ impl SegmentStore {
             .exec_without_returning(&txn)
             .await
             .map_err(|e| from_db(e, &name))?;
-        Self::append(&txn, caller, "crm.contact.v1.SegmentCreated", &row, Vec::new(), request_id)
-            .await?;
+        Self::append(
+            &txn,
+            caller,
+            "crm.contact.v1.SegmentCreated",
+            &row,
+            Vec::new(),
+            request_id,
+        )
+        .await?;
         self.commit(txn, &name).await?;
         Ok(row)
     }
@@ -490,8 +506,15 @@ impl SegmentStore {
             .map_err(|e| from_db(e, &name))?;
         Self::record(&txn, caller, "UpdateSegment", request_id, hash, &name).await?;
         let changes = changes(&current, &next);
-        Self::append(&txn, caller, "crm.contact.v1.SegmentUpdated", &next, changes, request_id)
-            .await?;
+        Self::append(
+            &txn,
+            caller,
+            "crm.contact.v1.SegmentUpdated",
+            &next,
+            changes,
+            request_id,
+        )
+        .await?;
         self.commit(txn, &name).await?;
         Ok(next)
     }
@@ -555,8 +578,15 @@ impl SegmentStore {
             .await
             .map_err(|e| from_db(e, &name))?;
         Self::record(&txn, caller, "DeleteSegment", request_id, hash, &name).await?;
-        Self::append(&txn, caller, "crm.contact.v1.SegmentDeleted", &current, Vec::new(), request_id)
-            .await?;
+        Self::append(
+            &txn,
+            caller,
+            "crm.contact.v1.SegmentDeleted",
+            &current,
+            Vec::new(),
+            request_id,
+        )
+        .await?;
         self.commit(txn, &name).await
     }
 
@@ -581,7 +611,15 @@ impl SegmentStore {
             "RemoveSegmentMembers"
         };
         let attempt = self
-            .try_change_members(caller, id, contact_ids, add, method, (request_id, hash), check)
+            .try_change_members(
+                caller,
+                id,
+                contact_ids,
+                add,
+                method,
+                (request_id, hash),
+                check,
+            )
             .await;
         match attempt {
             Err(err) if !request_id.is_empty() => {

@@ -174,7 +174,10 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(fields(&static_with_filter), ["segment.filter"]);
-        assert_eq!(fields(&Segment::default()), ["segment.display_name", "segment.type"]);
+        assert_eq!(
+            fields(&Segment::default()),
+            ["segment.display_name", "segment.type"]
+        );
         assert_eq!(parse_type("STATIC"), Some(SegmentType::Static as i32));
         assert_eq!(parse_type("UNSPECIFIED"), None);
     }

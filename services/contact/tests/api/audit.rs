@@ -15,7 +15,7 @@ use crate::on_both_backends;
 type Client = ContactServiceClient<Channel>;
 
 fn micros(event: &AuditEvent) -> i64 {
-    let t = event.event_time.clone().expect("event_time");
+    let t = event.event_time.expect("event_time");
     t.seconds * 1_000_000 + i64::from(t.nanos / 1_000)
 }
 
@@ -26,7 +26,14 @@ fn text(value: &Option<prost_types::Value>) -> String {
     }
 }
 
-async fn update(client: &mut Client, token: &str, name: &str, contact: Contact, path: &str, request_id: &str) {
+async fn update(
+    client: &mut Client,
+    token: &str,
+    name: &str,
+    contact: Contact,
+    path: &str,
+    request_id: &str,
+) {
     client
         .update_contact(authed(
             UpdateContactRequest {
@@ -261,7 +268,11 @@ async fn record_history(backend: Backend) {
     ] {
         let status = history(&mut client, &auditor, request).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
-        assert!(status.message().contains(field), "{field}: {}", status.message());
+        assert!(
+            status.message().contains(field),
+            "{field}: {}",
+            status.message()
+        );
     }
     let settings = history(
         &mut client,
@@ -323,7 +334,12 @@ async fn audit_events_filtered_and_isolated(backend: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(by_meg.total_size, 2);
-    assert!(by_meg.audit_events.iter().all(|e| e.resource_name == created.name));
+    assert!(
+        by_meg
+            .audit_events
+            .iter()
+            .all(|e| e.resource_name == created.name)
+    );
     for (filter, expected) in [
         ("actor.subject = \"rex\"", 1),
         ("type = \"crm.contact.v1.ContactCreated\"", 1),
@@ -433,11 +449,16 @@ impl Db {
                     .await
                     .unwrap();
                 admin.close().await.ok();
-                (format!("{}/{name}", crate::harness::postgres_base()), Some(name))
+                (
+                    format!("{}/{name}", crate::harness::postgres_base()),
+                    Some(name),
+                )
             }
         };
         let conn = sea_orm::Database::connect(url).await.unwrap();
-        crm_contact::migrations::Migrator::up(&conn, None).await.unwrap();
+        crm_contact::migrations::Migrator::up(&conn, None)
+            .await
+            .unwrap();
         Self {
             conn,
             _dir: dir,
@@ -449,12 +470,10 @@ impl Db {
         use sea_orm::ConnectionTrait as _;
         self.conn.close().await.ok();
         if let Some(name) = self.postgres {
-            let admin = sea_orm::Database::connect(format!(
-                "{}/postgres",
-                crate::harness::postgres_base()
-            ))
-            .await
-            .unwrap();
+            let admin =
+                sea_orm::Database::connect(format!("{}/postgres", crate::harness::postgres_base()))
+                    .await
+                    .unwrap();
             admin
                 .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
                 .await

@@ -61,7 +61,11 @@ fn static_list(display_name: &str) -> Segment {
     }
 }
 
-async fn create(client: &mut Client, token: &str, segment: Segment) -> Result<Segment, tonic::Status> {
+async fn create(
+    client: &mut Client,
+    token: &str,
+    segment: Segment,
+) -> Result<Segment, tonic::Status> {
     client
         .create_segment(authed(
             CreateSegmentRequest {
@@ -104,10 +108,20 @@ async fn crud_and_rules(backend: Backend) {
     )
     .await
     .unwrap_err();
-    assert_eq!(violated_fields(&status), ["segment.display_name", "segment.type"]);
-    let status = create(&mut client, &token, dynamic(&"x".repeat(201), "")).await.unwrap_err();
-    assert_eq!(violated_fields(&status), ["segment.display_name", "segment.filter"]);
-    let status = create(&mut client, &token, dynamic("Bad", "nope = 1")).await.unwrap_err();
+    assert_eq!(
+        violated_fields(&status),
+        ["segment.display_name", "segment.type"]
+    );
+    let status = create(&mut client, &token, dynamic(&"x".repeat(201), ""))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violated_fields(&status),
+        ["segment.display_name", "segment.filter"]
+    );
+    let status = create(&mut client, &token, dynamic("Bad", "nope = 1"))
+        .await
+        .unwrap_err();
     assert_eq!(violated_fields(&status), ["segment.filter"]);
     let mut with_filter = static_list("List");
     with_filter.filter = "lifecycle_stage = CUSTOMER".into();
@@ -162,11 +176,18 @@ async fn crud_and_rules(backend: Backend) {
     assert_eq!(customers.etag, "r1");
     assert_eq!(customers.member_count, 1);
     assert!(customers.member_count_time.is_some());
-    let list = create(&mut client, &token, static_list("Expo 2026")).await.unwrap();
+    let list = create(&mut client, &token, static_list("Expo 2026"))
+        .await
+        .unwrap();
     assert_eq!(list.member_count, 0);
 
     let got = client
-        .get_segment(authed(GetSegmentRequest { name: customers.name.clone() }, &token))
+        .get_segment(authed(
+            GetSegmentRequest {
+                name: customers.name.clone(),
+            },
+            &token,
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -236,17 +257,26 @@ async fn crud_and_rules(backend: Backend) {
         etag: etag.into(),
         ..Default::default()
     };
-    let mut patch = dynamic("Customers and leads", "lifecycle_stage = CUSTOMER OR lifecycle_stage = LEAD");
+    let mut patch = dynamic(
+        "Customers and leads",
+        "lifecycle_stage = CUSTOMER OR lifecycle_stage = LEAD",
+    );
     patch.name = customers.name.clone();
     let updated = client
-        .update_segment(authed(update(patch.clone(), &["display_name", "filter"], "r1"), &token))
+        .update_segment(authed(
+            update(patch.clone(), &["display_name", "filter"], "r1"),
+            &token,
+        ))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(updated.etag, "r2");
     assert_eq!(updated.member_count, 2);
     let stale = client
-        .update_segment(authed(update(patch.clone(), &["display_name"], "r1"), &token))
+        .update_segment(authed(
+            update(patch.clone(), &["display_name"], "r1"),
+            &token,
+        ))
         .await
         .unwrap_err();
     assert_eq!(stale.code(), Code::Aborted);
@@ -299,12 +329,22 @@ async fn crud_and_rules(backend: Backend) {
         .await
         .unwrap();
     let gone = client
-        .get_segment(authed(GetSegmentRequest { name: customers.name.clone() }, &token))
+        .get_segment(authed(
+            GetSegmentRequest {
+                name: customers.name.clone(),
+            },
+            &token,
+        ))
         .await
         .unwrap_err();
     assert_eq!(gone.code(), Code::NotFound);
     let bad_name = client
-        .get_segment(authed(GetSegmentRequest { name: "segments/x".into() }, &token))
+        .get_segment(authed(
+            GetSegmentRequest {
+                name: "segments/x".into(),
+            },
+            &token,
+        ))
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&bad_name), ["name"]);
@@ -319,7 +359,9 @@ async fn static_members_and_paging(backend: Backend) {
     for name in ["A1", "A2", "A3", "A4"] {
         people.push(contact(&mut client, &token, name, LifecycleStage::Lead).await);
     }
-    let list = create(&mut client, &token, static_list("Expo")).await.unwrap();
+    let list = create(&mut client, &token, static_list("Expo"))
+        .await
+        .unwrap();
     let add = |contacts: Vec<String>, request_id: &str| AddSegmentMembersRequest {
         segment: list.name.clone(),
         contacts,
@@ -329,7 +371,10 @@ async fn static_members_and_paging(backend: Backend) {
     // All must exist: nothing is added when one is missing.
     let missing = "contacts/0192f0c1-7b1e-7cc3-9a44-4d2a3f1e9b10".to_owned();
     let status = client
-        .add_segment_members(authed(add(vec![people[0].name.clone(), missing.clone()], ""), &token))
+        .add_segment_members(authed(
+            add(vec![people[0].name.clone(), missing.clone()], ""),
+            &token,
+        ))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
@@ -340,7 +385,10 @@ async fn static_members_and_paging(backend: Backend) {
         .unwrap_err();
     assert_eq!(violated_fields(&status), ["contacts"]);
     let status = client
-        .add_segment_members(authed(add(vec!["people/1".into(), "contacts/x".into()], ""), &token))
+        .add_segment_members(authed(
+            add(vec!["people/1".into(), "contacts/x".into()], ""),
+            &token,
+        ))
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&status), ["contacts[0]", "contacts[1]"]);
@@ -382,7 +430,11 @@ async fn static_members_and_paging(backend: Backend) {
     )
     .await;
     assert_eq!(first.total_size, 4);
-    let given: Vec<&str> = first.contacts.iter().map(|c| c.given_name.as_str()).collect();
+    let given: Vec<&str> = first
+        .contacts
+        .iter()
+        .map(|c| c.given_name.as_str())
+        .collect();
     assert_eq!(given, ["A4", "A3"]);
     let second = members(
         &mut client,
@@ -396,7 +448,11 @@ async fn static_members_and_paging(backend: Backend) {
         },
     )
     .await;
-    let given: Vec<&str> = second.contacts.iter().map(|c| c.given_name.as_str()).collect();
+    let given: Vec<&str> = second
+        .contacts
+        .iter()
+        .map(|c| c.given_name.as_str())
+        .collect();
     assert_eq!(given, ["A2", "A1"]);
     assert!(second.next_page_token.is_empty());
     // The token is bound to its query.
@@ -463,7 +519,13 @@ async fn static_members_and_paging(backend: Backend) {
     assert_eq!((removed.removed_count, removed.member_count), (1, 2));
 
     // Dynamic segments follow their filter and refuse hand-kept members.
-    let leads = create(&mut client, &token, dynamic("Leads", "lifecycle_stage = LEAD")).await.unwrap();
+    let leads = create(
+        &mut client,
+        &token,
+        dynamic("Leads", "lifecycle_stage = LEAD"),
+    )
+    .await
+    .unwrap();
     assert_eq!(leads.member_count, 3);
     let refused = client
         .add_segment_members(authed(
@@ -509,10 +571,17 @@ async fn roles_owners_and_tenants(backend: Backend) {
     let denied = create(&mut client, &marketer, theirs).await.unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied);
     // Reps may read segments but not create them.
-    let denied = create(&mut client, &rep, static_list("Rep list")).await.unwrap_err();
+    let denied = create(&mut client, &rep, static_list("Rep list"))
+        .await
+        .unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied);
     client
-        .get_segment(authed(GetSegmentRequest { name: mine.name.clone() }, &rep))
+        .get_segment(authed(
+            GetSegmentRequest {
+                name: mine.name.clone(),
+            },
+            &rep,
+        ))
         .await
         .unwrap();
     // Only the owner (or a manager) changes it.
@@ -551,7 +620,12 @@ async fn roles_owners_and_tenants(backend: Backend) {
     // Another tenant sees nothing of it, and cannot add its contacts.
     let other = admin("globex");
     let hidden = client
-        .get_segment(authed(GetSegmentRequest { name: mine.name.clone() }, &other))
+        .get_segment(authed(
+            GetSegmentRequest {
+                name: mine.name.clone(),
+            },
+            &other,
+        ))
         .await
         .unwrap_err();
     assert_eq!(hidden.code(), Code::NotFound);
@@ -561,7 +635,9 @@ async fn roles_owners_and_tenants(backend: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(none.total_size, 0);
-    let their_list = create(&mut client, &other, static_list("Globex list")).await.unwrap();
+    let their_list = create(&mut client, &other, static_list("Globex list"))
+        .await
+        .unwrap();
     let foreign = client
         .add_segment_members(authed(
             AddSegmentMembersRequest {
@@ -595,14 +671,14 @@ async fn merges_repoint_static_memberships(backend: Backend) {
         ("acme", &seg_3, &loser_b),
         ("globex", &seg_1, &loser_a),
     ];
-    member_row::Entity::insert_many(rows.iter().enumerate().map(|(i, (tenant, segment, contact))| {
-        member_row::ActiveModel {
+    member_row::Entity::insert_many(rows.iter().enumerate().map(
+        |(i, (tenant, segment, contact))| member_row::ActiveModel {
             tenant_id: Set((*tenant).to_owned()),
             segment_id: Set((*segment).clone()),
             contact_id: Set((*contact).clone()),
             add_time_us: Set(i as i64),
-        }
-    }))
+        },
+    ))
     .exec_without_returning(&db.conn)
     .await
     .unwrap();
@@ -621,7 +697,10 @@ async fn merges_repoint_static_memberships(backend: Backend) {
     )
     .await
     .unwrap();
-    assert_eq!(moved, 2, "seg_2 and seg_3 gain the winner; seg_1 had it already");
+    assert_eq!(
+        moved, 2,
+        "seg_2 and seg_3 gain the winner; seg_1 had it already"
+    );
 
     let acme: Vec<(String, String)> = member_row::Entity::find()
         .filter(member_row::Column::TenantId.eq("acme"))
