@@ -29,6 +29,7 @@ impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         vec![
             Box::new(crm_platform::events::OutboxMigration),
+            Box::new(crm_platform::events::OutboxAuditColumnsMigration),
             Box::new(crm_platform::idempotency::IdempotencyMigration),
         ]
     }

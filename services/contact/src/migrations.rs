@@ -10,6 +10,7 @@ impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         vec![
             Box::new(crm_platform::events::OutboxMigration),
+            Box::new(crm_platform::events::OutboxAuditColumnsMigration),
             Box::new(crm_platform::idempotency::IdempotencyMigration),
             Box::new(CreateContacts),
             Box::new(crate::accounts::migration::Migration),

@@ -50,6 +50,15 @@ pub mod outbox {
         pub position: Option<i64>,
         /// The encoded `crm.common.v1.Event`, without its position.
         pub payload: Vec<u8>,
+        /// Copies of what the audit trail filters on (see `OutboxAuditColumnsMigration`).
+        pub actor_subject: String,
+        /// The actor's roles as `|admin|sales_rep|`.
+        pub actor_roles: String,
+        /// The changed field paths, lower-cased, as `|given_name|emails|`.
+        pub changed_paths: String,
+        pub request_id: String,
+        /// Set when an erasure removed personal values from the payload.
+        pub redacted: bool,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -78,6 +87,134 @@ enum Outbox {
     EventTimeUs,
     Position,
     Payload,
+}
+
+/// Adds the columns the audit trail filters on (actor, changed paths, request id) and
+/// the erasure flag to the outbox, with an index for a record's history. Each service
+/// lists it right after `OutboxMigration`.
+pub struct OutboxAuditColumnsMigration;
+
+impl MigrationName for OutboxAuditColumnsMigration {
+    fn name(&self) -> &str {
+        "m0000_platform_outbox_audit"
+    }
+}
+
+#[derive(DeriveIden)]
+enum OutboxAudit {
+    ActorSubject,
+    ActorRoles,
+    ChangedPaths,
+    RequestId,
+    Redacted,
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for OutboxAuditColumnsMigration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // One column per statement: SQLite cannot add several in one ALTER TABLE.
+        let columns = [
+            ColumnDef::new(OutboxAudit::ActorSubject)
+                .string_len(128)
+                .not_null()
+                .default("")
+                .to_owned(),
+            ColumnDef::new(OutboxAudit::ActorRoles)
+                .string_len(256)
+                .not_null()
+                .default("")
+                .to_owned(),
+            ColumnDef::new(OutboxAudit::ChangedPaths)
+                .text()
+                .not_null()
+                .default("")
+                .to_owned(),
+            ColumnDef::new(OutboxAudit::RequestId)
+                .string_len(128)
+                .not_null()
+                .default("")
+                .to_owned(),
+            ColumnDef::new(OutboxAudit::Redacted)
+                .boolean()
+                .not_null()
+                .default(false)
+                .to_owned(),
+        ];
+        for mut column in columns {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(Outbox::Table)
+                        .add_column(&mut column)
+                        .to_owned(),
+                )
+                .await?;
+        }
+        // A record's history and the tenant's audit trail, both newest first.
+        manager
+            .create_index(
+                Index::create()
+                    .if_not_exists()
+                    .name("outbox_tenant_resource_time")
+                    .table(Outbox::Table)
+                    .col(Outbox::TenantId)
+                    .col(Outbox::ResourceName)
+                    .col(Outbox::EventTimeUs)
+                    .col(Outbox::Id)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .if_not_exists()
+                    .name("outbox_tenant_time")
+                    .table(Outbox::Table)
+                    .col(Outbox::TenantId)
+                    .col(Outbox::EventTimeUs)
+                    .col(Outbox::Id)
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for index in ["outbox_tenant_resource_time", "outbox_tenant_time"] {
+            manager
+                .drop_index(Index::drop().name(index).table(Outbox::Table).to_owned())
+                .await?;
+        }
+        for column in [
+            OutboxAudit::ActorSubject,
+            OutboxAudit::ActorRoles,
+            OutboxAudit::ChangedPaths,
+            OutboxAudit::RequestId,
+            OutboxAudit::Redacted,
+        ] {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(Outbox::Table)
+                        .drop_column(column)
+                        .to_owned(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// `|a|b|`, the list form the filters match with `:` (empty for no items).
+pub fn list_column<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    let items: Vec<String> = items
+        .filter(|item| !item.is_empty())
+        .map(|item| item.replace('|', "").to_lowercase())
+        .collect();
+    if items.is_empty() {
+        String::new()
+    } else {
+        format!("|{}|", items.join("|"))
+    }
 }
 
 #[derive(DeriveIden)]
@@ -247,6 +384,10 @@ pub async fn append<C: ConnectionTrait>(
 ) -> Result<String, DbErr> {
     let id = uuid::Uuid::now_v7().to_string();
     let now = now_micros();
+    let roles: Vec<String> = caller.roles.iter().map(|r| r.as_str().to_owned()).collect();
+    let changed_paths = list_column(event.changes.iter().map(|c| c.path.as_str()));
+    let actor_roles = list_column(roles.iter().map(String::as_str));
+    let request_id = event.request_id.clone();
     let message = Event {
         position: 0,
         id: id.clone(),
@@ -256,7 +397,7 @@ pub async fn append<C: ConnectionTrait>(
         event_time: Some(micros_to_timestamp(now)),
         actor: Some(Actor {
             subject: caller.subject.clone(),
-            roles: caller.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+            roles,
         }),
         changes: event.changes,
         payload: event.payload,
@@ -270,6 +411,11 @@ pub async fn append<C: ConnectionTrait>(
         event_time_us: Set(now),
         position: Set(None),
         payload: Set(message.encode_to_vec()),
+        actor_subject: Set(caller.subject.clone()),
+        actor_roles: Set(actor_roles),
+        changed_paths: Set(changed_paths),
+        request_id: Set(request_id),
+        redacted: Set(false),
     })
     .exec_without_returning(txn)
     .await?;
