@@ -375,15 +375,9 @@ pub struct NewEvent {
     pub request_id: String,
 }
 
-/// Appends `event` to the outbox within `txn`; it becomes visible (and gets its
-/// position) only when `txn` commits.
-pub async fn append<C: ConnectionTrait>(
-    txn: &C,
-    caller: &Caller,
-    event: NewEvent,
-) -> Result<String, DbErr> {
+/// The outbox row of `event`, stamped now, for `append` or a multi-row insert.
+pub fn outbox_row(caller: &Caller, event: NewEvent, now: i64) -> outbox::ActiveModel {
     let id = uuid::Uuid::now_v7().to_string();
-    let now = now_micros();
     let roles: Vec<String> = caller.roles.iter().map(|r| r.as_str().to_owned()).collect();
     let changed_paths = list_column(event.changes.iter().map(|c| c.path.as_str()));
     let actor_roles = list_column(roles.iter().map(String::as_str));
@@ -403,8 +397,8 @@ pub async fn append<C: ConnectionTrait>(
         payload: event.payload,
         request_id: event.request_id,
     };
-    outbox::Entity::insert(outbox::ActiveModel {
-        id: Set(id.clone()),
+    outbox::ActiveModel {
+        id: Set(id),
         tenant_id: Set(caller.tenant.clone()),
         event_type: Set(event.event_type.to_owned()),
         resource_name: Set(event.resource_name),
@@ -416,9 +410,22 @@ pub async fn append<C: ConnectionTrait>(
         changed_paths: Set(changed_paths),
         request_id: Set(request_id),
         redacted: Set(false),
-    })
-    .exec_without_returning(txn)
-    .await?;
+    }
+}
+
+/// Appends `event` to the outbox within `txn`; it becomes visible (and gets its
+/// position) only when `txn` commits.
+pub async fn append<C: ConnectionTrait>(
+    txn: &C,
+    caller: &Caller,
+    event: NewEvent,
+) -> Result<String, DbErr> {
+    let row = outbox_row(caller, event, now_micros());
+    let id = match &row.id {
+        sea_orm::ActiveValue::Set(id) => id.clone(),
+        _ => String::new(),
+    };
+    outbox::Entity::insert(row).exec_without_returning(txn).await?;
     Ok(id)
 }
 

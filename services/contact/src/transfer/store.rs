@@ -1,18 +1,17 @@
 //! Persistence of imports: batched lookups, one multi-row insert per batch, updates
 //! with the revision check, and the batch's outbox rows in one multi-row insert.
 
-use prost::Message as _;
 use sea_orm::sea_query::{Condition, Expr, ExprTrait, Query};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect,
 };
 
 use crm_platform::ApiError;
 use crm_platform::auth::Caller;
-use crm_platform::db::{micros_to_timestamp, now_micros};
+use crm_platform::db::now_micros;
 use crm_platform::errors::from_db;
-use crm_platform::events::outbox;
-use crm_proto::common::{Actor, Event, FieldChange};
+use crm_platform::events::{self, NewEvent, outbox};
+use crm_proto::common::FieldChange;
 use crm_proto::contact::Contact;
 
 use crate::index::TermField;
@@ -139,35 +138,20 @@ pub async fn append_events<C: ConnectionTrait>(
     caller: &Caller,
     events: &[PendingEvent],
 ) -> Result<(), ApiError> {
-    let actor = Actor {
-        subject: caller.subject.clone(),
-        roles: caller.roles.iter().map(|r| r.as_str().to_owned()).collect(),
-    };
     for chunk in events.chunks(INSERT_CHUNK) {
         let now = now_micros();
         let models = chunk.iter().map(|event| {
-            let id = uuid::Uuid::now_v7().to_string();
-            let message = Event {
-                position: 0,
-                id: id.clone(),
-                r#type: event.event_type.to_owned(),
-                tenant: caller.tenant.clone(),
-                resource_name: event.resource_name.clone(),
-                event_time: Some(micros_to_timestamp(now)),
-                actor: Some(actor.clone()),
-                changes: event.changes.clone(),
-                payload: Some(store::payload(&event.contact)),
-                request_id: String::new(),
-            };
-            outbox::ActiveModel {
-                id: Set(id),
-                tenant_id: Set(caller.tenant.clone()),
-                event_type: Set(event.event_type.to_owned()),
-                resource_name: Set(event.resource_name.clone()),
-                event_time_us: Set(now),
-                position: Set(None),
-                payload: Set(message.encode_to_vec()),
-            }
+            events::outbox_row(
+                caller,
+                NewEvent {
+                    event_type: event.event_type,
+                    resource_name: event.resource_name.clone(),
+                    changes: event.changes.clone(),
+                    payload: Some(store::payload(&event.contact)),
+                    request_id: String::new(),
+                },
+                now,
+            )
         });
         outbox::Entity::insert_many(models)
             .exec_without_returning(conn)
