@@ -29,6 +29,34 @@ const COLLECTIONS: &[&str] = &[
 const SINGLETONS: &[&str] = &["duplicateRules", "contactSettings"];
 
 /// A record name in its canonical form (ids lower-cased), or INVALID_ARGUMENT on `name`.
+/// Every event about the given records, newest first (for the GDPR export).
+pub async fn events_about<C: sea_orm::ConnectionTrait>(
+    conn: &C,
+    tenant: &str,
+    resource_names: &[String],
+) -> Result<Vec<AuditEvent>, ApiError> {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+    let mut events = Vec::new();
+    for chunk in resource_names.chunks(500) {
+        let rows = crm_platform::events::outbox::Entity::find()
+            .filter(crm_platform::events::outbox::Column::TenantId.eq(tenant))
+            .filter(
+                crm_platform::events::outbox::Column::ResourceName
+                    .is_in(chunk.iter().map(String::as_str)),
+            )
+            .order_by_desc(crm_platform::events::outbox::Column::EventTimeUs)
+            .all(conn)
+            .await
+            .map_err(|e| crm_platform::errors::from_db(e, "audit events"))?;
+        events.extend(rows.iter().map(query::audit_event));
+    }
+    events.sort_by(|a, b| {
+        let time = |e: &AuditEvent| e.event_time.as_ref().map(|t| (t.seconds, t.nanos));
+        time(b).cmp(&time(a)).then_with(|| b.id.cmp(&a.id))
+    });
+    Ok(events)
+}
+
 pub fn record_name(name: &str) -> Result<String, ApiError> {
     if SINGLETONS.contains(&name) {
         return Ok(name.to_owned());

@@ -196,7 +196,7 @@ pub fn parse_cursor(values: Vec<CursorValue>) -> Result<((i64, String), u64), Ap
 
 /// An outbox row as an audit entry. The payload is decoded for the actor and the
 /// changes; should it ever fail to decode, the row's own columns still say what and who.
-fn audit_event(row: &outbox::Model) -> AuditEvent {
+pub(crate) fn audit_event(row: &outbox::Model) -> AuditEvent {
     let event = Event::decode(row.payload.as_slice()).unwrap_or_else(|err| {
         tracing::error!(event.id = %row.id, error = %err, "undecodable outbox payload in audit trail");
         Event::default()

@@ -224,7 +224,14 @@ async fn move_references<C: ConnectionTrait>(
     winner: &str,
     response: &mut MergeContactsResponse,
 ) -> Result<(), ApiError> {
-    let _ = (conn, tenant, losers, winner, response);
+    let (interactions, episodes) =
+        crate::timeline::repoint_contacts(conn, tenant, losers, winner).await?;
+    response.interactions_moved = interactions as i64;
+    response.episodes_moved = episodes as i64;
+    response.consent_records_moved =
+        crate::consent::repoint_contacts(conn, tenant, losers, winner).await? as i64;
+    response.segment_memberships_moved =
+        crate::segments::repoint_contacts(conn, tenant, losers, winner).await? as i64;
     Ok(())
 }
 
