@@ -160,10 +160,10 @@ impl ConsentApi {
         let Some(mut record) = request.consent_record else {
             return Err(ApiError::invalid("consent_record", "is required").into());
         };
-        let contact_id = validate::record(&mut violations, "consent_record", &mut record);
+        let checked = validate::record(&mut violations, "consent_record", &mut record);
         // The contact is checked only once its name is well formed, so a bad name is
         // reported with the other fields rather than as NOT_FOUND.
-        let contact = match contact_id {
+        let contact = match checked.contact_id {
             Some(id) => Some(
                 store::resolve_contact(&self.ctx.db, &caller.tenant, &id)
                     .await?
@@ -172,8 +172,7 @@ impl ConsentApi {
             None => None,
         };
         if let Some(contact) = &contact
-            && !record.address.is_empty()
-            && validate::is_consent_channel(record.channel)
+            && checked.address_to_match
             && !validate::address_belongs(
                 record.channel,
                 &record.address,
@@ -198,6 +197,9 @@ impl ConsentApi {
             roles: caller.roles.iter().map(|r| r.as_str().to_owned()).collect(),
         });
         record.create_time = Some(micros_to_timestamp(now_micros()));
+        if record.consent_time.is_none() {
+            record.consent_time = record.create_time;
+        }
         if request.validate_only {
             return Ok(Response::new(record));
         }

@@ -64,15 +64,20 @@ pub fn timestamp_micros(ts: &prost_types::Timestamp) -> Option<i64> {
         .checked_add(i64::from(ts.nanos / 1_000))
 }
 
+/// What the checks of a record found out, for the checks that need the stored contact.
+#[derive(Debug, Default)]
+pub struct Checked {
+    /// The contact id, when the contact name is well formed.
+    pub contact_id: Option<String>,
+    /// A non-empty, well-formed address to match against the contact's addresses.
+    pub address_to_match: bool,
+}
+
 /// Checks and normalises the client-settable fields of `record` (paths under
-/// `prefix`); returns the contact id when the contact name is well formed. The
-/// address is normalised for its channel (email lower-cased, phone in E.164) but not
-/// yet matched against the contact: that needs the stored contact.
-pub fn record(
-    violations: &mut Violations,
-    prefix: &str,
-    record: &mut ConsentRecord,
-) -> Option<String> {
+/// `prefix`). The address is normalised for its channel (email lower-cased, phone in
+/// E.164) but not yet matched against the contact: that needs the stored contact. An
+/// unset consent time stays unset: it becomes the time of recording.
+pub fn record(violations: &mut Violations, prefix: &str, record: &mut ConsentRecord) -> Checked {
     let at = |field: &str| format!("{prefix}.{field}");
     let contact_id = if record.contact.is_empty() {
         violations.add(at("contact"), "is required");
@@ -117,24 +122,28 @@ pub fn record(
         &mut record.evidence,
         MAX_EVIDENCE,
     );
-    address(violations, &at("address"), record);
+    let address_to_match = address(violations, &at("address"), record);
     let now = now_micros();
     match record.consent_time.as_ref().map(timestamp_micros) {
-        None => record.consent_time = Some(crm_platform::db::micros_to_timestamp(now)),
+        None => {}
         Some(None) => violations.add(at("consent_time"), "is not a valid timestamp"),
         Some(Some(time)) if time > now + CLOCK_SKEW_US => {
             violations.add(at("consent_time"), "must not be in the future")
         }
         Some(Some(_)) => {}
     }
-    contact_id
+    Checked {
+        contact_id,
+        address_to_match: address_to_match && is_consent_channel(record.channel),
+    }
 }
 
-fn address(violations: &mut Violations, field: &str, record: &mut ConsentRecord) {
+/// Normalises the address for its channel; true when it is set and well formed.
+fn address(violations: &mut Violations, field: &str, record: &mut ConsentRecord) -> bool {
     let raw = record.address.trim();
     if raw.is_empty() {
         record.address.clear();
-        return;
+        return false;
     }
     let normalised = if record.channel == Channel::Email as i32 {
         validate::normalise_email(raw)
@@ -145,11 +154,17 @@ fn address(violations: &mut Violations, field: &str, record: &mut ConsentRecord)
         Err("must be empty on the POSTAL channel")
     } else {
         // The channel itself is reported; nothing to say about the address.
-        return;
+        return false;
     };
     match normalised {
-        Ok(address) => record.address = address,
-        Err(why) => violations.add(field, why),
+        Ok(address) => {
+            record.address = address;
+            true
+        }
+        Err(why) => {
+            violations.add(field, why);
+            false
+        }
     }
 }
 
@@ -196,12 +211,15 @@ mod tests {
     fn normalises_a_good_record() {
         let mut r = good();
         let mut v = Violations::new();
-        let id = record(&mut v, "consent_record", &mut r);
+        let checked = record(&mut v, "consent_record", &mut r);
         assert!(v.into_result().is_ok());
-        assert_eq!(id.as_deref(), Some("0192f0c1-7b1e-7cc3-9a44-4d2a3f1e9b10"));
+        assert_eq!(
+            checked.contact_id.as_deref(),
+            Some("0192f0c1-7b1e-7cc3-9a44-4d2a3f1e9b10")
+        );
+        assert!(checked.address_to_match);
         assert_eq!(r.address, "ana@example.com");
         assert_eq!(r.source, "web-form");
-        assert!(r.consent_time.is_some());
     }
 
     #[test]
