@@ -798,7 +798,7 @@ async fn least_permissive_and_newest_wins(backend: Backend) {
         &[MARKETING],
     )
     .await;
-    assert_eq!(by_a.contacts, [a.name.clone()]);
+    assert_eq!(by_a.contacts, std::slice::from_ref(&a.name));
     assert_eq!(by_a.consents.len(), 1);
     assert_eq!(by_a.consents[0].status, IN);
     assert_eq!(
@@ -1006,7 +1006,7 @@ async fn unknown_without_record_and_phone_forms(backend: Backend) {
             continue;
         }
         let answer = answer.unwrap().into_inner();
-        assert_eq!(answer.contacts, [ana.name.clone()], "{form}");
+        assert_eq!(answer.contacts, std::slice::from_ref(&ana.name), "{form}");
         assert_eq!(answer.consents[0].status, IN, "{form}");
         assert_eq!(
             answer.consents[0].deciding_record.as_ref().unwrap().name,
