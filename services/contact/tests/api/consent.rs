@@ -322,10 +322,11 @@ async fn record_consent_happy_path(backend: Backend) {
     // A phone number in another form is normalised and matched.
     let mut sms = statement(&ana.name, SMS, TRANSACTIONAL, OUT);
     sms.address = "+41 (44) 668-18-00".into();
-    sms.consent_time = at(3600);
+    let an_hour_ago = at(3600);
+    sms.consent_time = an_hour_ago;
     let sms = record(&mut client, &rep, sms).await;
     assert_eq!(sms.address, "+41446681800");
-    assert_eq!(sms.consent_time, at(3600));
+    assert_eq!(sms.consent_time, an_hour_ago);
 
     // validate_only stores nothing.
     let preview = client
@@ -595,16 +596,17 @@ async fn record_consent_validation(backend: Backend) {
     assert_eq!(unknown.code(), Code::NotFound);
 
     // Four minutes ahead is clock skew, not the future.
+    let ahead = at(-240);
     let skewed = record(
         &mut client,
         &admin,
         ConsentRecord {
-            consent_time: at(-240),
+            consent_time: ahead,
             ..good.clone()
         },
     )
     .await;
-    assert_eq!(skewed.consent_time, at(-240));
+    assert_eq!(skewed.consent_time, ahead);
     server.finish().await;
 }
 on_both_backends!(record_consent_validation);
