@@ -50,11 +50,24 @@ pub async fn held<C: ConnectionTrait>(
         held.segments
             .extend(segments::static_segments_for(conn, tenant, id).await?);
     }
-    held.interactions.sort_by(|a, b| b.interaction_time.cmp(&a.interaction_time).then_with(|| b.name.cmp(&a.name)));
+    let time = |t: &Option<prost_types::Timestamp>| t.as_ref().map(|t| (t.seconds, t.nanos));
+    held.interactions.sort_by(|a, b| {
+        time(&b.interaction_time)
+            .cmp(&time(&a.interaction_time))
+            .then_with(|| b.name.cmp(&a.name))
+    });
     held.interactions.dedup_by(|a, b| a.name == b.name);
-    held.episodes.sort_by(|a, b| b.start_time.cmp(&a.start_time).then_with(|| b.name.cmp(&a.name)));
+    held.episodes.sort_by(|a, b| {
+        time(&b.start_time)
+            .cmp(&time(&a.start_time))
+            .then_with(|| b.name.cmp(&a.name))
+    });
     held.episodes.dedup_by(|a, b| a.name == b.name);
-    held.consent_records.sort_by(|a, b| b.create_time.cmp(&a.create_time).then_with(|| b.name.cmp(&a.name)));
+    held.consent_records.sort_by(|a, b| {
+        time(&b.create_time)
+            .cmp(&time(&a.create_time))
+            .then_with(|| b.name.cmp(&a.name))
+    });
     held.segments.sort();
     held.segments.dedup();
     let names = held.record_names(ids);
