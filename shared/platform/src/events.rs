@@ -425,7 +425,9 @@ pub async fn append<C: ConnectionTrait>(
         sea_orm::ActiveValue::Set(id) => id.clone(),
         _ => String::new(),
     };
-    outbox::Entity::insert(row).exec_without_returning(txn).await?;
+    outbox::Entity::insert(row)
+        .exec_without_returning(txn)
+        .await?;
     Ok(id)
 }
 

@@ -459,7 +459,11 @@ mod tests {
             normalise_phone_in("+49 30 1234567", Some("CH")).unwrap(),
             "+49301234567"
         );
-        for (bad, region) in [("044 668 18 00", None), ("12", Some("CH")), ("abc", Some("CH"))] {
+        for (bad, region) in [
+            ("044 668 18 00", None),
+            ("12", Some("CH")),
+            ("abc", Some("CH")),
+        ] {
             assert!(normalise_phone_in(bad, region).is_err(), "{bad}");
         }
     }

@@ -4,7 +4,9 @@
 mod references;
 
 use prost::Message as _;
-use sea_orm::{ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+};
 use tonic::{Request, Response, Status};
 
 use crm_platform::auth::Caller;
@@ -61,7 +63,11 @@ async fn person<C: ConnectionTrait>(
             contact = store::decode(&row)?;
         }
     }
-    let winner_id = contact.contact.name.trim_start_matches("contacts/").to_owned();
+    let winner_id = contact
+        .contact
+        .name
+        .trim_start_matches("contacts/")
+        .to_owned();
     let mut find = contact_row::Entity::find()
         .filter(contact_row::Column::TenantId.eq(tenant))
         .filter(contact_row::Column::MergedInto.eq(winner_id.as_str()))
@@ -150,9 +156,21 @@ impl PrivacyApi {
     ) -> Result<Response<ExportPersonalDataResponse>, Status> {
         let caller = Caller::from_request(&request)?;
         let request = request.into_inner();
-        let (contact, merged) =
-            person(&self.ctx.db, &caller.tenant, "contact", &request.contact, false).await?;
-        let mut ids = vec![contact.contact.name.trim_start_matches("contacts/").to_owned()];
+        let (contact, merged) = person(
+            &self.ctx.db,
+            &caller.tenant,
+            "contact",
+            &request.contact,
+            false,
+        )
+        .await?;
+        let mut ids = vec![
+            contact
+                .contact
+                .name
+                .trim_start_matches("contacts/")
+                .to_owned(),
+        ];
         ids.extend(
             merged
                 .iter()
@@ -240,7 +258,13 @@ impl PrivacyApi {
         for (i, stored) in std::iter::once(&contact).chain(merged.iter()).enumerate() {
             if i > 0 {
                 values.extend(personal_values(&stored.contact));
-                emails.extend(stored.contact.emails.iter().map(|e| e.address.to_lowercase()));
+                emails.extend(
+                    stored
+                        .contact
+                        .emails
+                        .iter()
+                        .map(|e| e.address.to_lowercase()),
+                );
             }
             let mut erased = stored.contact.clone();
             let fields = erase_fields(&mut erased);
@@ -249,10 +273,13 @@ impl PrivacyApi {
             }
             erased.update_time = Some(micros_to_timestamp(now));
             erased.etag = names::etag(stored.revision + 1);
-            written.push((stored.revision, StoredContact {
-                contact: erased,
-                revision: stored.revision + 1,
-            }));
+            written.push((
+                stored.revision,
+                StoredContact {
+                    contact: erased,
+                    revision: stored.revision + 1,
+                },
+            ));
         }
         for (previous, stored) in &written {
             let id = stored.contact.name.trim_start_matches("contacts/");
@@ -281,7 +308,13 @@ impl PrivacyApi {
         store::after_write(&txn, &caller.tenant, &contacts).await?;
         let stale_terms: Vec<String> = std::iter::once(&contact)
             .chain(merged.iter())
-            .flat_map(|s| index::terms(&s.contact).into_iter().map(|(term, _)| term))
+            .flat_map(|s| {
+                // A tombstone has no terms of its own, but its words may linger in the
+                // vocabulary from before the merge.
+                let mut as_it_was = s.contact.clone();
+                as_it_was.merged_into.clear();
+                index::terms(&as_it_was).into_iter().map(|(term, _)| term)
+            })
             .collect();
         index::prune_vocabulary(&txn, &caller.tenant, &stale_terms).await?;
 
@@ -328,8 +361,7 @@ impl PrivacyApi {
                     }),
                 }],
                 payload: Some(prost_types::Any {
-                    type_url: "type.googleapis.com/crm.contact.v1.ErasePersonalDataResponse"
-                        .into(),
+                    type_url: "type.googleapis.com/crm.contact.v1.ErasePersonalDataResponse".into(),
                     value: response.encode_to_vec(),
                 }),
                 request_id: request.request_id.clone(),

@@ -91,16 +91,11 @@ pub async fn erase<C: ConnectionTrait>(
         let (interactions, episodes) = timeline::erase_contact(conn, tenant, id).await?;
         response.interactions_erased += interactions as i64;
         response.episodes_erased += episodes as i64;
-        response.consent_records_erased +=
-            consent::erase_contact(conn, tenant, id).await? as i64;
+        response.consent_records_erased += consent::erase_contact(conn, tenant, id).await? as i64;
     }
     let mut names = held.record_names(ids);
     // Events of other records that carry the person's values: merges into them.
-    names.extend(
-        held.audit_events
-            .iter()
-            .map(|e| e.resource_name.clone()),
-    );
+    names.extend(held.audit_events.iter().map(|e| e.resource_name.clone()));
     names.sort();
     names.dedup();
     response.events_redacted =

@@ -2,9 +2,7 @@
 //! with the revision check, and the batch's outbox rows in one multi-row insert.
 
 use sea_orm::sea_query::{Condition, Expr, ExprTrait, Query};
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect,
-};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
 
 use crm_platform::ApiError;
 use crm_platform::auth::Caller;
@@ -56,9 +54,7 @@ pub async fn load<C: ConnectionTrait>(
                             .column(ContactTerms::ContactId)
                             .from(ContactTerms::Table)
                             .and_where(Expr::col(ContactTerms::TenantId).eq(tenant))
-                            .and_where(
-                                Expr::col(ContactTerms::Field).eq(TermField::Email.code()),
-                            )
+                            .and_where(Expr::col(ContactTerms::Field).eq(TermField::Email.code()))
                             .and_where(
                                 Expr::col(ContactTerms::Term)
                                     .is_in(emails.iter().map(String::as_str)),

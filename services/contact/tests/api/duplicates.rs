@@ -381,6 +381,9 @@ async fn merge_three_duplicates(backend: Backend) {
     let mut third = person("A.", "Müller", "a.mueller@acme.ch");
     third.lifecycle_stage = LifecycleStage::Customer as i32;
     let third = create(&mut client, &token, third).await;
+    for (contact, note) in [(&winner, "first"), (&second, "second"), (&third, "third")] {
+        crate::privacy::attach_records(&mut client, &token, contact, note).await;
+    }
     let before = feed(&mut client, &token).await.len();
 
     let request = MergeContactsRequest {
@@ -460,6 +463,40 @@ async fn merge_three_duplicates(backend: Backend) {
         [second.name.clone(), third.name.clone()]
     );
     assert!(merged.changes.iter().any(|c| c.path == "job_title"));
+    // Nothing lost: every interaction, consent statement and list membership moved.
+    assert_eq!(merged.interactions_moved, 2);
+    assert_eq!(merged.consent_records_moved, 2);
+    assert_eq!(merged.segment_memberships_moved, 2);
+    let timeline = client
+        .list_interactions(authed(
+            ListInteractionsRequest {
+                contact: winner.name.clone(),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(timeline.interactions.len(), 3);
+    assert!(
+        timeline
+            .interactions
+            .iter()
+            .all(|i| i.contact == winner.name)
+    );
+    let history = client
+        .list_consent_history(authed(
+            ListConsentHistoryRequest {
+                contact: winner.name.clone(),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(history.consent_records.len(), 3);
 
     // Losers redirect, are not listed, not searched, and cannot be merged again.
     for loser in [&second.name, &third.name] {

@@ -9,7 +9,9 @@ fn hex(value: &str) -> String {
 
 /// (table, value) for every value found anywhere in the database.
 pub async fn find_values(database_url: &str, values: &[String]) -> Vec<(String, String)> {
-    let db = Database::connect(database_url).await.expect("connect for the scan");
+    let db = Database::connect(database_url)
+        .await
+        .expect("connect for the scan");
     let backend = db.get_database_backend();
     let list = match backend {
         DbBackend::Postgres => {
@@ -49,8 +51,10 @@ pub async fn find_values(database_url: &str, values: &[String]) -> Vec<(String, 
                     .iter()
                     .map(|row| row.try_get_by_index::<String>(0).expect("column"))
                     .collect();
-                let hexed: Vec<String> =
-                    columns.iter().map(|c| format!("lower(hex(\"{c}\"))")).collect();
+                let hexed: Vec<String> = columns
+                    .iter()
+                    .map(|c| format!("lower(hex(\"{c}\"))"))
+                    .collect();
                 db.query_all_raw(Statement::from_string(
                     backend,
                     format!("SELECT {} FROM \"{table}\"", hexed.join(" || '|' || ")),
@@ -58,7 +62,11 @@ pub async fn find_values(database_url: &str, values: &[String]) -> Vec<(String, 
                 .await
                 .expect("read table")
                 .iter()
-                .map(|row| row.try_get_by_index::<Option<String>>(0).expect("row").unwrap_or_default())
+                .map(|row| {
+                    row.try_get_by_index::<Option<String>>(0)
+                        .expect("row")
+                        .unwrap_or_default()
+                })
                 .collect()
             }
         };
