@@ -210,6 +210,26 @@ impl ContactApi {
             .transpose()
     }
 
+    /// A contact's account must be a live account of the tenant.
+    async fn check_account(
+        &self,
+        violations: &mut Violations,
+        tenant: &str,
+        account: &str,
+    ) -> Result<(), ApiError> {
+        if account.is_empty() {
+            return Ok(());
+        }
+        let Ok(id) = names::parse(names::ACCOUNTS, "contact.account", account) else {
+            // The format is reported by the contact's validation.
+            return Ok(());
+        };
+        if !crate::accounts::exists(&self.db, tenant, &id).await? {
+            violations.add("contact.account", "names no account of this tenant");
+        }
+        Ok(())
+    }
+
     /// A new contact must not bring back an erased person. Then the tenant's duplicate
     /// rules apply: BLOCK refuses it with
     /// the candidates, WARN returns them (for the response header), ALLOW skips the
@@ -406,8 +426,11 @@ impl ContactService for ContactApi {
         let Some(mut contact) = request.contact else {
             return Err(ApiError::invalid("contact", "is required").into());
         };
-        validate::contact(&mut violations, "contact", &mut contact);
+        let region = crate::consent::default_phone_region(&self.db, &caller.tenant).await?;
+        validate::contact_in_region(&mut violations, "contact", &mut contact, region.as_deref());
         validate::identifiable(&mut violations, "contact", &contact);
+        self.check_account(&mut violations, &caller.tenant, &contact.account)
+            .await?;
         let id = if request.contact_id.is_empty() {
             uuid::Uuid::now_v7().to_string()
         } else {
@@ -573,7 +596,12 @@ impl ContactService for ContactApi {
         };
         // Validate the patch's own fields first, so errors name what the caller sent.
         let mut violations = Violations::new();
-        validate::contact(&mut violations, "contact", &mut patch);
+        let region = crate::consent::default_phone_region(&self.db, &caller.tenant).await?;
+        validate::contact_in_region(&mut violations, "contact", &mut patch, region.as_deref());
+        if paths.iter().any(|p| p == "account") {
+            self.check_account(&mut violations, &caller.tenant, &patch.account)
+                .await?;
+        }
         violations.into_result()?;
 
         let validate_only = request.validate_only;

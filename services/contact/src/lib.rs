@@ -52,19 +52,42 @@ pub async fn add_to(
         cache.backend = cache.backend(),
         "service ready"
     );
-    let api = ContactApi::new(context::Context {
+    let ctx = context::Context {
         contacts: store::ContactStore::new(database.clone(), feed.clone()),
         db: database,
         feed: feed.clone(),
         cache,
         tokens: PageTokens::new(&keys.page_token_secret),
-    });
+    };
+    spawn_purge_sweep(ctx.clone());
+    let api = ContactApi::new(ctx);
     let max = config.server.max_message_bytes;
     let server = ContactServiceServer::new(api)
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     services.add(server, Some(feed.clone()));
     Ok(feed)
+}
+
+/// How often soft-deleted accounts past their expire time are purged.
+const PURGE_INTERVAL: Duration = Duration::from_secs(15 * 60);
+
+/// Purges expired accounts now and then, until the service shuts down.
+fn spawn_purge_sweep(ctx: context::Context) {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(PURGE_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = ctx.feed.stopped() => return,
+                _ = interval.tick() => {}
+            }
+            match accounts::purge_expired(&ctx, db::now_micros()).await {
+                Ok(0) => {}
+                Ok(purged) => tracing::info!(purged, "expired accounts purged"),
+                Err(err) => tracing::warn!(reason = err.reason(), "account purge failed"),
+            }
+        }
+    });
 }
 
 /// Runs the pending migrations of the contact database.

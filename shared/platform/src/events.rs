@@ -473,6 +473,13 @@ impl EventFeed {
         self.shutdown.send_replace(true);
     }
 
+    /// Resolves once the feed is shut down: background work tied to the service's
+    /// life (sweeps, relays) stops with it.
+    pub async fn stopped(&self) {
+        let mut receiver = self.shutdown.subscribe();
+        let _ = receiver.wait_for(|stopped| *stopped).await;
+    }
+
     /// Runs the relay until shutdown: stamps positions, then prunes past the retention.
     pub fn spawn_relay(&self) -> tokio::task::JoinHandle<()> {
         let feed = self.clone();

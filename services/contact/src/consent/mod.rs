@@ -110,13 +110,13 @@ fn request_hash<M: prost::Message>(message: &M) -> String {
 /// A phone number to look up, in E.164. Numbers in international form (`+41 …` or
 /// `0041 …`) are accepted; national numbers would need the tenant's default region
 /// and a table of calling codes, which `domain::validate` does not have yet.
-fn lookup_phone(raw: &str) -> Result<String, &'static str> {
+fn lookup_phone(raw: &str, region: Option<&str>) -> Result<String, &'static str> {
     let trimmed = raw.trim();
     match trimmed.strip_prefix("00") {
         Some(rest) if !trimmed.starts_with('+') => {
             contact_validate::normalise_phone(&format!("+{rest}"))
         }
-        _ => contact_validate::normalise_phone(trimmed),
+        _ => contact_validate::normalise_phone_in(trimmed, region),
     }
 }
 
@@ -282,7 +282,12 @@ impl ConsentApi {
                     None
                 }
             },
-            Some(Person::PhoneNumber(raw)) => match lookup_phone(raw) {
+            Some(Person::PhoneNumber(raw)) => match lookup_phone(
+                raw,
+                settings::default_phone_region(&self.ctx.db, &caller.tenant)
+                    .await?
+                    .as_deref(),
+            ) {
                 Ok(phone) => Some(Person::PhoneNumber(phone)),
                 Err(why) => {
                     violations.add("phone_number", why);
@@ -565,13 +570,17 @@ mod tests {
     #[test]
     fn lookup_phones_in_international_forms() {
         assert_eq!(
-            lookup_phone("+41 44 668 18 00").as_deref(),
+            lookup_phone("+41 44 668 18 00", None).as_deref(),
             Ok("+41446681800")
         );
         assert_eq!(
-            lookup_phone("0041 44 668 18 00").as_deref(),
+            lookup_phone("0041 44 668 18 00", None).as_deref(),
             Ok("+41446681800")
         );
-        assert!(lookup_phone("044 668 18 00").is_err());
+        assert!(lookup_phone("044 668 18 00", None).is_err());
+        assert_eq!(
+            lookup_phone("044 668 18 00", Some("CH")).as_deref(),
+            Ok("+41446681800")
+        );
     }
 }

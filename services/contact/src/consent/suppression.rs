@@ -123,11 +123,7 @@ fn hash(salt: &[u8], address: &str) -> String {
 /// CSPRNG (getrandom), at least 32 fresh bits per UUID; eight of them, hashed, give
 /// 256 bits. (The crate has no direct `rand` dependency; see sha256.rs.)
 fn new_salt() -> [u8; 32] {
-    let mut entropy = Vec::with_capacity(8 * 16);
-    for _ in 0..8 {
-        entropy.extend_from_slice(uuid::Uuid::now_v7().as_bytes());
-    }
-    sha256::digest(&entropy)
+    rand::random()
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {

@@ -47,20 +47,20 @@ pub fn default_channel(kind: i32) -> Channel {
 }
 
 /// Checks the format of an account link and returns it normalised
-/// ("accounts/{uuid}", lower case; "" stays ""). The accounts module is built in
-/// parallel: once it lands, this is the one place to also check that the account
-/// exists in `tenant` and is not deleted (the connection is here for that).
+/// ("accounts/{uuid}", lower case; "" stays ""), naming a live account of the tenant.
 pub async fn check_account_link<C: ConnectionTrait>(
     conn: &C,
     tenant: &str,
     field: &str,
     account: &str,
 ) -> Result<String, ApiError> {
-    let _ = (conn, tenant);
     if account.is_empty() {
         return Ok(String::new());
     }
     let id = names::parse(names::ACCOUNTS, field, account)?;
+    if !crate::accounts::exists(conn, tenant, &id).await? {
+        return Err(ApiError::invalid(field, "names no account of this tenant"));
+    }
     Ok(format!("{}/{id}", names::ACCOUNTS))
 }
 

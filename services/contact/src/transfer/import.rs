@@ -244,7 +244,7 @@ impl Importer {
                         .into_result(row.row_id),
                     );
                 }
-                match rows::check_contact(row.contact, mode) {
+                match rows::check_contact(row.contact, mode, self.plan.phone_region.as_deref()) {
                     Ok(contact) => Slot::Pending(Box::new(Checked {
                         row_id: row.row_id,
                         contact,

@@ -55,6 +55,9 @@ impl TransferApi {
             dry_run = plan.dry_run,
             "import started"
         );
+        let mut plan = plan;
+        plan.phone_region =
+            crate::consent::default_phone_region(&self.ctx.db, &caller.tenant).await?;
         let importer = Importer::new(self.ctx.clone(), caller, plan, rules);
         // Two messages of slack: the importer works ahead by at most one batch.
         let (tx, rx) = mpsc::channel(2);

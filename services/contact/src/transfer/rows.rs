@@ -20,6 +20,8 @@ pub struct Plan {
     pub source: String,
     /// The fields an update overwrites; `None` means every field the row sets.
     pub update_paths: Option<Vec<String>>,
+    /// The tenant's default phone region, for numbers in national format.
+    pub phone_region: Option<String>,
 }
 
 /// Checks the options of the first message, naming every bad field.
@@ -66,6 +68,7 @@ pub fn plan(options: Option<ImportOptions>) -> Result<Plan, ApiError> {
     };
     violations.into_result()?;
     Ok(Plan {
+        phone_region: None,
         mode,
         dry_run: options.dry_run,
         summary_only: options.summary_only,
@@ -116,7 +119,11 @@ fn reason_for(field: &str) -> &'static str {
 
 /// Validates and normalises a row's contact with the contact rules. The first
 /// violation becomes the rejection: a row result has room for one field.
-pub fn check_contact(contact: Option<Contact>, mode: ImportMode) -> Result<Contact, Rejection> {
+pub fn check_contact(
+    contact: Option<Contact>,
+    mode: ImportMode,
+    phone_region: Option<&str>,
+) -> Result<Contact, Rejection> {
     let Some(mut contact) = contact else {
         return Err(Rejection::new(
             "MISSING_FIELD",
@@ -125,7 +132,7 @@ pub fn check_contact(contact: Option<Contact>, mode: ImportMode) -> Result<Conta
         ));
     };
     let mut violations = Violations::new();
-    validate::contact(&mut violations, "contact", &mut contact);
+    validate::contact_in_region(&mut violations, "contact", &mut contact, phone_region);
     if let Err(ApiError::InvalidArgument(found)) = violations.into_result()
         && let Some(first) = found.into_iter().next()
     {
@@ -274,7 +281,7 @@ mod tests {
 
     #[test]
     fn reasons_follow_the_field() {
-        let bad_email = check_contact(Some(with_email("nope")), ImportMode::CreateOnly);
+        let bad_email = check_contact(Some(with_email("nope")), ImportMode::CreateOnly, None);
         assert_eq!(
             bad_email.unwrap_err(),
             Rejection::new(
@@ -288,12 +295,12 @@ mod tests {
             number: "12".into(),
             ..Default::default()
         });
-        let rejection = check_contact(Some(phone), ImportMode::CreateOnly).unwrap_err();
+        let rejection = check_contact(Some(phone), ImportMode::CreateOnly, None).unwrap_err();
         assert_eq!(
             (rejection.reason, rejection.field.as_str()),
             ("INVALID_PHONE", "contact.phones[0].number")
         );
-        let empty = check_contact(Some(Contact::default()), ImportMode::CreateOnly);
+        let empty = check_contact(Some(Contact::default()), ImportMode::CreateOnly, None);
         assert_eq!(empty.unwrap_err().reason, "MISSING_FIELD");
         let stage = Contact {
             given_name: "Ana".into(),
@@ -301,13 +308,13 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            check_contact(Some(stage), ImportMode::CreateOnly)
+            check_contact(Some(stage), ImportMode::CreateOnly, None)
                 .unwrap_err()
                 .reason,
             "INVALID_FIELD"
         );
         assert_eq!(
-            check_contact(None, ImportMode::CreateOnly)
+            check_contact(None, ImportMode::CreateOnly, None)
                 .unwrap_err()
                 .field,
             "contact"
@@ -321,7 +328,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            check_contact(Some(keyless), ImportMode::UpdateOnly)
+            check_contact(Some(keyless), ImportMode::UpdateOnly, None)
                 .unwrap_err()
                 .field,
             "contact.name"
@@ -331,12 +338,12 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            check_contact(Some(named), ImportMode::UpdateOnly)
+            check_contact(Some(named), ImportMode::UpdateOnly, None)
                 .unwrap()
                 .name,
             "contacts/0192f0c1-7b1e-7cc3-9a44-4d2a3f1e9b10"
         );
-        let normalised = check_contact(Some(with_email(" A@X.io ")), ImportMode::CreateOnly);
+        let normalised = check_contact(Some(with_email(" A@X.io ")), ImportMode::CreateOnly, None);
         assert_eq!(normalised.unwrap().emails[0].address, "a@x.io");
     }
 

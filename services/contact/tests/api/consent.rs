@@ -1600,33 +1600,6 @@ async fn repoint_erase_history(backend: Backend) {
 on_both_backends!(repoint_erase_history);
 
 #[test]
-fn sha256_fips_vectors() {
-    use consent::sha256::{digest, hex};
-    assert_eq!(
-        hex(&digest(b"")),
-        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-    );
-    assert_eq!(
-        hex(&digest(b"abc")),
-        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-    );
-    assert_eq!(
-        hex(&digest(
-            b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"
-        )),
-        "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"
-    );
-    assert_eq!(
-        hex(&digest(&[b'a'; 64])),
-        "ffe054fe7ae0cb6dc65c3af9b61d5209f439851db43d0ba5997337df154668eb"
-    );
-    assert_eq!(
-        hex(&digest(&vec![b'a'; 1_000_000])),
-        "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"
-    );
-}
-
-#[test]
 fn region_codes() {
     use consent::settings::{REGION_CODES, normalise_region};
     assert_eq!(REGION_CODES.len(), 249);

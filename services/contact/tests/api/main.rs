@@ -9,6 +9,7 @@
 )]
 
 mod harness;
+mod links;
 
 mod accounts;
 mod audit;

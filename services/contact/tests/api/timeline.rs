@@ -25,6 +25,24 @@ fn at(seconds: i64) -> Option<Timestamp> {
     Some(Timestamp { seconds, nanos: 0 })
 }
 
+/// Creates the account ACCOUNT_X names (links must name live accounts).
+async fn account_x(client: &mut Client, token: &str) {
+    client
+        .create_account(authed(
+            CreateAccountRequest {
+                account: Some(Account {
+                    display_name: "Account X".into(),
+                    ..Default::default()
+                }),
+                account_id: ACCOUNT_X.trim_start_matches("accounts/").into(),
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .expect("create account X");
+}
+
 async fn contact(client: &mut Client, token: &str, given: &str, account: &str) -> Contact {
     client
         .create_contact(authed(
@@ -97,6 +115,7 @@ async fn interaction_crud(backend: Backend) {
     let server = TestServer::start(backend).await;
     let mut client = server.client().await;
     let token = admin("acme");
+    account_x(&mut client, &token).await;
     let ana = contact(&mut client, &token, "Ana", ACCOUNT_X).await;
 
     let mut new = call(&ana.name, 1_767_225_600);
@@ -286,6 +305,7 @@ async fn interaction_validation(backend: Backend) {
     let server = TestServer::start(backend).await;
     let mut client = server.client().await;
     let token = admin("acme");
+    account_x(&mut client, &token).await;
     let ana = contact(&mut client, &token, "Ana", "").await;
 
     let missing = client
@@ -442,6 +462,7 @@ async fn listing(backend: Backend) {
     let server = TestServer::start(backend).await;
     let mut client = server.client().await;
     let token = admin("acme");
+    account_x(&mut client, &token).await;
     let ana = contact(&mut client, &token, "Ana", ACCOUNT_X).await;
     let ben = contact(&mut client, &token, "Ben", ACCOUNT_X).await;
     let cleo = contact(&mut client, &token, "Cleo", "").await;
@@ -617,6 +638,7 @@ async fn tenancy_and_creator(backend: Backend) {
     let rep_b = token("acme", "rep-b", &[Role::SalesRep]);
     let manager = token("acme", "boss", &[Role::SalesManager]);
     let token = admin("acme");
+    account_x(&mut client, &token).await;
     let other = admin("globex");
     let ana = contact(&mut client, &token, "Ana", "").await;
 
@@ -704,6 +726,7 @@ async fn episodes(backend: Backend) {
     let mut client = server.client().await;
     let rep_b = token("acme", "rep-b", &[Role::SalesRep]);
     let token = admin("acme");
+    account_x(&mut client, &token).await;
     let ana = contact(&mut client, &token, "Ana", "").await;
 
     let status = client
