@@ -515,7 +515,7 @@ mod tests {
         let typo_same_domain =
             Profile::of_contact(&contact("3", "Anna", "Muller", "a.mueller@acme.ch", ""));
         let (s, m) = score(&a, &typo_same_domain, &rules).expect("similar name, same domain");
-        assert!(s >= 0.85 && s < 1.0, "{s}");
+        assert!((0.85..1.0).contains(&s), "{s}");
         assert_eq!(
             m[0].rule,
             DuplicateMatchRule::SimilarNameSameEmailDomain as i32

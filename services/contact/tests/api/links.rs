@@ -68,7 +68,7 @@ async fn national_numbers_follow_the_tenant_region(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(found.contacts, [created.name.clone()]);
+    assert_eq!(found.contacts, std::slice::from_ref(&created.name));
     // Another tenant has no region.
     let mut elsewhere = person("Otto", "Other", "otto@other.ch");
     elsewhere.phones.push(PhoneNumber {

@@ -229,7 +229,7 @@ async fn erasure_leaves_nothing_behind(backend: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(erased.contact, anna.name);
-    assert_eq!(erased.merged_contacts, [twin.name.clone()]);
+    assert_eq!(erased.merged_contacts, std::slice::from_ref(&twin.name));
     assert!(erased.erased_fields.contains(&"emails".to_owned()));
     assert_eq!(erased.addresses_suppressed, 2);
     assert!(erased.events_redacted >= 6, "{erased:?}");
@@ -266,7 +266,7 @@ async fn erasure_leaves_nothing_behind(backend: Backend) {
     assert_eq!(erasures, 1);
     let encoded: Vec<u8> = events
         .iter()
-        .flat_map(|e| prost::Message::encode_to_vec(e))
+        .flat_map(prost::Message::encode_to_vec)
         .collect();
     for value in &values {
         assert!(
