@@ -5,12 +5,13 @@
 //! The text, address and attribute rules are copies of the contact rules in
 //! `domain/validate.rs`, which keeps them private; they must stay in step.
 
+use crate::domain::validate::{address, attribute, attribute_key_ok, text};
 use crm_platform::{ApiError, Violations};
-use crm_proto::common::{Address, AttributeValue, Money, attribute_value};
+use crm_proto::common::Money;
 use crm_proto::contact::{Account, AccountTier};
 
 use crate::domain::names;
-use crate::domain::validate::{MAX_ATTRIBUTE_TEXT, MAX_ATTRIBUTES, MAX_SHORT, MAX_TAG, MAX_TAGS};
+use crate::domain::validate::{MAX_ATTRIBUTES, MAX_TAG, MAX_TAGS};
 
 pub const MAX_DISPLAY_NAME: usize = 200;
 pub const MAX_INDUSTRY: usize = 200;
@@ -31,20 +32,6 @@ pub const MUTABLE_FIELDS: &[&str] = &[
     "tags",
     "attributes",
 ];
-
-/// Text a person typed: trimmed, no control characters, at most `max` characters.
-fn text(violations: &mut Violations, field: &str, value: &mut String, max: usize) {
-    let trimmed = value.trim();
-    if trimmed.len() != value.len() {
-        *value = trimmed.to_owned();
-    }
-    if value.chars().count() > max {
-        violations.add(field, format!("at most {max} characters"));
-    }
-    if value.chars().any(char::is_control) {
-        violations.add(field, "must not contain control characters");
-    }
-}
 
 /// A company's web domain as people paste it ("https://WWW.Acme.ch:443/about?x#y")
 /// reduced to the host name ("acme.ch"): lower case, no scheme, user, port, path,
@@ -112,82 +99,6 @@ fn money(violations: &mut Violations, field: &str, money: &mut Money) {
     }
     if money.units < 0 || (money.units == 0 && money.nanos < 0) {
         violations.add(format!("{field}.units"), "must not be negative");
-    }
-}
-
-fn attribute_key_ok(key: &str) -> bool {
-    let mut chars = key.chars();
-    matches!(chars.next(), Some('a'..='z'))
-        && key.len() <= 63
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-}
-
-fn days_in_month(year: i32, month: i32) -> i32 {
-    match month {
-        4 | 6 | 9 | 11 => 30,
-        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
-        2 => 28,
-        _ => 31,
-    }
-}
-
-fn attribute(violations: &mut Violations, field: &str, value: &mut AttributeValue) {
-    match &mut value.kind {
-        None => violations.add(field, "must have a value"),
-        Some(attribute_value::Kind::StringValue(s)) => {
-            text(violations, field, s, MAX_ATTRIBUTE_TEXT)
-        }
-        Some(attribute_value::Kind::NumberValue(n)) => {
-            if !n.is_finite() {
-                violations.add(field, "must be a finite number");
-            }
-        }
-        Some(attribute_value::Kind::BoolValue(_)) => {}
-        Some(attribute_value::Kind::DateValue(date)) => {
-            let valid = (1..=9999).contains(&date.year)
-                && (1..=12).contains(&date.month)
-                && (1..=days_in_month(date.year, date.month)).contains(&date.day);
-            if !valid {
-                violations.add(field, "must be a valid calendar date");
-            }
-        }
-    }
-}
-
-fn address(violations: &mut Violations, field: &str, address: &mut Address) {
-    if address.lines.len() > 5 {
-        violations.add(format!("{field}.lines"), "at most 5 lines");
-    }
-    for (i, line) in address.lines.iter_mut().enumerate() {
-        text(violations, &format!("{field}.lines[{i}]"), line, MAX_SHORT);
-    }
-    text(
-        violations,
-        &format!("{field}.locality"),
-        &mut address.locality,
-        MAX_SHORT,
-    );
-    text(
-        violations,
-        &format!("{field}.region"),
-        &mut address.region,
-        MAX_SHORT,
-    );
-    text(
-        violations,
-        &format!("{field}.postal_code"),
-        &mut address.postal_code,
-        32,
-    );
-    address.country_code = address.country_code.trim().to_uppercase();
-    let country_ok = address.country_code.is_empty()
-        || (address.country_code.len() == 2
-            && address.country_code.chars().all(|c| c.is_ascii_uppercase()));
-    if !country_ok {
-        violations.add(
-            format!("{field}.country_code"),
-            "must be an ISO 3166-1 alpha-2 code",
-        );
     }
 }
 
@@ -437,7 +348,7 @@ mod tests {
             ..Default::default()
         };
         bad.attributes
-            .insert("Bad".into(), AttributeValue::default());
+            .insert("Bad".into(), crm_proto::common::AttributeValue::default());
         let found = fields(&mut bad);
         for expected in [
             "account.display_name",

@@ -19,7 +19,7 @@ pub const MAX_ATTRIBUTES: usize = 100;
 pub const MAX_ATTRIBUTE_TEXT: usize = 2000;
 
 /// Text a person typed: trimmed, no control characters, at most `max` characters.
-fn text(violations: &mut Violations, field: &str, value: &mut String, max: usize) {
+pub(crate) fn text(violations: &mut Violations, field: &str, value: &mut String, max: usize) {
     let trimmed = value.trim();
     if trimmed.len() != value.len() {
         *value = trimmed.to_owned();
@@ -118,14 +118,14 @@ fn enum_known<E: TryFrom<i32>>(violations: &mut Violations, field: &str, value: 
     }
 }
 
-fn attribute_key_ok(key: &str) -> bool {
+pub(crate) fn attribute_key_ok(key: &str) -> bool {
     let mut chars = key.chars();
     matches!(chars.next(), Some('a'..='z'))
         && key.len() <= 63
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
-fn attribute(violations: &mut Violations, field: &str, value: &mut AttributeValue) {
+pub(crate) fn attribute(violations: &mut Violations, field: &str, value: &mut AttributeValue) {
     match &mut value.kind {
         None => violations.add(field, "must have a value"),
         Some(attribute_value::Kind::StringValue(s)) => {
@@ -148,7 +148,7 @@ fn attribute(violations: &mut Violations, field: &str, value: &mut AttributeValu
     }
 }
 
-fn days_in_month(year: i32, month: i32) -> i32 {
+pub(crate) fn days_in_month(year: i32, month: i32) -> i32 {
     match month {
         4 | 6 | 9 | 11 => 30,
         2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
@@ -157,7 +157,7 @@ fn days_in_month(year: i32, month: i32) -> i32 {
     }
 }
 
-fn address(violations: &mut Violations, field: &str, address: &mut Address) {
+pub(crate) fn address(violations: &mut Violations, field: &str, address: &mut Address) {
     if address.lines.len() > 5 {
         violations.add(format!("{field}.lines"), "at most 5 lines");
     }
