@@ -210,6 +210,13 @@ async fn purge_one(
         .exec(&txn)
         .await
         .map_err(|e| from_db(e, &name))?;
+    crate::index::write_attributes(
+        &txn,
+        tenant,
+        crate::index::RecordKind::Account,
+        &[(id, &std::collections::BTreeMap::new())],
+    )
+    .await?;
     txn.commit().await.map_err(|e| from_db(e, &name))?;
     ctx.feed.committed();
     tracing::info!(account = %name, contacts = unlinked.len(), children = children.len(), "account purged");

@@ -77,6 +77,11 @@ pub const ACCOUNT_FILTER_FIELDS: &[FilterField] = &[
         column: "update_time_us",
         kind: FieldKind::Timestamp,
     },
+    FilterField {
+        name: "attributes.",
+        column: "",
+        kind: FieldKind::Keyed(crate::index::account_attribute_condition),
+    },
 ];
 
 /// A ListAccounts filter as a condition on the accounts table.

@@ -11,6 +11,7 @@ use sea_orm::{
     PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Select, Statement,
 };
 
+use crate::index::{self, RecordKind};
 use crm_platform::ApiError;
 use crm_platform::auth::Caller;
 use crm_platform::db::advisory_key;
@@ -426,6 +427,13 @@ async fn try_create(
         .exec_without_returning(&txn)
         .await
         .map_err(|e| from_db(e, &account.name))?;
+    index::write_attributes(
+        &txn,
+        tenant,
+        RecordKind::Account,
+        &[(&id, &account.attributes)],
+    )
+    .await?;
     append_event(
         &txn,
         write.caller,
@@ -522,6 +530,13 @@ where
             message: format!("{name} was changed concurrently; retry"),
         });
     }
+    index::write_attributes(
+        &txn,
+        tenant,
+        RecordKind::Account,
+        &[(id, &account.attributes)],
+    )
+    .await?;
     if !write.request_id.is_empty() {
         idempotency::record(
             &txn,

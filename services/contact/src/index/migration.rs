@@ -26,11 +26,14 @@ pub enum SearchVocabulary {
     Term,
 }
 
+/// Typed custom attributes of contacts and accounts, for `attributes.<key>` filters.
 #[derive(DeriveIden)]
-pub enum ContactAttributes {
+pub enum RecordAttributes {
     Table,
     TenantId,
-    ContactId,
+    /// What the record is: see `index::RecordKind`.
+    RecordKind,
+    RecordId,
     Key,
     TextValue,
     NumberValue,
@@ -112,48 +115,50 @@ impl MigrationTrait for Migration {
         manager
             .create_table(
                 Table::create()
-                    .table(ContactAttributes::Table)
+                    .table(RecordAttributes::Table)
                     .if_not_exists()
                     .col(
-                        ColumnDef::new(ContactAttributes::TenantId)
+                        ColumnDef::new(RecordAttributes::TenantId)
                             .string_len(64)
                             .not_null(),
                     )
                     .col(
-                        ColumnDef::new(ContactAttributes::ContactId)
+                        ColumnDef::new(RecordAttributes::RecordKind)
+                            .small_integer()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(RecordAttributes::RecordId)
                             .string_len(36)
                             .not_null(),
                     )
                     .col(
-                        ColumnDef::new(ContactAttributes::Key)
+                        ColumnDef::new(RecordAttributes::Key)
                             .string_len(63)
                             .not_null(),
                     )
-                    .col(ColumnDef::new(ContactAttributes::TextValue).text().null())
+                    .col(ColumnDef::new(RecordAttributes::TextValue).text().null())
                     .col(
-                        ColumnDef::new(ContactAttributes::NumberValue)
+                        ColumnDef::new(RecordAttributes::NumberValue)
                             .double()
                             .null(),
                     )
-                    .col(
-                        ColumnDef::new(ContactAttributes::BoolValue)
-                            .boolean()
-                            .null(),
-                    )
+                    .col(ColumnDef::new(RecordAttributes::BoolValue).boolean().null())
                     .primary_key(
                         Index::create()
-                            .col(ContactAttributes::TenantId)
-                            .col(ContactAttributes::ContactId)
-                            .col(ContactAttributes::Key),
+                            .col(RecordAttributes::TenantId)
+                            .col(RecordAttributes::RecordKind)
+                            .col(RecordAttributes::RecordId)
+                            .col(RecordAttributes::Key),
                     )
                     .to_owned(),
             )
             .await?;
         for (name, column) in [
-            ("contact_attributes_by_text", ContactAttributes::TextValue),
+            ("record_attributes_by_text", RecordAttributes::TextValue),
             (
                 "contact_attributes_by_number",
-                ContactAttributes::NumberValue,
+                RecordAttributes::NumberValue,
             ),
         ] {
             manager
@@ -161,9 +166,10 @@ impl MigrationTrait for Migration {
                     Index::create()
                         .if_not_exists()
                         .name(name)
-                        .table(ContactAttributes::Table)
-                        .col(ContactAttributes::TenantId)
-                        .col(ContactAttributes::Key)
+                        .table(RecordAttributes::Table)
+                        .col(RecordAttributes::TenantId)
+                        .col(RecordAttributes::RecordKind)
+                        .col(RecordAttributes::Key)
                         .col(column)
                         .to_owned(),
                 )

@@ -5,7 +5,7 @@
 
 pub mod migration;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use sea_orm::ConnectionTrait;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query, SimpleExpr};
@@ -14,10 +14,11 @@ use unicode_normalization::UnicodeNormalization as _;
 use crm_platform::ApiError;
 use crm_platform::errors::from_db;
 use crm_platform::filter::{Op, Value};
+use crm_proto::common::AttributeValue;
 use crm_proto::common::attribute_value::Kind;
 use crm_proto::contact::Contact;
 
-use migration::{ContactAttributes, ContactTerms, SearchVocabulary};
+use migration::{ContactTerms, RecordAttributes, SearchVocabulary};
 
 /// Which part of a contact a term came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -160,19 +161,9 @@ pub async fn write<C: ConnectionTrait>(
     )
     .await
     .map_err(db)?;
-    conn.execute(
-        &Query::delete()
-            .from_table(ContactAttributes::Table)
-            .and_where(Expr::col(ContactAttributes::TenantId).eq(tenant))
-            .and_where(Expr::col(ContactAttributes::ContactId).is_in(ids.iter().copied()))
-            .to_owned(),
-    )
-    .await
-    .map_err(db)?;
 
     let mut term_rows = Vec::new();
     let mut vocabulary = BTreeSet::new();
-    let mut attribute_rows = Vec::new();
     for contact in contacts {
         let id = contact_id(contact);
         for (term, field) in terms(contact) {
@@ -180,11 +171,6 @@ pub async fn write<C: ConnectionTrait>(
                 vocabulary.insert(term.clone());
             }
             term_rows.push((term, field, id));
-        }
-        if contact.merged_into.is_empty() {
-            for (key, value) in &contact.attributes {
-                attribute_rows.push((id, key.as_str(), value.kind.as_ref()));
-            }
         }
     }
     for chunk in term_rows.chunks(ROWS_PER_INSERT) {
@@ -221,18 +207,76 @@ pub async fn write<C: ConnectionTrait>(
         }
         conn.execute(&insert).await.map_err(db)?;
     }
-    for chunk in attribute_rows.chunks(ROWS_PER_INSERT) {
+    let none = BTreeMap::new();
+    let attributes: Vec<(&str, &BTreeMap<String, AttributeValue>)> = contacts
+        .iter()
+        .map(|c| {
+            // A tombstone is never filtered for.
+            let attributes = if c.merged_into.is_empty() {
+                &c.attributes
+            } else {
+                &none
+            };
+            (contact_id(c), attributes)
+        })
+        .collect();
+    write_attributes(conn, tenant, RecordKind::Contact, &attributes).await?;
+    Ok(())
+}
+
+/// The kinds of record whose attributes are indexed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    Contact = 1,
+    Account = 2,
+}
+
+/// Rewrites the attribute rows of the given records (id, attributes); an empty map
+/// removes them. Tombstones of merged contacts pass an empty map.
+pub async fn write_attributes<C: ConnectionTrait>(
+    conn: &C,
+    tenant: &str,
+    kind: RecordKind,
+    records: &[(&str, &BTreeMap<String, AttributeValue>)],
+) -> Result<(), ApiError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let db = |e| from_db(e, "attribute index");
+    conn.execute(
+        &Query::delete()
+            .from_table(RecordAttributes::Table)
+            .and_where(Expr::col(RecordAttributes::TenantId).eq(tenant))
+            .and_where(Expr::col(RecordAttributes::RecordKind).eq(kind as i16))
+            .and_where(
+                Expr::col(RecordAttributes::RecordId).is_in(records.iter().map(|(id, _)| *id)),
+            )
+            .to_owned(),
+    )
+    .await
+    .map_err(db)?;
+    let rows: Vec<(&str, &String, Option<&Kind>)> = records
+        .iter()
+        .flat_map(|(id, attributes)| {
+            attributes
+                .iter()
+                .map(move |(k, v)| (*id, k, v.kind.as_ref()))
+        })
+        .collect();
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
         let mut insert = Query::insert();
-        insert.into_table(ContactAttributes::Table).columns([
-            ContactAttributes::TenantId,
-            ContactAttributes::ContactId,
-            ContactAttributes::Key,
-            ContactAttributes::TextValue,
-            ContactAttributes::NumberValue,
-            ContactAttributes::BoolValue,
+        insert.into_table(RecordAttributes::Table).columns([
+            RecordAttributes::TenantId,
+            RecordAttributes::RecordKind,
+            RecordAttributes::RecordId,
+            RecordAttributes::Key,
+            RecordAttributes::TextValue,
+            RecordAttributes::NumberValue,
+            RecordAttributes::BoolValue,
         ]);
-        for (id, key, kind) in chunk {
-            let (text, number, flag): (Option<String>, Option<f64>, Option<bool>) = match kind {
+        for (id, key, kind_value) in chunk {
+            let (text, number, flag): (Option<String>, Option<f64>, Option<bool>) = match kind_value
+            {
                 Some(Kind::StringValue(s)) => (Some(s.clone()), None, None),
                 Some(Kind::NumberValue(n)) => (None, Some(*n), None),
                 Some(Kind::BoolValue(b)) => (None, None, Some(*b)),
@@ -245,8 +289,9 @@ pub async fn write<C: ConnectionTrait>(
             };
             insert.values_panic([
                 tenant.into(),
+                (kind as i16).into(),
                 (*id).into(),
-                (*key).into(),
+                key.as_str().into(),
                 text.into(),
                 number.into(),
                 flag.into(),
@@ -292,6 +337,20 @@ pub async fn prune_vocabulary<C: ConnectionTrait>(
 /// value compares text (and dates, as "YYYY-MM-DD"), `true`/`false` booleans, other
 /// unquoted words numbers; `attributes.<key>:*` tests presence.
 pub fn attribute_condition(key: &str, op: Op, value: &Value) -> Result<SimpleExpr, String> {
+    record_attribute_condition(RecordKind::Contact, key, op, value)
+}
+
+/// `attributes.<key>` on the accounts table.
+pub fn account_attribute_condition(key: &str, op: Op, value: &Value) -> Result<SimpleExpr, String> {
+    record_attribute_condition(RecordKind::Account, key, op, value)
+}
+
+fn record_attribute_condition(
+    kind: RecordKind,
+    key: &str,
+    op: Op,
+    value: &Value,
+) -> Result<SimpleExpr, String> {
     let valid_key = key.len() <= 63
         && key.starts_with(|c: char| c.is_ascii_lowercase())
         && key
@@ -300,7 +359,7 @@ pub fn attribute_condition(key: &str, op: Op, value: &Value) -> Result<SimpleExp
     if !valid_key {
         return Err("attribute keys are [a-z][a-z0-9_]{0,62}".into());
     }
-    let column = |c: ContactAttributes| Expr::col((ContactAttributes::Table, c));
+    let column = |c: RecordAttributes| Expr::col((RecordAttributes::Table, c));
     let compare = |col: SimpleExpr, v: sea_orm::Value| -> Result<SimpleExpr, String> {
         Ok(match op {
             Op::Eq | Op::Has => col.eq(v),
@@ -314,7 +373,7 @@ pub fn attribute_condition(key: &str, op: Op, value: &Value) -> Result<SimpleExp
     let test = match (op, value) {
         (Op::Has, Value::Word(w)) if w == "*" => None,
         (_, Value::Text(text)) => Some(compare(
-            column(ContactAttributes::TextValue),
+            column(RecordAttributes::TextValue),
             text.clone().into(),
         )?),
         (_, Value::Word(w)) if w == "true" || w == "false" => {
@@ -322,7 +381,7 @@ pub fn attribute_condition(key: &str, op: Op, value: &Value) -> Result<SimpleExp
                 return Err("booleans compare with = and != only".into());
             }
             Some(compare(
-                column(ContactAttributes::BoolValue),
+                column(RecordAttributes::BoolValue),
                 (w == "true").into(),
             )?)
         }
@@ -333,7 +392,7 @@ pub fn attribute_condition(key: &str, op: Op, value: &Value) -> Result<SimpleExp
                 .filter(|n: &f64| n.is_finite())
                 .ok_or("expected a number, true, false, or a quoted text")?;
             Some(compare(
-                column(ContactAttributes::NumberValue),
+                column(RecordAttributes::NumberValue),
                 number.into(),
             )?)
         }
@@ -341,11 +400,12 @@ pub fn attribute_condition(key: &str, op: Op, value: &Value) -> Result<SimpleExp
     let mut members = Query::select();
     members
         .columns([
-            (ContactAttributes::Table, ContactAttributes::TenantId),
-            (ContactAttributes::Table, ContactAttributes::ContactId),
+            (RecordAttributes::Table, RecordAttributes::TenantId),
+            (RecordAttributes::Table, RecordAttributes::RecordId),
         ])
-        .from(ContactAttributes::Table)
-        .and_where(column(ContactAttributes::Key).eq(key));
+        .from(RecordAttributes::Table)
+        .and_where(column(RecordAttributes::RecordKind).eq(kind as i16))
+        .and_where(column(RecordAttributes::Key).eq(key));
     if let Some(test) = test {
         members.and_where(test);
     }

@@ -332,3 +332,55 @@ async fn attributes_filter_by_type(backend: Backend) {
     server.finish().await;
 }
 on_both_backends!(attributes_filter_by_type);
+
+async fn account_attributes_filter(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut client = server.client().await;
+    let token = admin("acme");
+    for (name, seats) in [("Big AG", 500.0), ("Small GmbH", 5.0)] {
+        let mut account = Account {
+            display_name: name.into(),
+            ..Default::default()
+        };
+        account.attributes.insert(
+            "seats".into(),
+            attribute(attribute_value::Kind::NumberValue(seats)),
+        );
+        client
+            .create_account(authed(
+                CreateAccountRequest {
+                    account: Some(account),
+                    ..Default::default()
+                },
+                &token,
+            ))
+            .await
+            .unwrap();
+    }
+    // A contact with the same attribute is not an account.
+    let mut contact = person("Cora", "Contact", "cora@example.com");
+    contact.attributes.insert(
+        "seats".into(),
+        attribute(attribute_value::Kind::NumberValue(900.0)),
+    );
+    create(&mut client, &token, contact).await;
+    let listed = client
+        .list_accounts(authed(
+            ListAccountsRequest {
+                filter: "attributes.seats >= 100".into(),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<&str> = listed
+        .accounts
+        .iter()
+        .map(|a| a.display_name.as_str())
+        .collect();
+    assert_eq!(names, ["Big AG"]);
+    server.finish().await;
+}
+on_both_backends!(account_attributes_filter);
