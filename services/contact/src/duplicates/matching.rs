@@ -214,48 +214,6 @@ pub async fn rules<C: ConnectionTrait>(conn: &C, tenant: &str) -> Result<Duplica
         .map(|(rules, _)| rules)
 }
 
-async fn ids_by_terms<C: ConnectionTrait>(
-    conn: &C,
-    tenant: &str,
-    lookups: &[(TermField, &BTreeSet<String>)],
-) -> Result<HashSet<String>, ApiError> {
-    let mut any = Condition::any();
-    let mut empty = true;
-    for (field, terms) in lookups {
-        if terms.is_empty() {
-            continue;
-        }
-        empty = false;
-        any = any.add(
-            Condition::all()
-                .add(Expr::col(ContactTerms::Field).eq(field.code()))
-                .add(Expr::col(ContactTerms::Term).is_in(terms.iter().map(String::as_str))),
-        );
-    }
-    if empty {
-        return Ok(HashSet::new());
-    }
-    let rows = conn
-        .query_all(
-            &Query::select()
-                .distinct()
-                .column(ContactTerms::ContactId)
-                .from(ContactTerms::Table)
-                .and_where(Expr::col(ContactTerms::TenantId).eq(tenant))
-                .cond_where(any)
-                .limit(MAX_GROUP * 10)
-                .to_owned(),
-        )
-        .await
-        .map_err(|e| from_db(e, "contacts"))?;
-    rows.iter()
-        .map(|row| {
-            row.try_get_by_index::<String>(0)
-                .map_err(ApiError::internal)
-        })
-        .collect()
-}
-
 fn live_profiles() -> sea_orm::Select<contact_row::Entity> {
     contact_row::Entity::find()
         .select_only()
@@ -321,36 +279,74 @@ pub async fn candidates_for_batch<C: ConnectionTrait>(
     rules: &DuplicateRules,
 ) -> Result<Vec<Vec<Candidate>>, ApiError> {
     let profiles: Vec<Profile> = probes.iter().map(Profile::of_contact).collect();
-    let mut emails = BTreeSet::new();
-    let mut phones = BTreeSet::new();
-    let mut words = BTreeSet::new();
-    let mut accounts = BTreeSet::new();
-    for p in &profiles {
-        emails.extend(p.emails.iter().cloned());
-        phones.extend(p.phones.iter().cloned());
-        words.extend(p.name_words.iter().cloned());
-        if !p.account.is_empty() {
-            accounts.insert(p.account.clone());
+    // Every key a probe can share with a stored contact, and the probes holding it.
+    let mut wanted: HashMap<(i16, String), Vec<usize>> = HashMap::new();
+    for (i, (probe, contact)) in profiles.iter().zip(probes).enumerate() {
+        let mut keys: Vec<(String, TermField)> = Vec::new();
+        keys.extend(probe.emails.iter().map(|e| (e.clone(), TermField::Email)));
+        keys.extend(probe.phones.iter().map(|p| (p.clone(), TermField::Phone)));
+        keys.extend(index::name_keys(contact, &probe.name_words));
+        for (term, field) in keys {
+            wanted.entry((field.code(), term)).or_default().push(i);
         }
     }
-    let ids = ids_by_terms(
-        conn,
-        tenant,
-        &[
-            (TermField::Email, &emails),
-            (TermField::Phone, &phones),
-            (TermField::GivenName, &words),
-            (TermField::FamilyName, &words),
-        ],
-    )
-    .await?;
-    let stored = load_profiles(conn, tenant, &ids, &accounts).await?;
+    if wanted.is_empty() {
+        return Ok(vec![Vec::new(); probes.len()]);
+    }
+    let mut any = Condition::any();
+    let mut by_field: HashMap<i16, Vec<&str>> = HashMap::new();
+    for (field, term) in wanted.keys() {
+        by_field.entry(*field).or_default().push(term.as_str());
+    }
+    for (field, terms) in by_field {
+        any = any.add(
+            Condition::all()
+                .add(Expr::col(ContactTerms::Field).eq(field))
+                .add(Expr::col(ContactTerms::Term).is_in(terms)),
+        );
+    }
+    let rows = conn
+        .query_all(
+            &Query::select()
+                .columns([
+                    ContactTerms::Field,
+                    ContactTerms::Term,
+                    ContactTerms::ContactId,
+                ])
+                .from(ContactTerms::Table)
+                .and_where(Expr::col(ContactTerms::TenantId).eq(tenant))
+                .cond_where(any)
+                .limit(MAX_GROUP * 50)
+                .to_owned(),
+        )
+        .await
+        .map_err(|e| from_db(e, "contacts"))?;
+    let mut per_probe: Vec<BTreeSet<String>> = vec![BTreeSet::new(); probes.len()];
+    let mut ids = HashSet::new();
+    for row in &rows {
+        let field: i16 = row.try_get_by_index(0).map_err(ApiError::internal)?;
+        let term: String = row.try_get_by_index(1).map_err(ApiError::internal)?;
+        let id: String = row.try_get_by_index(2).map_err(ApiError::internal)?;
+        if let Some(holders) = wanted.get(&(field, term)) {
+            for &i in holders {
+                per_probe[i].insert(id.clone());
+            }
+            ids.insert(id);
+        }
+    }
+    let stored: HashMap<String, Profile> = load_profiles(conn, tenant, &ids, &BTreeSet::new())
+        .await?
+        .into_iter()
+        .map(|p| (p.id.clone(), p))
+        .collect();
     Ok(profiles
         .iter()
-        .map(|probe| {
-            let mut found: Vec<Candidate> = stored
+        .zip(per_probe)
+        .map(|(probe, candidates)| {
+            let mut found: Vec<Candidate> = candidates
                 .iter()
-                .filter(|s| s.id != probe.id)
+                .filter(|id| **id != probe.id)
+                .filter_map(|id| stored.get(id))
                 .filter_map(|s| {
                     score(probe, s, rules).map(|(score, matches)| Candidate {
                         contact: format!("contacts/{}", s.id),

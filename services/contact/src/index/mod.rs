@@ -34,6 +34,11 @@ pub enum TermField {
     /// The digits of a phone number in E.164.
     Phone = 6,
     Tag = 7,
+    /// "domain word": a name word of a contact with an email at that domain, so that
+    /// duplicate finding looks up similar names at the same domain by key.
+    NameAtDomain = 8,
+    /// "accounts/{id} word": a name word of a contact of that account.
+    NameInAccount = 9,
 }
 
 impl TermField {
@@ -46,6 +51,8 @@ impl TermField {
             5 => Self::EmailDomain,
             6 => Self::Phone,
             7 => Self::Tag,
+            8 => Self::NameAtDomain,
+            9 => Self::NameInAccount,
             _ => return None,
         })
     }
@@ -71,6 +78,7 @@ impl TermField {
             Self::Email | Self::EmailWord | Self::EmailDomain => "emails",
             Self::Phone => "phones",
             Self::Tag => "tags",
+            Self::NameAtDomain | Self::NameInAccount => "display_name",
         }
     }
 }
@@ -130,8 +138,36 @@ pub fn terms(contact: &Contact) -> BTreeSet<(String, TermField)> {
     for tag in &contact.tags {
         out.insert((fold(tag), TermField::Tag));
     }
+    let name_words: BTreeSet<String> = words(&contact.given_name)
+        .chain(words(&contact.family_name))
+        .collect();
+    for key in name_keys(contact, &name_words) {
+        out.insert(key);
+    }
     out.retain(|(term, _)| term.len() <= 254);
     out
+}
+
+/// The keys under which duplicate finding looks for similar names: each name word at
+/// each email domain, and in the account.
+pub fn name_keys(contact: &Contact, name_words: &BTreeSet<String>) -> Vec<(String, TermField)> {
+    let mut keys = Vec::new();
+    for email in &contact.emails {
+        if let Some((_, domain)) = email.address.to_lowercase().split_once('@') {
+            for word in name_words {
+                keys.push((format!("{domain} {word}"), TermField::NameAtDomain));
+            }
+        }
+    }
+    if !contact.account.is_empty() {
+        for word in name_words {
+            keys.push((
+                format!("{} {word}", contact.account),
+                TermField::NameInAccount,
+            ));
+        }
+    }
+    keys
 }
 
 fn contact_id(contact: &Contact) -> &str {

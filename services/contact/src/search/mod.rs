@@ -63,6 +63,8 @@ fn field_weight(field: TermField) -> f64 {
         TermField::Tag => 0.8,
         TermField::EmailWord => 0.7,
         TermField::EmailDomain => 0.6,
+        // Keys for duplicate finding, never searched.
+        TermField::NameAtDomain | TermField::NameInAccount => 0.0,
     }
 }
 
