@@ -263,6 +263,34 @@ pub(crate) async fn after_write<C: ConnectionTrait>(
     crate::index::write(conn, tenant, contacts).await
 }
 
+/// Writes new versions of contacts inside the caller's transaction, each only if its
+/// stored revision is still `previous` (else ABORTED, so a concurrent change is never
+/// overwritten). Used where one transaction rewrites several contacts (merge, erasure).
+pub(crate) async fn write_versions<C: ConnectionTrait>(
+    conn: &C,
+    tenant: &str,
+    versions: &[(i64, &StoredContact)],
+) -> Result<(), ApiError> {
+    for (previous, stored) in versions {
+        let id = stored.contact.name.trim_start_matches("contacts/");
+        let updated = Contacts::update_many()
+            .set(active_model(tenant, id, stored.revision, &stored.contact))
+            .filter(Column::TenantId.eq(tenant))
+            .filter(Column::Id.eq(id))
+            .filter(Column::Revision.eq(*previous))
+            .exec(conn)
+            .await
+            .map_err(|e| from_db(e, &stored.contact.name))?;
+        if updated.rows_affected != 1 {
+            return Err(ApiError::Aborted {
+                reason: "CONCURRENT_MODIFICATION",
+                message: format!("{} was changed concurrently; retry", stored.contact.name),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The sortable fields of ListContacts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SortField {

@@ -67,6 +67,37 @@ impl PageTokens {
         Ok(mac.finalize().into_bytes()[..MAC_LEN].to_vec())
     }
 
+    /// The offset a page token of an offset-paged answer carries (0 without a token).
+    /// For answers ranked in memory, where no sort key can resume the order.
+    pub fn decode_offset(
+        &self,
+        token: &str,
+        tenant: &str,
+        fingerprint: &str,
+    ) -> Result<usize, ApiError> {
+        match self.decode(token, tenant, fingerprint)? {
+            None => Ok(0),
+            Some(key) => match key.as_slice() {
+                [CursorValue::Int(n)] if *n >= 0 => Ok(*n as usize),
+                _ => Err(ApiError::invalid("page_token", "page token is malformed")),
+            },
+        }
+    }
+
+    /// The token of the page at `next`, or empty when `next` is past `total`.
+    pub fn encode_offset(
+        &self,
+        tenant: &str,
+        fingerprint: &str,
+        next: usize,
+        total: usize,
+    ) -> Result<String, ApiError> {
+        if next >= total {
+            return Ok(String::new());
+        }
+        self.encode(tenant, fingerprint, vec![CursorValue::Int(next as i64)])
+    }
+
     pub fn encode(
         &self,
         tenant: &str,

@@ -332,28 +332,8 @@ pub async fn merge(
     let previous: Vec<i64> = std::iter::once(winner.revision)
         .chain(losers.iter().map(|l| l.revision))
         .collect();
-    for (stored, revision) in written.iter().zip(previous) {
-        let id = stored.contact.name.trim_start_matches("contacts/");
-        let updated = contact_row::Entity::update_many()
-            .set(store::active_model(
-                &caller.tenant,
-                id,
-                stored.revision,
-                &stored.contact,
-            ))
-            .filter(contact_row::Column::TenantId.eq(caller.tenant.as_str()))
-            .filter(contact_row::Column::Id.eq(id))
-            .filter(contact_row::Column::Revision.eq(revision))
-            .exec(&txn)
-            .await
-            .map_err(db)?;
-        if updated.rows_affected != 1 {
-            return Err(ApiError::Aborted {
-                reason: "CONCURRENT_MODIFICATION",
-                message: format!("{} was changed concurrently; retry", stored.contact.name),
-            });
-        }
-    }
+    let versions: Vec<(i64, &StoredContact)> = previous.into_iter().zip(&written).collect();
+    store::write_versions(&txn, &caller.tenant, &versions).await?;
     let contacts: Vec<&Contact> = written.iter().map(|s| &s.contact).collect();
     store::after_write(&txn, &caller.tenant, &contacts).await?;
     move_references(

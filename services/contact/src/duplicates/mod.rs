@@ -13,7 +13,7 @@ use crm_platform::auth::Caller;
 use crm_platform::db::{micros_to_timestamp, now_micros};
 use crm_platform::errors::from_db;
 use crm_platform::events::{self, NewEvent};
-use crm_platform::pagination::{self, CursorValue, PageTokens};
+use crm_platform::pagination::{self, PageTokens};
 use crm_platform::{ApiError, Violations, idempotency};
 use crm_proto::common::FieldChange;
 use crm_proto::contact::*;
@@ -23,22 +23,6 @@ use crate::domain::{names, validate};
 
 pub struct DuplicatesApi {
     ctx: Context,
-}
-
-/// A page of an offset-paged answer, and the token of the next one.
-fn offset_of(
-    tokens: &PageTokens,
-    token: &str,
-    tenant: &str,
-    fingerprint: &str,
-) -> Result<usize, ApiError> {
-    match tokens.decode(token, tenant, fingerprint)? {
-        None => Ok(0),
-        Some(key) => match key.as_slice() {
-            [CursorValue::Int(n)] if *n >= 0 => Ok(*n as usize),
-            _ => Err(ApiError::invalid("page_token", "page token is malformed")),
-        },
-    }
 }
 
 impl DuplicatesApi {
@@ -87,12 +71,10 @@ impl DuplicatesApi {
             None => String::new(),
         };
         let fingerprint = PageTokens::fingerprint(&[&target_key, &request.min_score.to_string()]);
-        let offset = offset_of(
-            &self.ctx.tokens,
-            &request.page_token,
-            &caller.tenant,
-            &fingerprint,
-        )?;
+        let offset =
+            self.ctx
+                .tokens
+                .decode_offset(&request.page_token, &caller.tenant, &fingerprint)?;
 
         // (the contact duplicated, the duplicate, score, matches), best first.
         let found: Vec<(String, String, f64, Vec<DuplicateMatch>)> = match request.target {
@@ -151,16 +133,12 @@ impl DuplicatesApi {
                     })
             })
             .collect();
-        let next = offset + page_size;
-        let next_page_token = if next < found.len() {
-            self.ctx.tokens.encode(
-                &caller.tenant,
-                &fingerprint,
-                vec![CursorValue::Int(next as i64)],
-            )?
-        } else {
-            String::new()
-        };
+        let next_page_token = self.ctx.tokens.encode_offset(
+            &caller.tenant,
+            &fingerprint,
+            offset + page_size,
+            found.len(),
+        )?;
         Ok(Response::new(FindDuplicatesResponse {
             candidates,
             next_page_token,

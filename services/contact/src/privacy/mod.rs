@@ -281,29 +281,9 @@ impl PrivacyApi {
                 },
             ));
         }
-        for (previous, stored) in &written {
-            let id = stored.contact.name.trim_start_matches("contacts/");
-            let updated = contact_row::Entity::update_many()
-                .set(store::active_model(
-                    &caller.tenant,
-                    id,
-                    stored.revision,
-                    &stored.contact,
-                ))
-                .filter(contact_row::Column::TenantId.eq(caller.tenant.as_str()))
-                .filter(contact_row::Column::Id.eq(id))
-                .filter(contact_row::Column::Revision.eq(*previous))
-                .exec(&txn)
-                .await
-                .map_err(db)?;
-            if updated.rows_affected != 1 {
-                return Err(ApiError::Aborted {
-                    reason: "CONCURRENT_MODIFICATION",
-                    message: format!("{} was changed concurrently; retry", stored.contact.name),
-                }
-                .into());
-            }
-        }
+        let versions: Vec<(i64, &StoredContact)> =
+            written.iter().map(|(previous, s)| (*previous, s)).collect();
+        store::write_versions(&txn, &caller.tenant, &versions).await?;
         let contacts: Vec<&Contact> = written.iter().map(|(_, s)| &s.contact).collect();
         store::after_write(&txn, &caller.tenant, &contacts).await?;
         let stale_terms: Vec<String> = std::iter::once(&contact)

@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use crm_platform::ApiError;
 use crm_platform::auth::Caller;
 use crm_platform::errors::from_db;
-use crm_platform::pagination::{self, CursorValue, PageTokens};
+use crm_platform::pagination::{self, PageTokens};
 use crm_proto::contact::*;
 
 use crate::context::Context;
@@ -341,21 +341,9 @@ impl SearchApi {
         let condition = crate::grpc::contact_filter(&request.filter)?;
         let fingerprint = PageTokens::fingerprint(&[query, &request.filter]);
         let offset =
-            match self
-                .ctx
+            self.ctx
                 .tokens
-                .decode(&request.page_token, &caller.tenant, &fingerprint)?
-            {
-                None => 0,
-                Some(key) => match key.as_slice() {
-                    [CursorValue::Int(n)] if *n >= 0 => *n as usize,
-                    _ => {
-                        return Err(
-                            ApiError::invalid("page_token", "page token is malformed").into()
-                        );
-                    }
-                },
-            };
+                .decode_offset(&request.page_token, &caller.tenant, &fingerprint)?;
 
         let ranked = self.rank(&caller.tenant, query).await?;
         // Only live contacts that pass the filter count.
@@ -407,16 +395,12 @@ impl SearchApi {
                     })
             })
             .collect();
-        let next = offset + page_size;
-        let next_page_token = if next < ranked.len() {
-            self.ctx.tokens.encode(
-                &caller.tenant,
-                &fingerprint,
-                vec![CursorValue::Int(next as i64)],
-            )?
-        } else {
-            String::new()
-        };
+        let next_page_token = self.ctx.tokens.encode_offset(
+            &caller.tenant,
+            &fingerprint,
+            offset + page_size,
+            ranked.len(),
+        )?;
         Ok(Response::new(SearchContactsResponse {
             results,
             next_page_token,
