@@ -1,5 +1,8 @@
 //! `crm`: the whole suite in one process (`crm serve`), and the operator's commands.
 
+mod bench;
+mod seed;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -42,6 +45,11 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Load the suite and report throughput and latency against floors measured in
+    /// the same run (DESIGN.md §10).
+    Bench(bench::BenchArgs),
+    /// Fill a tenant with generated companies, people and interactions.
+    Seed(bench::SeedArgs),
     /// Configuration.
     Config {
         #[command(subcommand)]
@@ -199,6 +207,8 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Bench(args) => bench::run_bench(config, cli.config.as_deref(), args).await,
+        Command::Seed(args) => bench::run_seed(config, cli.config.as_deref(), args).await,
         Command::Config {
             command: ConfigCommand::Show,
         } => {

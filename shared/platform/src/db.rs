@@ -138,7 +138,9 @@ fn ensure_sqlite_dir(url: &str) -> Result<(), DbSetupError> {
 
 /// Creates the database named in `url` if it does not exist, through the `postgres`
 /// maintenance database of the same server.
-async fn ensure_postgres_database(config: &Config, url: &str) -> Result<(), DbSetupError> {
+/// Creates the Postgres database `url` names if it does not exist (for `{service}`
+/// URLs, and for tools such as `crm bench` that start services on a new database).
+pub async fn ensure_postgres_database(config: &Config, url: &str) -> Result<(), DbSetupError> {
     let (base, rest) = url
         .rsplit_once('/')
         .ok_or(DbSetupError::UnsupportedScheme)?;
