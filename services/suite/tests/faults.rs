@@ -542,6 +542,9 @@ async fn consumer_killed_mid_stream_applies_each_event_once() {
         while killed.applied().await < before + 7 && start.elapsed() < Duration::from_secs(10) {
             tokio::time::sleep(Duration::from_millis(3)).await;
         }
+        // A count is read between two transactions; a varying moment later, the kill
+        // lands anywhere, inside a transaction too.
+        tokio::time::sleep(Duration::from_micros(300 + (kills * 1_700) % 5_000)).await;
         run.kill().await;
         kills += 1;
         assert!(kills < 200, "the writer does not finish");
