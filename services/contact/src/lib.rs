@@ -65,7 +65,10 @@ pub async fn add_to(
     let server = ContactServiceServer::new(api)
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    services.add(server, Some(feed.clone()));
+    let probe = db::DatabaseProbe::open(config, grpc::SERVICE).await?;
+    services
+        .add(server, Some(feed.clone()))
+        .watch_database(roles::SERVICE_NAME, probe);
     Ok(feed)
 }
 

@@ -81,7 +81,10 @@ pub async fn add_to(
     let server = PipelineServiceServer::new(PipelineApi { feed: feed.clone() })
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    services.add(server, Some(feed.clone()));
+    let probe = db::DatabaseProbe::open(config, SERVICE).await?;
+    services
+        .add(server, Some(feed.clone()))
+        .watch_database(SERVICE_NAME, probe);
     Ok(feed)
 }
 

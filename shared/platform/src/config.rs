@@ -56,6 +56,9 @@ pub struct DatabaseConfig {
     pub min_connections: u32,
     pub connect_timeout_ms: u64,
     pub acquire_timeout_ms: u64,
+    /// How often each service checks, over a connection of its own, that its database
+    /// answers; while it does not, the service's health is NOT_SERVING.
+    pub health_check_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,6 +184,7 @@ impl Default for DatabaseConfig {
             min_connections: 1,
             connect_timeout_ms: 3_000,
             acquire_timeout_ms: 3_000,
+            health_check_interval_ms: 1_000,
         }
     }
 }

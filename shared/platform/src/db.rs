@@ -88,6 +88,67 @@ pub async fn connect(config: &Config, service: &str) -> Result<DatabaseConnectio
     }
 }
 
+/// Asks whether a service's database answers, over a connection of its own: a busy
+/// service pool (every connection taken, callers queueing) must not read as a database
+/// that is down. Health reports the service NOT_SERVING while the probe fails (see
+/// `ServiceSet::watch_database`); the probe costs one more database connection.
+#[derive(Clone)]
+pub struct DatabaseProbe {
+    db: DatabaseConnection,
+    interval: Duration,
+    timeout: Duration,
+}
+
+/// Why the database did not answer a probe.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("the database did not answer: {0}")]
+    Failed(DbErr),
+    #[error("the database did not answer within {0:?}")]
+    TimedOut(Duration),
+}
+
+impl DatabaseProbe {
+    /// A lazily connected one-connection pool to the database of `service`; nothing is
+    /// connected until the first check.
+    pub async fn open(config: &Config, service: &str) -> Result<Self, DbSetupError> {
+        let url = config.database_url(service);
+        let connect = Duration::from_millis(config.database.connect_timeout_ms.max(1));
+        let mut options = ConnectOptions::new(url);
+        options
+            .max_connections(1)
+            .min_connections(0)
+            .connect_timeout(connect)
+            .acquire_timeout(connect)
+            .connect_lazy(true)
+            .sqlx_logging(false);
+        let db = Database::connect(options)
+            .await
+            .map_err(DbSetupError::Connect)?;
+        Ok(Self {
+            db,
+            interval: Duration::from_millis(config.database.health_check_interval_ms.max(10)),
+            // The pool gives up acquiring after `connect`; the margin covers a query on a
+            // connection whose peer vanished without closing it.
+            timeout: connect + Duration::from_secs(1),
+        })
+    }
+
+    /// How often health checks the database.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// `Ok` when the database answers a ping in time.
+    pub async fn check(&self) -> Result<(), ProbeError> {
+        match tokio::time::timeout(self.timeout, self.db.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(ProbeError::Failed(err)),
+            Err(_) => Err(ProbeError::TimedOut(self.timeout)),
+        }
+    }
+}
+
 /// The Postgres schema of a service in a shared database.
 pub fn schema_name(service: &str) -> String {
     format!("crm_{service}")

@@ -227,8 +227,9 @@ impl From<ApiError> for tonic::Status {
     }
 }
 
-/// Maps a database error: unique violations become `ALREADY_EXISTS`, lost connections
-/// `UNAVAILABLE`, anything else `INTERNAL` (logged, never shown).
+/// Maps a database error: unique violations become `ALREADY_EXISTS`, a database that
+/// cannot be reached (or broke the connection mid-statement, or is shutting down or
+/// starting) `UNAVAILABLE`, anything else `INTERNAL` (logged, never shown).
 pub fn from_db(err: sea_orm::DbErr, resource: &str) -> ApiError {
     use sea_orm::{DbErr, RuntimeErr, SqlErr};
     if let Some(SqlErr::UniqueConstraintViolation(_)) = err.sql_err() {
@@ -242,7 +243,7 @@ pub fn from_db(err: sea_orm::DbErr, resource: &str) -> ApiError {
             dependency: "database",
         },
         DbErr::Exec(RuntimeErr::SqlxError(inner)) | DbErr::Query(RuntimeErr::SqlxError(inner))
-            if is_connection_error(inner.as_ref()) =>
+            if is_connection_error(inner) =>
         {
             ApiError::Unavailable {
                 dependency: "database",
@@ -252,17 +253,23 @@ pub fn from_db(err: sea_orm::DbErr, resource: &str) -> ApiError {
     }
 }
 
-fn is_connection_error(err: &(dyn std::error::Error + 'static)) -> bool {
-    let text = err.to_string();
-    [
-        "pool timed out",
-        "connection",
-        "broken pipe",
-        "io error",
-        "terminating",
-    ]
-    .iter()
-    .any(|needle| text.to_ascii_lowercase().contains(needle))
+/// Whether the database failed rather than the statement: the connection broke (I/O,
+/// TLS, EOF mid-reply), none could be had, or the server refuses work for now (SQLSTATE
+/// class 08 connection exceptions, 57P01..57P03 shutdown or start-up, 53300 too many
+/// connections). Such a call is safe to retry.
+fn is_connection_error(err: &sea_orm::sqlx::Error) -> bool {
+    use sea_orm::sqlx::Error;
+    match err {
+        Error::Io(_)
+        | Error::Tls(_)
+        | Error::PoolTimedOut
+        | Error::PoolClosed
+        | Error::WorkerCrashed => true,
+        Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
 }
 
 impl From<sea_orm::DbErr> for ApiError {
@@ -273,6 +280,8 @@ impl From<sea_orm::DbErr> for ApiError {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[test]
@@ -312,6 +321,25 @@ mod tests {
         );
         let status: tonic::Status = ApiError::not_found(huge).into();
         assert!(status.message().len() <= MAX_TEXT + 3);
+    }
+
+    #[test]
+    fn a_lost_database_is_unavailable() {
+        use sea_orm::{DbErr, RuntimeErr, sqlx};
+        let lost = |err: sqlx::Error| DbErr::Query(RuntimeErr::SqlxError(Arc::new(err)));
+        let eof = std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "expected to read 5 bytes, got 0 bytes at EOF",
+        );
+        for err in [
+            lost(sqlx::Error::Io(eof)),
+            lost(sqlx::Error::PoolTimedOut),
+            lost(sqlx::Error::PoolClosed),
+        ] {
+            assert_eq!(from_db(err, "contact").code(), Code::Unavailable);
+        }
+        let bug = lost(sqlx::Error::ColumnNotFound("x".into()));
+        assert_eq!(from_db(bug, "contact").code(), Code::Internal);
     }
 
     #[test]

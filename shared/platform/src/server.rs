@@ -2,7 +2,12 @@
 //! gRPC-Web, tonic's own timeout, a per-connection concurrency limit with load shedding,
 //! `max_connection_age` with a grace period, authentication, tracing, and graceful
 //! shutdown (NOT_SERVING first, then drain, then exit).
+//!
+//! A service's health is SERVING once it is built, while its database answers (checked
+//! by a [`DatabaseProbe`] over a connection of its own), and never again once shutdown
+//! has begun.
 
+use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -12,10 +17,12 @@ use std::time::Duration;
 use tonic::server::NamedService;
 use tonic::service::{Routes, RoutesBuilder};
 use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 use tower::ServiceExt as _;
 
 use crate::auth::{AuthLayer, Authenticator, RoleTable, is_open_path};
 use crate::config::ServerConfig;
+use crate::db::DatabaseProbe;
 use crate::errors::ApiError;
 use crate::events::EventFeed;
 use crate::telemetry::TraceLayer;
@@ -54,6 +61,7 @@ impl ServicePlan {
 pub struct ServiceSet {
     routes: RoutesBuilder,
     feeds: Vec<EventFeed>,
+    probes: Vec<(&'static str, DatabaseProbe)>,
 }
 
 impl ServiceSet {
@@ -78,6 +86,127 @@ impl ServiceSet {
         self.routes.add_service(service);
         self.feeds.extend(feed);
         self
+    }
+
+    /// Makes the health of `service` (its full name, e.g. `crm.contact.v1.ContactService`)
+    /// follow `probe`: NOT_SERVING while its database does not answer, SERVING again when
+    /// it does. Calls still reach the service meanwhile and fail with UNAVAILABLE.
+    pub fn watch_database(&mut self, service: &'static str, probe: DatabaseProbe) -> &mut Self {
+        self.probes.push((service, probe));
+        self
+    }
+}
+
+/// What health reports for the served services, changed only under one lock so that
+/// nothing turns SERVING again once shutdown has begun.
+struct Readiness {
+    reporter: HealthReporter,
+    names: Vec<&'static str>,
+    state: tokio::sync::Mutex<ReadinessState>,
+    stopping: tokio::sync::watch::Sender<bool>,
+}
+
+#[derive(Default)]
+struct ReadinessState {
+    built: bool,
+    stopping: bool,
+    /// Services whose database does not answer.
+    database_down: BTreeSet<&'static str>,
+}
+
+impl Readiness {
+    fn new(reporter: HealthReporter, names: Vec<&'static str>) -> Self {
+        Self {
+            reporter,
+            names,
+            state: tokio::sync::Mutex::default(),
+            stopping: tokio::sync::watch::Sender::new(false),
+        }
+    }
+
+    /// Publishes `state` to the health service: each service, and "" for all of them.
+    async fn publish(&self, state: &ReadinessState) {
+        let status = |serving: bool| {
+            if serving {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            }
+        };
+        let up = state.built && !state.stopping;
+        for name in &self.names {
+            let serving = up && !state.database_down.contains(name);
+            self.reporter
+                .set_service_status(*name, status(serving))
+                .await;
+        }
+        self.reporter
+            .set_service_status("", status(up && state.database_down.is_empty()))
+            .await;
+    }
+
+    /// Reports everything NOT_SERVING (at start, before the services are built).
+    async fn start(&self) {
+        let state = self.state.lock().await;
+        self.publish(&state).await;
+    }
+
+    /// The services are built; false when shutdown came first.
+    async fn built(&self) -> bool {
+        let mut state = self.state.lock().await;
+        if state.stopping {
+            return false;
+        }
+        state.built = true;
+        self.publish(&state).await;
+        true
+    }
+
+    /// Records whether the database of `service` answers; true when that changed.
+    async fn database_answers(&self, service: &'static str, answers: bool) -> bool {
+        let mut state = self.state.lock().await;
+        let changed = if answers {
+            state.database_down.remove(service)
+        } else {
+            state.database_down.insert(service)
+        };
+        if changed && !state.stopping {
+            self.publish(&state).await;
+        }
+        changed
+    }
+
+    /// Shutdown has begun: NOT_SERVING for good, and the database checks end.
+    async fn stop(&self) {
+        let mut state = self.state.lock().await;
+        state.stopping = true;
+        self.stopping.send_replace(true);
+        self.publish(&state).await;
+    }
+}
+
+/// Checks the database of `service` every probe interval until shutdown, and reports
+/// the service NOT_SERVING while it does not answer.
+async fn watch_database(readiness: Arc<Readiness>, service: &'static str, probe: DatabaseProbe) {
+    let mut stopping = readiness.stopping.subscribe();
+    loop {
+        let checked = async {
+            tokio::time::sleep(probe.interval()).await;
+            probe.check().await
+        };
+        let answered = tokio::select! {
+            answered = checked => answered,
+            _ = stopping.wait_for(|stopping| *stopping) => return,
+        };
+        let answers = answered.is_ok();
+        if readiness.database_answers(service, answers).await {
+            match answered {
+                Ok(()) => tracing::info!(service, "database answers again; reporting serving"),
+                Err(err) => {
+                    tracing::warn!(service, error = %err, "database does not answer; reporting not serving")
+                }
+            }
+        }
     }
 }
 
@@ -156,14 +285,8 @@ pub async fn serve(
     health
         .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
         .await;
-    for name in &names {
-        health
-            .set_service_status(*name, ServingStatus::NotServing)
-            .await;
-    }
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
+    let readiness = Arc::new(Readiness::new(health, names.clone()));
+    readiness.start().await;
 
     let mut reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crm_proto::FILE_DESCRIPTOR_SET)
@@ -196,17 +319,11 @@ pub async fn serve(
         services: Arc::new(OnceLock::new()),
     };
 
-    // Attaches the services once built, then reports SERVING, unless shutdown came first.
+    // Attaches the services once built, then reports SERVING, unless shutdown came first,
+    // and from then on follows each watched database.
     let feeds: Arc<Mutex<Vec<EventFeed>>> = Arc::default();
-    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let attach = {
-        let (gate, health, names, feeds, stopping) = (
-            gate.clone(),
-            health.clone(),
-            names.clone(),
-            feeds.clone(),
-            stopping.clone(),
-        );
+        let (gate, readiness, feeds) = (gate.clone(), readiness.clone(), feeds.clone());
         tokio::spawn(async move {
             let mut set = ready.await;
             let routes = std::mem::take(&mut set.routes).routes();
@@ -214,17 +331,15 @@ pub async fn serve(
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .extend(std::mem::take(&mut set.feeds));
+            let probes = std::mem::take(&mut set.probes);
             let _ = gate.services.set(routes);
-            if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            if !readiness.built().await {
                 return;
             }
-            for name in &names {
-                health
-                    .set_service_status(*name, ServingStatus::Serving)
-                    .await;
-            }
-            health.set_service_status("", ServingStatus::Serving).await;
             tracing::info!("serving");
+            for (service, probe) in probes {
+                tokio::spawn(watch_database(readiness.clone(), service, probe));
+            }
         })
     };
 
@@ -256,17 +371,9 @@ pub async fn serve(
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
     let graceful = async move {
         shutdown.await;
-        stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+        tracing::info!("shutdown requested; reporting not serving");
+        readiness.stop().await;
         attach.abort();
-        tracing::info!("shutdown requested; reporting NOT_SERVING");
-        for name in &names {
-            health
-                .set_service_status(*name, ServingStatus::NotServing)
-                .await;
-        }
-        health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
         // Load balancers and Kubernetes need a moment to stop sending new calls.
         tokio::time::sleep(drain_delay).await;
         // Long-lived feeds end so that their connections can drain.
