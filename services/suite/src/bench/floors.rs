@@ -10,6 +10,8 @@ use anyhow::Context as _;
 use prost::Message as _;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, TransactionTrait};
 use tonic::transport::Channel;
+
+use crm_platform::config::Config;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -34,15 +36,32 @@ pub fn echo(channels: &[Channel]) -> Arc<dyn Workload> {
     })
 }
 
+/// One connection per caller, each its own pool of one: the floor is the database's
+/// speed, not a shared pool's hand-over between many callers.
+pub async fn connections(config: &Config, count: usize) -> anyhow::Result<Vec<DatabaseConnection>> {
+    let mut single = config.clone();
+    single.database.max_connections = 1;
+    single.database.min_connections = 1;
+    let mut connections = Vec::with_capacity(count.max(1));
+    for _ in 0..count.max(1) {
+        connections.push(
+            crm_platform::db::connect(&single, "contact")
+                .await
+                .context("connecting to the contact database for the floors")?,
+        );
+    }
+    Ok(connections)
+}
+
 /// The statement GetContact runs on a cache miss, on the same rows.
 pub fn postgres_point_select(
-    db: DatabaseConnection,
+    connections: Vec<DatabaseConnection>,
     tenant: String,
     ids: Arc<Vec<String>>,
 ) -> Arc<dyn Workload> {
     let tenant = Arc::new(tenant);
     Arc::new(move |worker: usize, seq: u64| -> Call {
-        let db = db.clone();
+        let db = connections[worker % connections.len()].clone();
         let id = ids[(seq as usize * 7919 + worker * 104_729) % ids.len()].clone();
         let tenant = tenant.clone();
         Box::pin(async move {
@@ -88,11 +107,11 @@ pub async fn drop_insert_tables(db: &DatabaseConnection) {
 
 /// One contact row and one outbox row in one transaction: what CreateContact must at
 /// least write.
-pub fn postgres_insert(db: DatabaseConnection, tenant: String) -> Arc<dyn Workload> {
+pub fn postgres_insert(connections: Vec<DatabaseConnection>, tenant: String) -> Arc<dyn Workload> {
     let tenant = Arc::new(tenant);
     let counter = Arc::new(AtomicU64::new(0));
-    Arc::new(move |_worker: usize, _seq: u64| -> Call {
-        let db = db.clone();
+    Arc::new(move |worker: usize, _seq: u64| -> Call {
+        let db = connections[worker % connections.len()].clone();
         let tenant = tenant.clone();
         let n = counter.fetch_add(1, Ordering::Relaxed);
         Box::pin(async move {
