@@ -317,7 +317,9 @@ pub fn person(i: u64, company: Option<(&str, &str)>) -> Contact {
         });
     }
     if emails.is_empty() || mix.chance(30) {
-        let provider = ["mail.example", "post.example", "inbox.example"][mix.below(3)];
+        // Fictional people at real public providers, which duplicate finding treats
+        // as such (a name there is no hint).
+        let provider = ["gmail.com", "outlook.com", "gmx.ch"][mix.below(3)];
         emails.push(EmailAddress {
             address: format!("{local}@{provider}"),
             r#type: EmailType::Personal as i32,

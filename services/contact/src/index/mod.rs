@@ -148,12 +148,51 @@ pub fn terms(contact: &Contact) -> BTreeSet<(String, TermField)> {
     out
 }
 
+/// Mailbox providers shared by millions of unrelated people: the same first name at
+/// one of them says nothing about two contacts being one person, and would make every
+/// "Anna" a candidate of every other.
+const PUBLIC_MAIL_DOMAINS: &[&str] = &[
+    "aol.com",
+    "bluewin.ch",
+    "gmail.com",
+    "gmx.at",
+    "gmx.ch",
+    "gmx.de",
+    "gmx.net",
+    "googlemail.com",
+    "hotmail.com",
+    "icloud.com",
+    "live.com",
+    "mail.com",
+    "mail.ru",
+    "me.com",
+    "msn.com",
+    "orange.fr",
+    "outlook.com",
+    "proton.me",
+    "protonmail.com",
+    "qq.com",
+    "t-online.de",
+    "web.de",
+    "yahoo.com",
+    "yandex.ru",
+];
+
+fn is_public_mail_domain(domain: &str) -> bool {
+    PUBLIC_MAIL_DOMAINS.contains(&domain)
+        || domain.starts_with("yahoo.")
+        || domain.starts_with("hotmail.")
+        || domain.starts_with("outlook.")
+}
+
 /// The keys under which duplicate finding looks for similar names: each name word at
-/// each email domain, and in the account.
+/// each company email domain (not at public mailbox providers), and in the account.
 pub fn name_keys(contact: &Contact, name_words: &BTreeSet<String>) -> Vec<(String, TermField)> {
     let mut keys = Vec::new();
     for email in &contact.emails {
-        if let Some((_, domain)) = email.address.to_lowercase().split_once('@') {
+        if let Some((_, domain)) = email.address.to_lowercase().split_once('@')
+            && !is_public_mail_domain(domain)
+        {
             for word in name_words {
                 keys.push((format!("{domain} {word}"), TermField::NameAtDomain));
             }
@@ -458,6 +497,32 @@ mod tests {
     fn folds_accents_and_case() {
         assert_eq!(fold("Müller-Straße"), "muller-strasse");
         assert_eq!(fold("ÉLODIE"), "elodie");
+    }
+
+    #[test]
+    fn names_at_public_mailbox_providers_are_no_keys() {
+        let contact = Contact {
+            given_name: "Anna".into(),
+            emails: vec![
+                EmailAddress {
+                    address: "anna@gmail.com".into(),
+                    ..Default::default()
+                },
+                EmailAddress {
+                    address: "anna@acme.ch".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let words: BTreeSet<String> = ["anna".to_owned()].into();
+        let keys: Vec<String> = name_keys(&contact, &words)
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        assert_eq!(keys, ["acme.ch anna"]);
+        assert!(is_public_mail_domain("yahoo.co.uk"));
+        assert!(!is_public_mail_domain("acme.ch"));
     }
 
     #[test]
