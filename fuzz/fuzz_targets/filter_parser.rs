@@ -1,8 +1,9 @@
-//! The AIP-160 filter parser over the contact service's real field whitelists.
+//! The AIP-160 filter parser over the contact service's field whitelists (its own with
+//! the `service` feature, same-shaped built-in ones without: see src/schema.rs).
 //!
-//! Input: the first byte picks one of the service's filterable resources (contacts,
-//! accounts, interactions, episodes, consent records, segments, audit events, record
-//! history); the rest is the filter, as UTF-8 when it is, else lossily converted (a
+//! Input: the first byte picks one of the filterable resources (contacts, accounts,
+//! interactions, episodes, consent records, segments, audit events, record history);
+//! the rest is the filter, as UTF-8 when it is, else lossily converted (a
 //! gRPC string is always UTF-8, so invalid bytes can only reach the parser as U+FFFD).
 //!
 //! Properties:
@@ -15,32 +16,10 @@
 
 #![no_main]
 
-use crm_platform::filter::{self, FilterField, MAX_FILTER_LEN};
+use crm_fuzz::filter::{self, MAX_FILTER_LEN};
+use crm_fuzz::schema::RESOURCES;
 use libfuzzer_sys::fuzz_target;
 use sea_query::{PostgresQueryBuilder, Query, SqliteQueryBuilder};
-
-const RESOURCES: &[(&str, &[FilterField])] = &[
-    ("contacts", crm_contact::grpc::CONTACT_FILTER_FIELDS),
-    (
-        "accounts",
-        crm_contact::accounts::query::ACCOUNT_FILTER_FIELDS,
-    ),
-    (
-        "interactions",
-        crm_contact::timeline::query::INTERACTION_FILTER_FIELDS,
-    ),
-    (
-        "episodes",
-        crm_contact::timeline::query::EPISODE_FILTER_FIELDS,
-    ),
-    (
-        "consent_records",
-        crm_contact::consent::CONSENT_FILTER_FIELDS,
-    ),
-    ("segments", crm_contact::segments::SEGMENT_FILTER_FIELDS),
-    ("audit_events", crm_contact::audit::AUDIT_FIELDS),
-    ("record_history", crm_contact::audit::HISTORY_FIELDS),
-];
 
 /// The parameterised SQL must not carry a literal other than `ESCAPE '\'`.
 fn assert_values_are_bound(sql: &str, text: &str) {

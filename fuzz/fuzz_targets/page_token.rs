@@ -18,7 +18,7 @@
 #![no_main]
 
 use arbitrary::{Arbitrary, Unstructured};
-use crm_platform::pagination::{CursorValue, PageTokens};
+use crm_fuzz::pagination::{CursorValue, PageTokens};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Debug, Arbitrary)]
