@@ -38,3 +38,6 @@ bash scripts/validate-k8s.sh
 
 step "kubernetes: manifests against the real config keys, probes, policies"
 CRM_BIN_DIR="$PWD/target/debug" python3 -m pytest tests/k8s -q -p no:cacheprovider
+
+step "fuzz: filter parser and page tokens, 60 s each (cargo-fuzz, see docs/fuzzing.md)"
+bash fuzz/run.sh 60

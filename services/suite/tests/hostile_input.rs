@@ -47,6 +47,7 @@ const HOSTILE_TEXT: &[&str] = &[
     "9223372036854775808",
     "NaN",
     "create_time > \"not a time\"",
+    "given_name = \"\\é\"",
 ];
 
 fn text(rng: &mut StdRng) -> String {

@@ -129,11 +129,13 @@ fn tokenize(input: &str) -> Result<Vec<(Token, usize)>, ApiError> {
                         break;
                     }
                     if b == b'\\' {
-                        let Some(&escaped) = bytes.get(i + 1) else {
+                        // The escaped character is a whole UTF-8 character, not a byte
+                        // (`\é` must not leave `i` inside the `é`).
+                        let Some(escaped) = input[i + 1..].chars().next() else {
                             return Err(filter_error(i, "dangling escape"));
                         };
-                        text.push(escaped as char);
-                        i += 2;
+                        text.push(escaped);
+                        i += 1 + escaped.len_utf8();
                         continue;
                     }
                     // Copy one whole UTF-8 character.
@@ -631,6 +633,18 @@ mod tests {
         assert!(error("age # 1").contains("unexpected character"));
         let deep = format!("{}age = 1{}", "(".repeat(100), ")".repeat(100));
         assert!(error(&deep).contains("nested too deeply"));
+    }
+
+    #[test]
+    fn an_escaped_multibyte_character_is_one_character() {
+        // Found by the filter_parser fuzz target: the escape copied one byte and left
+        // the tokenizer inside the character, and slicing there panicked.
+        assert!(sql(r#"given_name = "\é""#).contains("'é'"));
+        assert!(sql("given_name = \"a\\🦀b\"").contains("'a🦀b'"));
+        assert!(sql(r#"given_name = "\"x""#).contains(r#"'"x'"#));
+        assert!(error("given_name = \"\\").contains("dangling escape"));
+        let crash = "given_ne ma= \"'\\\\' g\u{fffd}'\\\u{fffd}\"";
+        assert!(condition(crash, FIELDS).is_err());
     }
 
     #[test]

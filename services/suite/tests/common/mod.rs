@@ -158,6 +158,13 @@ impl Suite {
             .unwrap()
     }
 
+    /// A token for `subject` (the actor recorded in audit events).
+    pub fn token_for(&self, subject: &str, tenant: &str, roles: &[Role]) -> String {
+        self.issuer
+            .issue(subject, tenant, roles, Duration::from_secs(600))
+            .unwrap()
+    }
+
     /// Calls `path` with one encoded request; a stream that opens counts as success.
     pub async fn call(&self, path: &str, request: Bytes, token: &str) -> Result<(), Status> {
         let mut grpc = tonic::client::Grpc::new(self.channel.clone());
@@ -179,5 +186,39 @@ impl Suite {
         if let Some(server) = self.server.take() {
             server.await.unwrap();
         }
+    }
+}
+
+impl Suite {
+    /// Calls `path` with `requests` as the request stream and collects the answer:
+    /// every response message until the stream ends, or until `window` has passed (for
+    /// streams that stay open, such as WatchEvents).
+    pub async fn call_collect(
+        &self,
+        path: &str,
+        requests: Vec<Bytes>,
+        token: &str,
+        window: Duration,
+    ) -> Result<Vec<Bytes>, Status> {
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+        grpc.ready()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let mut call = tonic::Request::new(tokio_stream::iter(requests));
+        call.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        call.set_timeout(Duration::from_secs(10));
+        let path = http::uri::PathAndQuery::from_str(path).unwrap();
+        let mut stream = grpc.streaming(call, path, RawCodec).await?.into_inner();
+        let deadline = tokio::time::Instant::now() + window;
+        let mut messages = Vec::new();
+        loop {
+            match tokio::time::timeout_at(deadline, stream.message()).await {
+                Err(_) | Ok(Ok(None)) => break,
+                Ok(Ok(Some(message))) => messages.push(message),
+                Ok(Err(status)) => return Err(status),
+            }
+        }
+        Ok(messages)
     }
 }
