@@ -1,10 +1,5 @@
 //! `crm-pipeline`: the pipeline service alone.
 
-/// mimalloc: glibc's malloc was a fifth of the contact service's CPU under load
-/// (`perf`, `crm bench`), and its per-thread arenas held memory after import peaks.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let path = crm_platform::process::config_path_from_args(std::env::args())?;

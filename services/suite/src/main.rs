@@ -1,10 +1,5 @@
 //! `crm`: the whole suite in one process (`crm serve`), and the operator's commands.
 
-/// mimalloc: glibc's malloc was a fifth of the contact service's CPU under load
-/// (`perf`, `crm bench`), and its per-thread arenas held memory after import peaks.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 mod bench;
 mod seed;
 
