@@ -66,6 +66,10 @@ async fn wait_until(what: &str, within: Duration, mut condition: impl FnMut() ->
 const UP: u8 = 0;
 const DOWN: u8 = 1;
 const BACK: u8 = 2;
+/// From just before `pg_ctl start` to its return: Postgres may already accept
+/// connections, so a call waiting for a pooled connection may succeed. Such calls belong
+/// to neither the outage nor the recovery.
+const RESTARTING: u8 = 3;
 
 /// One call made by the load, with the phase of the database when it began and ended.
 struct Call {
@@ -207,6 +211,7 @@ async fn postgres_restarted_under_load() {
     );
 
     // Postgres answers again (same port, same data); the service was never restarted.
+    phase.store(RESTARTING, Ordering::SeqCst);
     tokio::task::block_in_place(|| postgres.start_again());
     let back = Instant::now();
     phase.store(BACK, Ordering::SeqCst);
