@@ -105,6 +105,24 @@ impl Outcome {
     }
 }
 
+/// The callers' outcomes merged; a caller that panicked counts as one error.
+async fn join_callers(mut callers: tokio::task::JoinSet<Outcome>) -> Outcome {
+    let mut total = Outcome::new();
+    while let Some(joined) = callers.join_next().await {
+        match joined {
+            Ok(outcome) => total.merge(outcome),
+            Err(_) => {
+                total.errors += 1;
+                *total
+                    .error_kinds
+                    .entry("caller panicked".into())
+                    .or_default() += 1;
+            }
+        }
+    }
+    total
+}
+
 /// `concurrency` callers for `warmup` (not recorded) and then `duration`.
 pub async fn closed(
     workload: Arc<dyn Workload>,
@@ -135,19 +153,7 @@ pub async fn closed(
             outcome
         });
     }
-    let mut total = Outcome::new();
-    while let Some(joined) = callers.join_next().await {
-        match joined {
-            Ok(outcome) => total.merge(outcome),
-            Err(_) => {
-                total.errors += 1;
-                *total
-                    .error_kinds
-                    .entry("caller panicked".into())
-                    .or_default() += 1;
-            }
-        }
-    }
+    let mut total = join_callers(callers).await;
     // Calls that began before `end` may finish after it; their units count, so the
     // window is until the last of them returned.
     total.elapsed = measure_from.elapsed().max(duration);
@@ -175,19 +181,7 @@ pub async fn fixed(
             outcome
         });
     }
-    let mut total = Outcome::new();
-    while let Some(joined) = callers.join_next().await {
-        match joined {
-            Ok(outcome) => total.merge(outcome),
-            Err(_) => {
-                total.errors += 1;
-                *total
-                    .error_kinds
-                    .entry("caller panicked".into())
-                    .or_default() += 1;
-            }
-        }
-    }
+    let mut total = join_callers(callers).await;
     total.elapsed = start.elapsed();
     total
 }
