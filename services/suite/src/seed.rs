@@ -413,6 +413,22 @@ pub async fn counts(client: &mut ContactServiceClient<Authorised>) -> anyhow::Re
     Ok((contacts.max(0) as u64, accounts.max(0) as u64))
 }
 
+/// One page of 1000 of the tenant's contacts, oldest first.
+pub async fn contacts_page(
+    client: &mut ContactServiceClient<Authorised>,
+    page_token: String,
+) -> anyhow::Result<contact::ListContactsResponse> {
+    Ok(client
+        .list_contacts(ListContactsRequest {
+            page_size: 1000,
+            page_token,
+            ..Default::default()
+        })
+        .await
+        .context("listing contacts")?
+        .into_inner())
+}
+
 /// What one seeding run did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct SeedReport {
@@ -442,7 +458,7 @@ pub async fn seed(channel: Channel, token: &str, plan: &SeedPlan) -> anyhow::Res
     let started = Instant::now();
     let mut client = ContactServiceClient::new(authorised(channel.clone(), token)?)
         .max_decoding_message_size(64 * 1024 * 1024);
-    let (have_contacts, have_accounts) = counts(&mut client).await?;
+    let (have_contacts, _) = counts(&mut client).await?;
     let mut report = SeedReport::default();
     if have_contacts >= plan.contacts {
         report.seconds = started.elapsed().as_secs_f64();
@@ -473,7 +489,6 @@ pub async fn seed(channel: Channel, token: &str, plan: &SeedPlan) -> anyhow::Res
             token = page.next_page_token;
         }
     }
-    let _ = have_accounts;
     let mut creators = tokio::task::JoinSet::new();
     let missing: Vec<u64> = (accounts.len() as u64..need_accounts).collect();
     for chunk in missing.chunks(missing.len().div_ceil(plan.streams.max(1)).max(1)) {
@@ -590,15 +605,7 @@ async fn seed_interactions(
     let mut created = 0u64;
     let started = Instant::now();
     loop {
-        let page = client
-            .list_contacts(ListContactsRequest {
-                page_size: 1000,
-                page_token: token,
-                ..Default::default()
-            })
-            .await
-            .context("listing contacts")?
-            .into_inner();
+        let page = contacts_page(client, token).await?;
         let mut tasks = tokio::task::JoinSet::new();
         let contacts: Vec<(String, String)> = page
             .contacts

@@ -19,7 +19,7 @@ use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
 use crm_platform::auth::{KeyMaterial, Role, TokenIssuer};
 use crm_platform::config::Config;
-use crm_proto::contact::{ListContactsRequest, contact_service_client::ContactServiceClient};
+use crm_proto::contact::contact_service_client::ContactServiceClient;
 
 use crate::seed::{SeedPlan, seed};
 use client::{authorised, connect_many};
@@ -241,15 +241,7 @@ async fn sample_names(
     let mut names = Vec::new();
     let mut token = String::new();
     while names.len() < limit {
-        let page = client
-            .list_contacts(ListContactsRequest {
-                page_size: 1000,
-                page_token: token,
-                ..Default::default()
-            })
-            .await
-            .context("listing contacts")?
-            .into_inner();
+        let page = crate::seed::contacts_page(client, token).await?;
         names.extend(page.contacts.into_iter().map(|c| c.name));
         if page.next_page_token.is_empty() {
             break;
