@@ -943,8 +943,9 @@ async fn redis_killed_under_load_fails_no_call() {
     )
     .await;
 
+    // The restarted redis-server starts empty (no persistence); the load may already
+    // have written to it by the time it could be counted, so it is not counted here.
     redis.start_again();
-    assert_eq!(redis.keys(), 0, "a new, empty redis-server");
     wait_until(
         "the cache is used again once Redis is back",
         Duration::from_secs(60),
