@@ -26,6 +26,7 @@ use crate::consent::{ConsentApi, suppression};
 use crate::context::Context;
 use crate::domain::{mask, names, validate};
 use crate::duplicates::{DuplicatesApi, matching};
+use crate::policy::{self, TenantPolicy};
 use crate::privacy::PrivacyApi;
 use crate::search::SearchApi;
 use crate::segments::SegmentsApi;
@@ -195,14 +196,7 @@ impl ContactApi {
             .cache
             .get_or_load(&Self::cache_key(tenant, id), || {
                 let store = store.clone();
-                async move {
-                    Ok::<_, ApiError>(
-                        store
-                            .get(tenant, id)
-                            .await?
-                            .map(|found| (found.revision, found.contact.encode_to_vec())),
-                    )
-                }
+                async move { store.get_encoded(tenant, id).await }
             })
             .await?;
         cached
@@ -231,16 +225,16 @@ impl ContactApi {
     }
 
     /// A new contact must not bring back an erased person. Then the tenant's duplicate
-    /// rules apply: BLOCK refuses it with
-    /// the candidates, WARN returns them (for the response header), ALLOW skips the
-    /// check.
+    /// rules apply: BLOCK refuses it with the candidates, WARN returns them (for the
+    /// response header), ALLOW skips the check.
     async fn duplicates_on_create(
         &self,
         tenant: &str,
+        policy: &TenantPolicy,
         contact: &Contact,
     ) -> Result<Vec<String>, ApiError> {
         let emails: Vec<String> = contact.emails.iter().map(|e| e.address.clone()).collect();
-        if !suppression::suppressed(&self.db, tenant, &emails)
+        if !suppression::suppressed_with_salt(&self.db, tenant, policy.salt.as_deref(), &emails)
             .await?
             .is_empty()
         {
@@ -249,13 +243,13 @@ impl ContactApi {
                 message: "an email address belongs to a person whose data was erased".into(),
             });
         }
-        let rules = matching::rules(&self.db, tenant).await?;
+        let rules = &policy.rules;
         let action = DuplicateAction::try_from(rules.on_create).unwrap_or(DuplicateAction::Warn);
         if action == DuplicateAction::Allow {
             return Ok(Vec::new());
         }
         let found: Vec<String> =
-            matching::candidates_for_batch(&self.db, tenant, std::slice::from_ref(contact), &rules)
+            matching::candidates_for_batch(&self.db, tenant, std::slice::from_ref(contact), rules)
                 .await?
                 .into_iter()
                 .flatten()
@@ -426,8 +420,13 @@ impl ContactService for ContactApi {
         let Some(mut contact) = request.contact else {
             return Err(ApiError::invalid("contact", "is required").into());
         };
-        let region = crate::consent::default_phone_region(&self.db, &caller.tenant).await?;
-        validate::contact_in_region(&mut violations, "contact", &mut contact, region.as_deref());
+        let policy = policy::load(&self.db, &caller.tenant).await?;
+        validate::contact_in_region(
+            &mut violations,
+            "contact",
+            &mut contact,
+            policy.phone_region.as_deref(),
+        );
         validate::identifiable(&mut violations, "contact", &contact);
         self.check_account(&mut violations, &caller.tenant, &contact.account)
             .await?;
@@ -445,7 +444,9 @@ impl ContactService for ContactApi {
         violations.into_result()?;
         ensure_may_change(&caller, "", Some(&contact.owner))?;
         store::prepare_new(&mut contact, &id);
-        let duplicates = self.duplicates_on_create(&caller.tenant, &contact).await?;
+        let duplicates = self
+            .duplicates_on_create(&caller.tenant, &policy, &contact)
+            .await?;
         let mut response = if request.validate_only {
             Response::new(contact)
         } else {
@@ -596,7 +597,12 @@ impl ContactService for ContactApi {
         };
         // Validate the patch's own fields first, so errors name what the caller sent.
         let mut violations = Violations::new();
-        let region = crate::consent::default_phone_region(&self.db, &caller.tenant).await?;
+        // The region only reads numbers: a patch without any needs no lookup.
+        let region = if patch.phones.is_empty() {
+            None
+        } else {
+            crate::consent::default_phone_region(&self.db, &caller.tenant).await?
+        };
         validate::contact_in_region(&mut violations, "contact", &mut patch, region.as_deref());
         if paths.iter().any(|p| p == "account") {
             self.check_account(&mut violations, &caller.tenant, &patch.account)

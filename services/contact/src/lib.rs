@@ -12,6 +12,7 @@ pub mod duplicates;
 pub mod grpc;
 pub mod index;
 pub mod migrations;
+pub mod policy;
 pub mod privacy;
 pub mod replay;
 pub mod roles;

@@ -19,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(crate::segments::migration::Migration),
             Box::new(crate::index::migration::Migration),
             Box::new(crate::duplicates::migration::Migration),
+            Box::new(crate::index::migration::DropTermsOfDeletedContacts),
         ]
     }
 }

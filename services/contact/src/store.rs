@@ -6,7 +6,7 @@ use prost::Message as _;
 use sea_orm::sea_query::{Condition, Expr};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Select,
+    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select,
 };
 
 use crm_platform::ApiError;
@@ -254,13 +254,23 @@ pub fn changes(before: &Contact, after: &Contact, paths: &[String]) -> Vec<Field
 
 /// Keeps the derived lookup tables (search terms, attribute values) of the written
 /// contacts in step with them, in the writer's transaction. Every write of a contact
-/// row calls it.
+/// row calls it (or [`after_insert`]).
 pub(crate) async fn after_write<C: ConnectionTrait>(
     conn: &C,
     tenant: &str,
     contacts: &[&Contact],
 ) -> Result<(), ApiError> {
-    crate::index::write(conn, tenant, contacts).await
+    crate::index::write(conn, tenant, contacts, crate::index::Rows::Replace).await
+}
+
+/// [`after_write`] for contacts inserted in this transaction: they have no derived
+/// rows to replace yet.
+pub(crate) async fn after_insert<C: ConnectionTrait>(
+    conn: &C,
+    tenant: &str,
+    contacts: &[&Contact],
+) -> Result<(), ApiError> {
+    crate::index::write(conn, tenant, contacts, crate::index::Rows::New).await
 }
 
 /// Writes new versions of contacts inside the caller's transaction, each only if its
@@ -366,11 +376,29 @@ impl ContactStore {
     }
 
     pub async fn get(&self, tenant: &str, id: &str) -> Result<Option<StoredContact>, ApiError> {
-        let row = Contacts::find_by_id((tenant.to_owned(), id.to_owned()))
+        self.get_encoded(tenant, id)
+            .await?
+            .map(|(revision, data)| {
+                let contact = Contact::decode(data.as_slice()).map_err(ApiError::internal)?;
+                Ok(StoredContact { contact, revision })
+            })
+            .transpose()
+    }
+
+    /// One contact's revision and encoded form, as the cache keeps them: only those two
+    /// columns are read (this is the cache's miss path).
+    pub async fn get_encoded(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<(i64, Vec<u8>)>, ApiError> {
+        Contacts::find_by_id((tenant.to_owned(), id.to_owned()))
+            .select_only()
+            .columns([Column::Revision, Column::Data])
+            .into_tuple()
             .one(&self.db)
             .await
-            .map_err(|e| from_db(e, "contact"))?;
-        row.as_ref().map(decode).transpose()
+            .map_err(|e| from_db(e, "contact"))
     }
 
     pub async fn get_many(
@@ -484,7 +512,7 @@ impl ContactStore {
             .exec_without_returning(&txn)
             .await
             .map_err(|e| from_db(e, &contact.name))?;
-        after_write(&txn, &caller.tenant, &[&contact]).await?;
+        after_insert(&txn, &caller.tenant, &[&contact]).await?;
         events::append(
             &txn,
             caller,
@@ -659,14 +687,20 @@ impl ContactStore {
         Ok((contacts, cursor))
     }
 
+    /// The listing's `total_size`: exact up to `db::EXACT_COUNT_LIMIT`, an estimate
+    /// past it, so that a first page costs the same in a tenant of any size.
     pub async fn count(
         &self,
         tenant: &str,
         filter: Option<Condition>,
         show_deleted: bool,
     ) -> Result<u64, ApiError> {
-        self.listing(tenant, filter, show_deleted)
-            .count(&self.db)
+        let select = self
+            .listing(tenant, filter, show_deleted)
+            .select_only()
+            .column(Column::Id)
+            .into_query();
+        crm_platform::db::total_size(&self.db, select)
             .await
             .map_err(|e| from_db(e, "contacts"))
     }

@@ -133,6 +133,57 @@ pub struct Authenticator {
     issuer: String,
     audience: String,
     leeway_s: u64,
+    verified: VerifiedTokens,
+}
+
+/// Tokens that passed verification, with their callers, until they expire. A client
+/// sends the same token on every call; checking its signature and parsing its claims
+/// again each time would cost more than most calls' own work. Only the exact bytes of a
+/// verified token hit, and the expiry is checked on every hit.
+struct VerifiedTokens {
+    entries: std::sync::Mutex<HashMap<Arc<str>, (Caller, u64)>>,
+}
+
+/// Verified tokens kept at most; past this the expired ones go, or else all of them.
+const VERIFIED_TOKENS_MAX: usize = 10_000;
+
+impl VerifiedTokens {
+    fn new() -> Self {
+        Self {
+            entries: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, (Caller, u64)>> {
+        // The map holds no invariant a panic could break.
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The caller of a token verified before, if it has not expired (`now` in seconds,
+    /// `leeway` as in verification).
+    fn get(&self, token: &str, now: u64, leeway: u64) -> Option<Caller> {
+        let entries = self.lock();
+        let (caller, exp) = entries.get(token)?;
+        (now < exp.saturating_add(leeway)).then(|| caller.clone())
+    }
+
+    fn insert(&self, caller: &Caller, exp: u64, now: u64, leeway: u64) {
+        let mut entries = self.lock();
+        if entries.len() >= VERIFIED_TOKENS_MAX {
+            entries.retain(|_, (_, exp)| now < exp.saturating_add(leeway));
+            if entries.len() >= VERIFIED_TOKENS_MAX {
+                entries.clear();
+            }
+        }
+        entries.insert(caller.token.clone(), (caller.clone(), exp));
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -193,11 +244,23 @@ impl Authenticator {
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
             leeway_s,
+            verified: VerifiedTokens::new(),
         })
     }
 
     /// Verifies `token` and returns the caller it names.
     pub fn verify(&self, token: &str) -> Result<Caller, ApiError> {
+        let now = unix_now();
+        if let Some(caller) = self.verified.get(token, now, self.leeway_s) {
+            return Ok(caller);
+        }
+        let (caller, exp) = self.verify_signed(token)?;
+        self.verified.insert(&caller, exp, now, self.leeway_s);
+        Ok(caller)
+    }
+
+    /// Checks the signature and claims of `token`; returns its caller and expiry.
+    fn verify_signed(&self, token: &str) -> Result<(Caller, u64), ApiError> {
         let invalid = |message: &str| ApiError::unauthenticated("INVALID_TOKEN", message);
         // `alg: none` and unknown algorithms fail here: jsonwebtoken has no such variant.
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed token"))?;
@@ -240,12 +303,13 @@ impl Authenticator {
         if claims.tenant.is_empty() || claims.sub.is_empty() {
             return Err(invalid("token lacks a tenant or subject"));
         }
-        Ok(Caller {
+        let caller = Caller {
             subject: claims.sub,
             tenant: claims.tenant,
             roles: claims.roles.iter().filter_map(|r| Role::parse(r)).collect(),
             token: Arc::from(token),
-        })
+        };
+        Ok((caller, claims.exp))
     }
 }
 
@@ -509,6 +573,46 @@ mod tests {
         );
         assert_eq!(reason(auth.verify(&none)), "INVALID_TOKEN");
         assert_eq!(reason(auth.verify("not-a-token")), "INVALID_TOKEN");
+    }
+
+    #[test]
+    fn verified_tokens_expire_in_the_cache_too() {
+        let auth = authenticator();
+        let exp = now() + 60;
+        let token = token_with(
+            serde_json::json!({"sub": "a", "tenant": "t", "roles": ["admin"],
+                "exp": exp, "iss": "crm", "aud": "crm"}),
+            SECRET,
+        );
+        let first = auth.verify(&token).expect("valid");
+        assert_eq!(auth.verify(&token).expect("cached"), first);
+        let leeway = auth.leeway_s;
+        assert!(
+            auth.verified
+                .get(&token, exp + leeway - 1, leeway)
+                .is_some()
+        );
+        assert!(auth.verified.get(&token, exp + leeway, leeway).is_none());
+        // A token differing in one byte is verified afresh, and refused.
+        let mut forged = token.clone();
+        forged.pop();
+        assert_eq!(reason(auth.verify(&forged)), "INVALID_TOKEN");
+    }
+
+    #[test]
+    fn verified_tokens_stay_bounded() {
+        let cache = VerifiedTokens::new();
+        let caller = |n: usize| Caller {
+            subject: "a".into(),
+            tenant: "t".into(),
+            roles: vec![Role::Admin],
+            token: Arc::from(format!("token-{n}")),
+        };
+        for n in 0..VERIFIED_TOKENS_MAX + 10 {
+            cache.insert(&caller(n), 100, 10, 0);
+        }
+        assert!(cache.lock().len() <= VERIFIED_TOKENS_MAX);
+        assert!(cache.get("token-5", 10, 0).is_none());
     }
 
     #[test]

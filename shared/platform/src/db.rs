@@ -166,6 +166,10 @@ fn pool_options(config: &Config, url: &str) -> ConnectOptions {
         )
         .connect_timeout(Duration::from_millis(config.database.connect_timeout_ms))
         .acquire_timeout(Duration::from_millis(config.database.acquire_timeout_ms))
+        // A connection used within the last second is handed out as it is: pinging it
+        // on every acquire costs a round trip per statement. One idle for longer is
+        // checked first, so that a database restart is noticed before a call fails.
+        .test_before_acquire_if_idle_for(Duration::from_secs(1))
         .sqlx_logging(false);
     options
 }
@@ -311,4 +315,57 @@ pub fn micros_to_timestamp(micros: i64) -> prost_types::Timestamp {
         seconds: micros.div_euclid(1_000_000),
         nanos: (micros.rem_euclid(1_000_000) * 1_000) as i32,
     }
+}
+
+/// Rows a listing's `total_size` counts exactly; past this it is an estimate.
+pub const EXACT_COUNT_LIMIT: u64 = 10_000;
+
+/// The `total_size` of a listing (AIP-158 lets it be an estimate): the exact number of
+/// rows `select` yields up to [`EXACT_COUNT_LIMIT`], so that counting never costs more
+/// than reading that many index entries; past it, on Postgres, the planner's estimate
+/// of the rows (never less than the limit). SQLite, the embedded default for small
+/// tenants, counts exactly. `select` should yield one narrow column.
+pub async fn total_size<C: sea_orm::ConnectionTrait>(
+    conn: &C,
+    select: sea_orm::sea_query::SelectStatement,
+) -> Result<u64, sea_orm::DbErr> {
+    use sea_orm::sea_query::{Alias, Expr, Query};
+    let backend = conn.get_database_backend();
+    let counted = |inner: sea_orm::sea_query::SelectStatement| {
+        Query::select()
+            .expr_as(Expr::cust("COUNT(*)"), Alias::new("n"))
+            .from_subquery(inner, Alias::new("listed"))
+            .to_owned()
+    };
+    let exact = |row: Option<sea_orm::QueryResult>| -> Result<u64, sea_orm::DbErr> {
+        let n: i64 = match row {
+            Some(row) => row.try_get_by_index(0)?,
+            None => 0,
+        };
+        Ok(u64::try_from(n).unwrap_or_default())
+    };
+    if backend != DbBackend::Postgres {
+        return exact(conn.query_one(&counted(select)).await?);
+    }
+    let mut capped = select.clone();
+    capped.limit(EXACT_COUNT_LIMIT + 1);
+    let n = exact(conn.query_one(&counted(capped)).await?)?;
+    if n <= EXACT_COUNT_LIMIT {
+        return Ok(n);
+    }
+    let built = backend.build(&select);
+    let explain = sea_orm::Statement::from_sql_and_values(
+        backend,
+        format!("EXPLAIN (FORMAT JSON) {}", built.sql),
+        built.values.map(|v| v.0).unwrap_or_default(),
+    );
+    let plan: Option<serde_json::Value> = match conn.query_one_raw(explain).await? {
+        Some(row) => Some(row.try_get_by_index(0)?),
+        None => None,
+    };
+    let estimate = plan
+        .as_ref()
+        .and_then(|plan| plan.get(0)?.get("Plan")?.get("Plan Rows")?.as_f64())
+        .unwrap_or_default();
+    Ok((estimate as u64).max(n))
 }

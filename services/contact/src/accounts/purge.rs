@@ -215,6 +215,7 @@ async fn purge_one(
         tenant,
         crate::index::RecordKind::Account,
         &[(id, &std::collections::BTreeMap::new())],
+        crate::index::Rows::Replace,
     )
     .await?;
     txn.commit().await.map_err(|e| from_db(e, &name))?;

@@ -432,6 +432,7 @@ async fn try_create(
         tenant,
         RecordKind::Account,
         &[(&id, &account.attributes)],
+        index::Rows::New,
     )
     .await?;
     append_event(
@@ -535,6 +536,7 @@ where
         tenant,
         RecordKind::Account,
         &[(id, &account.attributes)],
+        index::Rows::Replace,
     )
     .await?;
     if !write.request_id.is_empty() {

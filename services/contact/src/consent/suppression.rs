@@ -65,17 +65,28 @@ pub async fn suppressed<C: ConnectionTrait>(
     tenant: &str,
     emails: &[String],
 ) -> Result<HashSet<String>, ApiError> {
-    let addresses = normalised(emails);
-    if addresses.is_empty() {
+    if normalised(emails).is_empty() {
         return Ok(HashSet::new());
     }
-    // A tenant without a salt has never suppressed anyone (and a read creates none).
-    let Some(salt) = read_salt(conn, tenant).await? else {
+    let salt = read_salt(conn, tenant).await?;
+    suppressed_with_salt(conn, tenant, salt.as_deref(), emails).await
+}
+
+/// As [`suppressed`], with the tenant's salt already read (`None`: the tenant never
+/// suppressed anyone, and nothing is looked up).
+pub async fn suppressed_with_salt<C: ConnectionTrait>(
+    conn: &C,
+    tenant: &str,
+    salt: Option<&[u8]>,
+    emails: &[String],
+) -> Result<HashSet<String>, ApiError> {
+    let addresses = normalised(emails);
+    let Some(salt) = salt.filter(|_| !addresses.is_empty()) else {
         return Ok(HashSet::new());
     };
     let by_hash: HashMap<String, &String> = addresses
         .iter()
-        .map(|address| (hash(&salt, address), address))
+        .map(|address| (hash(salt, address), address))
         .collect();
     let rows = conn
         .query_all(
@@ -154,9 +165,13 @@ async fn read_salt<C: ConnectionTrait>(
     let text: String = row
         .try_get_by_index(0)
         .map_err(|e| from_db(e, "suppression salt"))?;
-    decode_hex(&text)
+    parse_salt(&text).map(Some)
+}
+
+/// A salt as stored (hex of 32 bytes).
+pub(crate) fn parse_salt(text: &str) -> Result<Vec<u8>, ApiError> {
+    decode_hex(text)
         .filter(|salt| salt.len() == 32)
-        .map(Some)
         .ok_or_else(|| ApiError::internal("stored suppression salt is malformed"))
 }
 

@@ -62,8 +62,16 @@ pub async fn load<C: ConnectionTrait>(
     };
     let revision: i64 = row.try_get_by_index(0).map_err(ApiError::internal)?;
     let data: Vec<u8> = row.try_get_by_index(1).map_err(ApiError::internal)?;
-    let rules = DuplicateRules::decode(data.as_slice()).map_err(ApiError::internal)?;
-    Ok((with_defaults(rules), revision))
+    Ok((decode(Some(&data))?, revision))
+}
+
+/// The rules in force from their stored encoding (`None`: never set, the defaults).
+pub fn decode(data: Option<&[u8]>) -> Result<DuplicateRules, ApiError> {
+    let rules = match data {
+        Some(data) => DuplicateRules::decode(data).map_err(ApiError::internal)?,
+        None => DuplicateRules::default(),
+    };
+    Ok(with_defaults(rules))
 }
 
 /// Locks the tenant's rules row for the rest of the transaction (Postgres; SQLite

@@ -178,3 +178,30 @@ impl MigrationTrait for Migration {
         Ok(())
     }
 }
+
+/// Soft-deleted contacts keep no search terms (they are found by neither search nor
+/// duplicate finding, and undeleting writes their terms again): drops the terms that
+/// contacts deleted before this rule still have.
+pub struct DropTermsOfDeletedContacts;
+
+impl MigrationName for DropTermsOfDeletedContacts {
+    fn name(&self) -> &str {
+        "m0008_drop_terms_of_deleted_contacts"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for DropTermsOfDeletedContacts {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(
+                "DELETE FROM contact_terms WHERE EXISTS (SELECT 1 FROM contacts \
+                 WHERE contacts.tenant_id = contact_terms.tenant_id \
+                 AND contacts.id = contact_terms.contact_id \
+                 AND contacts.delete_time_us IS NOT NULL)",
+            )
+            .await?;
+        Ok(())
+    }
+}

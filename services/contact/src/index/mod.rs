@@ -106,13 +106,18 @@ pub fn phone_digits(number: &str) -> String {
     number.chars().filter(char::is_ascii_digit).collect()
 }
 
-/// Every term of a contact, with the field it came from. Merged contacts have none:
-/// they are not found, only redirected to.
+/// Every term of a contact, with the field it came from. Merged and soft-deleted
+/// contacts have none: search and duplicate finding see only live contacts (a merged
+/// one is redirected to, a deleted one found again once undeleted), so the terms index
+/// itself says which contacts are live.
 pub fn terms(contact: &Contact) -> BTreeSet<(String, TermField)> {
     let mut out = BTreeSet::new();
-    if !contact.merged_into.is_empty() {
+    if !contact.merged_into.is_empty() || contact.delete_time.is_some() {
         return out;
     }
+    let name_words: BTreeSet<String> = words(&contact.given_name)
+        .chain(words(&contact.family_name))
+        .collect();
     for word in words(&contact.given_name) {
         out.insert((word, TermField::GivenName));
     }
@@ -123,8 +128,12 @@ pub fn terms(contact: &Contact) -> BTreeSet<(String, TermField)> {
         let address = email.address.to_lowercase();
         if let Some((local, domain)) = address.split_once('@') {
             out.insert((domain.to_owned(), TermField::EmailDomain));
+            // A word of the address that is also a word of the name ("anna" in
+            // anna.meier@…) is found, and ranked higher, as the name.
             for word in words(local).chain(words(domain)) {
-                out.insert((word, TermField::EmailWord));
+                if !name_words.contains(&word) {
+                    out.insert((word, TermField::EmailWord));
+                }
             }
         }
         out.insert((address, TermField::Email));
@@ -138,9 +147,6 @@ pub fn terms(contact: &Contact) -> BTreeSet<(String, TermField)> {
     for tag in &contact.tags {
         out.insert((fold(tag), TermField::Tag));
     }
-    let name_words: BTreeSet<String> = words(&contact.given_name)
-        .chain(words(&contact.family_name))
-        .collect();
     for key in name_keys(contact, &name_words) {
         out.insert(key);
     }
@@ -216,26 +222,38 @@ fn contact_id(contact: &Contact) -> &str {
 /// Rows per insert statement: well under the bind-parameter limits of both backends.
 const ROWS_PER_INSERT: usize = 2_000;
 
+/// Whether the records written may already have derived rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    /// Stored before: their old rows are deleted first.
+    Replace,
+    /// Just inserted in this transaction: they have none, so nothing is deleted.
+    New,
+}
+
 /// Rewrites the derived rows of the given contacts.
 pub async fn write<C: ConnectionTrait>(
     conn: &C,
     tenant: &str,
     contacts: &[&Contact],
+    rows: Rows,
 ) -> Result<(), ApiError> {
     if contacts.is_empty() {
         return Ok(());
     }
-    let ids: Vec<&str> = contacts.iter().map(|c| contact_id(c)).collect();
     let db = |e| from_db(e, "contact index");
-    conn.execute(
-        &Query::delete()
-            .from_table(ContactTerms::Table)
-            .and_where(Expr::col(ContactTerms::TenantId).eq(tenant))
-            .and_where(Expr::col(ContactTerms::ContactId).is_in(ids.iter().copied()))
-            .to_owned(),
-    )
-    .await
-    .map_err(db)?;
+    if rows == Rows::Replace {
+        let ids: Vec<&str> = contacts.iter().map(|c| contact_id(c)).collect();
+        conn.execute(
+            &Query::delete()
+                .from_table(ContactTerms::Table)
+                .and_where(Expr::col(ContactTerms::TenantId).eq(tenant))
+                .and_where(Expr::col(ContactTerms::ContactId).is_in(ids))
+                .to_owned(),
+        )
+        .await
+        .map_err(db)?;
+    }
 
     let mut term_rows = Vec::new();
     let mut vocabulary = BTreeSet::new();
@@ -295,7 +313,7 @@ pub async fn write<C: ConnectionTrait>(
             (contact_id(c), attributes)
         })
         .collect();
-    write_attributes(conn, tenant, RecordKind::Contact, &attributes).await?;
+    write_attributes(conn, tenant, RecordKind::Contact, &attributes, rows).await?;
     Ok(())
 }
 
@@ -313,23 +331,26 @@ pub async fn write_attributes<C: ConnectionTrait>(
     tenant: &str,
     kind: RecordKind,
     records: &[(&str, &BTreeMap<String, AttributeValue>)],
+    existing: Rows,
 ) -> Result<(), ApiError> {
     if records.is_empty() {
         return Ok(());
     }
     let db = |e| from_db(e, "attribute index");
-    conn.execute(
-        &Query::delete()
-            .from_table(RecordAttributes::Table)
-            .and_where(Expr::col(RecordAttributes::TenantId).eq(tenant))
-            .and_where(Expr::col(RecordAttributes::RecordKind).eq(kind as i16))
-            .and_where(
-                Expr::col(RecordAttributes::RecordId).is_in(records.iter().map(|(id, _)| *id)),
-            )
-            .to_owned(),
-    )
-    .await
-    .map_err(db)?;
+    if existing == Rows::Replace {
+        conn.execute(
+            &Query::delete()
+                .from_table(RecordAttributes::Table)
+                .and_where(Expr::col(RecordAttributes::TenantId).eq(tenant))
+                .and_where(Expr::col(RecordAttributes::RecordKind).eq(kind as i16))
+                .and_where(
+                    Expr::col(RecordAttributes::RecordId).is_in(records.iter().map(|(id, _)| *id)),
+                )
+                .to_owned(),
+        )
+        .await
+        .map_err(db)?;
+    }
     let rows: Vec<(&str, &String, Option<&Kind>)> = records
         .iter()
         .flat_map(|(id, attributes)| {

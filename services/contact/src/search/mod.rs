@@ -2,15 +2,20 @@
 //!
 //! Each query word is looked up in the tenant's vocabulary (names, email words and
 //! tags) by its first characters, matched exactly, as a prefix or within a typo or
-//! two, and its matching terms are looked up in `contact_terms`; email addresses and
-//! phone numbers are looked up by prefix directly. A contact must match every word; its
-//! score is the mean of its best match per word, weighted by the field that matched.
+//! two; email addresses and phone numbers are matched by prefix directly. A contact
+//! must match every word; its score is the mean of its best match per word, weighted by
+//! the field that matched. The database ranks: one statement takes each word's best
+//! score per contact from `contact_terms` and joins the words, so only the top ids
+//! leave it, however many people share a common name.
 
 pub mod ranking;
 
 use std::collections::{BTreeSet, HashMap};
 
-use sea_orm::sea_query::{Expr, ExprTrait, Query};
+use sea_orm::sea_query::{
+    Alias, CaseStatement, Condition, Expr, ExprTrait, Func, JoinType, Order, Query,
+    SelectStatement, SimpleExpr,
+};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
 use tonic::{Request, Response, Status};
 
@@ -34,25 +39,16 @@ const MAX_CANDIDATES: usize = 1_000;
 const VOCABULARY_SCAN: u64 = 20_000;
 /// Terms per query word whose postings are read (the best ones).
 const TERMS_PER_WORD: usize = 64;
-const POSTINGS_PER_WORD: u64 = 20_000;
 
 pub struct SearchApi {
     ctx: Context,
 }
 
-/// One contact's best match for one query word.
-#[derive(Debug, Clone, Copy)]
-struct Hit {
-    score: f64,
-    field: TermField,
-}
-
-/// A ranked contact with the fields that matched.
+/// A ranked contact.
 #[derive(Debug, Clone)]
 pub struct Ranked {
     pub contact_id: String,
     pub score: f64,
-    pub fields: BTreeSet<&'static str>,
 }
 
 fn field_weight(field: TermField) -> f64 {
@@ -99,87 +95,150 @@ fn query_words(query: &str) -> Vec<Word> {
     words
 }
 
+/// How one query word finds and scores `contact_terms` rows, in SQL (to rank) and in
+/// Rust (to tell which fields of a shown contact matched); both give the same scores.
+enum WordPlan {
+    /// Vocabulary terms with their match quality, in the name, email-word and tag
+    /// fields; digits typed as text may also start a phone number.
+    Terms {
+        quality: HashMap<String, f64>,
+        phone_prefix: Option<String>,
+    },
+    /// Terms of one field starting with `start` (email addresses, phone digits).
+    Prefix { start: String, field: TermField },
+}
+
+/// The fields a text word is looked up in.
+const TEXT_FIELDS: [TermField; 4] = [
+    TermField::GivenName,
+    TermField::FamilyName,
+    TermField::EmailWord,
+    TermField::Tag,
+];
+
+/// Quality of a prefix (not exact) match on an address or number.
+const PREFIX_QUALITY: f64 = 0.8;
+
+impl WordPlan {
+    /// The score of one term of a contact for this word, if it matches.
+    fn score(&self, term: &str, field: TermField) -> Option<f64> {
+        match self {
+            Self::Terms {
+                quality,
+                phone_prefix,
+            } => {
+                if field == TermField::Phone {
+                    return phone_prefix
+                        .as_deref()
+                        .filter(|prefix| term.starts_with(prefix))
+                        .map(|_| PREFIX_QUALITY * field_weight(field));
+                }
+                if !TEXT_FIELDS.contains(&field) {
+                    return None;
+                }
+                quality.get(term).map(|q| q * field_weight(field))
+            }
+            Self::Prefix { start, field: own } => {
+                (field == *own && term.starts_with(start.as_str())).then(|| {
+                    let quality = if term == start { 1.0 } else { PREFIX_QUALITY };
+                    quality * field_weight(field)
+                })
+            }
+        }
+    }
+
+    /// Whether a word can match anything at all.
+    fn is_empty(&self) -> bool {
+        matches!(self, Self::Terms { quality, phone_prefix } if quality.is_empty() && phone_prefix.is_none())
+    }
+
+    /// The rows of `contact_terms` this word matches.
+    fn condition(&self) -> Condition {
+        let term = || Expr::col(ContactTerms::Term);
+        let field = || Expr::col(ContactTerms::Field);
+        match self {
+            Self::Terms {
+                quality,
+                phone_prefix,
+            } => {
+                let mut any = Condition::any();
+                if !quality.is_empty() {
+                    any = any.add(
+                        Condition::all()
+                            .add(term().is_in(quality.keys().map(String::as_str)))
+                            .add(field().is_in(TEXT_FIELDS.map(TermField::code))),
+                    );
+                }
+                if let Some(prefix) = phone_prefix {
+                    any = any.add(prefix_condition(prefix, TermField::Phone));
+                }
+                any
+            }
+            Self::Prefix { start, field } => Condition::all().add(prefix_condition(start, *field)),
+        }
+    }
+
+    /// The SQL expression of [`WordPlan::score`] over the matched rows.
+    fn score_expr(&self) -> SimpleExpr {
+        let term = || Expr::col(ContactTerms::Term);
+        let field = || Expr::col(ContactTerms::Field);
+        match self {
+            Self::Terms {
+                quality,
+                phone_prefix,
+            } => {
+                let mut qualities = CaseStatement::new();
+                for (text, q) in quality {
+                    qualities = qualities.case(term().eq(text.as_str()), *q);
+                }
+                let mut weights = CaseStatement::new();
+                for f in TEXT_FIELDS {
+                    weights = weights.case(field().eq(f.code()), field_weight(f));
+                }
+                let qualities: SimpleExpr = qualities.finally(0.0).into();
+                let weights: SimpleExpr = weights.finally(0.0).into();
+                let text_score = qualities.mul(weights);
+                if phone_prefix.is_some() {
+                    let phone = PREFIX_QUALITY * field_weight(TermField::Phone);
+                    CaseStatement::new()
+                        .case(field().eq(TermField::Phone.code()), phone)
+                        .finally(text_score)
+                        .into()
+                } else {
+                    text_score
+                }
+            }
+            Self::Prefix { start, field: own } => CaseStatement::new()
+                .case(term().eq(start.as_str()), field_weight(*own))
+                .finally(PREFIX_QUALITY * field_weight(*own))
+                .into(),
+        }
+    }
+
+    /// Per contact, its best score for this word: `(contact_id, s)`.
+    fn best_per_contact(&self, tenant: &str) -> SelectStatement {
+        Query::select()
+            .column(ContactTerms::ContactId)
+            .expr_as(Func::max(self.score_expr()), Alias::new("s"))
+            .from(ContactTerms::Table)
+            .and_where(Expr::col(ContactTerms::TenantId).eq(tenant))
+            .cond_where(self.condition())
+            .group_by_col(ContactTerms::ContactId)
+            .to_owned()
+    }
+}
+
+/// `term` starts with `prefix`, in `field`: a range scan of the terms index.
+fn prefix_condition(prefix: &str, field: TermField) -> Condition {
+    Condition::all()
+        .add(Expr::col(ContactTerms::Term).gte(prefix))
+        .add(Expr::col(ContactTerms::Term).lt(ranking::prefix_end(prefix)))
+        .add(Expr::col(ContactTerms::Field).eq(field.code()))
+}
+
 impl SearchApi {
     pub fn new(ctx: Context) -> Self {
         Self { ctx }
-    }
-
-    /// Terms starting with `prefix`, from `contact_terms` (for addresses and numbers).
-    async fn postings_by_prefix(
-        &self,
-        tenant: &str,
-        prefix: &str,
-        fields: &[TermField],
-    ) -> Result<Vec<(String, TermField, String)>, ApiError> {
-        let select = Query::select()
-            .columns([
-                ContactTerms::Term,
-                ContactTerms::Field,
-                ContactTerms::ContactId,
-            ])
-            .from(ContactTerms::Table)
-            .and_where(Expr::col(ContactTerms::TenantId).eq(tenant))
-            .and_where(Expr::col(ContactTerms::Term).gte(prefix))
-            .and_where(Expr::col(ContactTerms::Term).lt(ranking::prefix_end(prefix)))
-            .and_where(Expr::col(ContactTerms::Field).is_in(fields.iter().map(|f| f.code())))
-            .limit(POSTINGS_PER_WORD)
-            .to_owned();
-        self.read_postings(select).await
-    }
-
-    async fn postings_of_terms(
-        &self,
-        tenant: &str,
-        terms: &[String],
-    ) -> Result<Vec<(String, TermField, String)>, ApiError> {
-        if terms.is_empty() {
-            return Ok(Vec::new());
-        }
-        let select = Query::select()
-            .columns([
-                ContactTerms::Term,
-                ContactTerms::Field,
-                ContactTerms::ContactId,
-            ])
-            .from(ContactTerms::Table)
-            .and_where(Expr::col(ContactTerms::TenantId).eq(tenant))
-            .and_where(Expr::col(ContactTerms::Term).is_in(terms.iter().map(String::as_str)))
-            .and_where(
-                Expr::col(ContactTerms::Field).is_in(
-                    [
-                        TermField::GivenName,
-                        TermField::FamilyName,
-                        TermField::EmailWord,
-                        TermField::Tag,
-                    ]
-                    .map(TermField::code),
-                ),
-            )
-            .limit(POSTINGS_PER_WORD)
-            .to_owned();
-        self.read_postings(select).await
-    }
-
-    async fn read_postings(
-        &self,
-        select: sea_orm::sea_query::SelectStatement,
-    ) -> Result<Vec<(String, TermField, String)>, ApiError> {
-        let rows = self
-            .ctx
-            .db
-            .query_all(&select)
-            .await
-            .map_err(|e| from_db(e, "contacts"))?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let term: String = row.try_get_by_index(0).map_err(ApiError::internal)?;
-            let code: i16 = row.try_get_by_index(1).map_err(ApiError::internal)?;
-            let contact: String = row.try_get_by_index(2).map_err(ApiError::internal)?;
-            if let Some(field) = TermField::from_code(code) {
-                out.push((term, field, contact));
-            }
-        }
-        Ok(out)
     }
 
     /// Vocabulary terms that match `word`, best first.
@@ -215,109 +274,95 @@ impl SearchApi {
         Ok(matched)
     }
 
-    /// The best hit per contact for one query word.
-    async fn hits_for_word(
-        &self,
-        tenant: &str,
-        word: &Word,
-    ) -> Result<HashMap<String, Hit>, ApiError> {
-        let mut hits: HashMap<String, Hit> = HashMap::new();
-        let mut add = |contact: String, score: f64, field: TermField| {
-            let entry = hits.entry(contact).or_insert(Hit { score, field });
-            if score > entry.score {
-                *entry = Hit { score, field };
-            }
-        };
-        match word {
-            Word::Phone(digits) => {
-                for (term, field, contact) in self
-                    .postings_by_prefix(tenant, digits, &[TermField::Phone])
-                    .await?
-                {
-                    let quality = if term == *digits { 1.0 } else { 0.8 };
-                    add(contact, quality * field_weight(field), field);
-                }
-            }
-            Word::Email(address) => {
-                for (term, field, contact) in self
-                    .postings_by_prefix(tenant, address, &[TermField::Email])
-                    .await?
-                {
-                    let quality = if term == *address { 1.0 } else { 0.8 };
-                    add(contact, quality * field_weight(field), field);
-                }
-            }
-            Word::Text(text) => {
-                let terms = self.matching_terms(tenant, text).await?;
-                let quality: HashMap<&str, f64> =
-                    terms.iter().map(|(t, q)| (t.as_str(), *q)).collect();
-                let names: Vec<String> = terms.iter().map(|(t, _)| t.clone()).collect();
-                for (term, field, contact) in self.postings_of_terms(tenant, &names).await? {
-                    let q = quality.get(term.as_str()).copied().unwrap_or(0.0);
-                    add(contact, q * field_weight(field), field);
-                }
-                // Digits typed as text may start a phone number.
-                if text.len() >= 3 && text.chars().all(|c| c.is_ascii_digit()) {
-                    for (_, field, contact) in self
-                        .postings_by_prefix(tenant, text, &[TermField::Phone])
+    /// How each word of the query is looked up.
+    async fn plans(&self, tenant: &str, words: &[Word]) -> Result<Vec<WordPlan>, ApiError> {
+        let mut plans = Vec::with_capacity(words.len());
+        for word in words {
+            plans.push(match word {
+                Word::Phone(digits) => WordPlan::Prefix {
+                    start: digits.clone(),
+                    field: TermField::Phone,
+                },
+                Word::Email(address) => WordPlan::Prefix {
+                    start: address.clone(),
+                    field: TermField::Email,
+                },
+                Word::Text(text) => WordPlan::Terms {
+                    quality: self
+                        .matching_terms(tenant, text)
                         .await?
-                    {
-                        add(contact, 0.8 * field_weight(field), field);
-                    }
-                }
-            }
+                        .into_iter()
+                        .collect(),
+                    phone_prefix: (text.len() >= 3 && text.chars().all(|c| c.is_ascii_digit()))
+                        .then(|| text.clone()),
+                },
+            });
         }
-        Ok(hits)
+        Ok(plans)
     }
 
-    /// Contacts matching every word of `query`, best first (at most MAX_CANDIDATES).
-    pub async fn rank(&self, tenant: &str, query: &str) -> Result<Vec<Ranked>, ApiError> {
-        let words = query_words(query);
-        if words.is_empty() {
+    /// Contacts matching every word, best first (at most MAX_CANDIDATES), ranked by the
+    /// database: per word the best score of each contact, joined across the words, so
+    /// that only the ranked ids leave it, whatever the number of postings.
+    async fn rank(&self, tenant: &str, plans: &[WordPlan]) -> Result<Vec<Ranked>, ApiError> {
+        if plans.is_empty() || plans.iter().any(WordPlan::is_empty) {
             return Ok(Vec::new());
         }
-        let mut combined: Option<HashMap<String, Ranked>> = None;
-        for word in &words {
-            let hits = self.hits_for_word(tenant, word).await?;
-            combined = Some(match combined {
-                None => hits
-                    .into_iter()
-                    .map(|(id, hit)| {
-                        let ranked = Ranked {
-                            contact_id: id.clone(),
-                            score: hit.score,
-                            fields: BTreeSet::from([hit.field.contact_field()]),
-                        };
-                        (id, ranked)
-                    })
-                    .collect(),
-                Some(mut so_far) => {
-                    so_far.retain(|id, _| hits.contains_key(id));
-                    for (id, ranked) in so_far.iter_mut() {
-                        if let Some(hit) = hits.get(id) {
-                            ranked.score += hit.score;
-                            ranked.fields.insert(hit.field.contact_field());
-                        }
-                    }
-                    so_far
-                }
-            });
-            if combined.as_ref().is_some_and(HashMap::is_empty) {
-                return Ok(Vec::new());
-            }
+        let alias = |i: usize| Alias::new(format!("w{i}"));
+        let column = |i: usize, name: &str| Expr::col((alias(i), Alias::new(name)));
+        let mut total: SimpleExpr = column(0, "s");
+        for i in 1..plans.len() {
+            total = total.add(column(i, "s"));
         }
-        let mut ranked: Vec<Ranked> = combined.unwrap_or_default().into_values().collect();
-        let count = words.len() as f64;
-        for r in &mut ranked {
-            r.score /= count;
+        let mut select = Query::select();
+        select
+            .expr_as(column(0, "contact_id"), Alias::new("contact_id"))
+            .expr_as(total.clone(), Alias::new("score"))
+            .from_subquery(plans[0].best_per_contact(tenant), alias(0));
+        for (i, plan) in plans.iter().enumerate().skip(1) {
+            select.join_subquery(
+                JoinType::InnerJoin,
+                plan.best_per_contact(tenant),
+                alias(i),
+                column(i, "contact_id").equals((alias(0), Alias::new("contact_id"))),
+            );
         }
-        ranked.sort_by(|a, b| {
-            b.score
-                .total_cmp(&a.score)
-                .then_with(|| a.contact_id.cmp(&b.contact_id))
-        });
-        ranked.truncate(MAX_CANDIDATES);
-        Ok(ranked)
+        select
+            .order_by_expr(total, Order::Desc)
+            .order_by_expr(column(0, "contact_id"), Order::Asc)
+            .limit(MAX_CANDIDATES as u64);
+        let rows = self
+            .ctx
+            .db
+            .query_all(&select)
+            .await
+            .map_err(|e| from_db(e, "contacts"))?;
+        let count = plans.len() as f64;
+        rows.iter()
+            .map(|row| {
+                let contact_id: String = row.try_get_by_index(0).map_err(ApiError::internal)?;
+                let score: f64 = row.try_get_by_index(1).map_err(ApiError::internal)?;
+                Ok(Ranked {
+                    contact_id,
+                    score: score / count,
+                })
+            })
+            .collect()
+    }
+
+    /// The Contact fields of the best match of each word, as the ranking scored them.
+    fn matched_fields(contact: &Contact, plans: &[WordPlan]) -> BTreeSet<&'static str> {
+        let terms = index::terms(contact);
+        plans
+            .iter()
+            .filter_map(|plan| {
+                terms
+                    .iter()
+                    .filter_map(|(term, field)| plan.score(term, *field).map(|s| (s, *field)))
+                    .max_by(|a, b| a.0.total_cmp(&b.0))
+                    .map(|(_, field)| field.contact_field())
+            })
+            .collect()
     }
 
     pub async fn search_contacts(
@@ -345,30 +390,32 @@ impl SearchApi {
                 .tokens
                 .decode_offset(&request.page_token, &caller.tenant, &fingerprint)?;
 
-        let ranked = self.rank(&caller.tenant, query).await?;
-        // Only live contacts that pass the filter count.
-        let ids: Vec<&str> = ranked.iter().map(|r| r.contact_id.as_str()).collect();
-        let mut select = contact_row::Entity::find()
-            .select_only()
-            .column(contact_row::Column::Id)
-            .filter(contact_row::Column::TenantId.eq(caller.tenant.as_str()))
-            .filter(contact_row::Column::Id.is_in(ids))
-            .filter(contact_row::Column::DeleteTimeUs.is_null())
-            .filter(contact_row::Column::MergedInto.is_null());
-        if let Some(condition) = condition {
-            select = select.filter(condition);
-        }
-        let visible: BTreeSet<String> = select
-            .into_tuple::<String>()
-            .all(&self.ctx.db)
-            .await
-            .map_err(|e| from_db(e, "contacts"))?
-            .into_iter()
-            .collect();
-        let ranked: Vec<Ranked> = ranked
-            .into_iter()
-            .filter(|r| visible.contains(&r.contact_id))
-            .collect();
+        let plans = self.plans(&caller.tenant, &query_words(query)).await?;
+        let ranked = self.rank(&caller.tenant, &plans).await?;
+        // Only live contacts have terms, so the ranking holds no others; a filter is
+        // checked on the ranked ids.
+        let ranked: Vec<Ranked> = match condition {
+            None => ranked,
+            Some(condition) => {
+                let ids: Vec<&str> = ranked.iter().map(|r| r.contact_id.as_str()).collect();
+                let visible: BTreeSet<String> = contact_row::Entity::find()
+                    .select_only()
+                    .column(contact_row::Column::Id)
+                    .filter(contact_row::Column::TenantId.eq(caller.tenant.as_str()))
+                    .filter(contact_row::Column::Id.is_in(ids))
+                    .filter(condition)
+                    .into_tuple::<String>()
+                    .all(&self.ctx.db)
+                    .await
+                    .map_err(|e| from_db(e, "contacts"))?
+                    .into_iter()
+                    .collect();
+                ranked
+                    .into_iter()
+                    .filter(|r| visible.contains(&r.contact_id))
+                    .collect()
+            }
+        };
         let page: Vec<&Ranked> = ranked.iter().skip(offset).take(page_size).collect();
         let page_ids: Vec<String> = page.iter().map(|r| r.contact_id.clone()).collect();
         let stored = self
@@ -389,9 +436,12 @@ impl SearchApi {
                 by_id
                     .remove(&r.contact_id)
                     .map(|contact| SearchContactsResult {
+                        matched_fields: Self::matched_fields(&contact, &plans)
+                            .into_iter()
+                            .map(str::to_owned)
+                            .collect(),
                         contact: Some(contact),
                         score: (r.score * 1000.0).round() / 1000.0,
-                        matched_fields: r.fields.iter().map(|f| (*f).to_owned()).collect(),
                     })
             })
             .collect();

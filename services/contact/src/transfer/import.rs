@@ -705,15 +705,16 @@ impl Importer {
                 refreshed.push((id.clone(), entry.revision, entry.contact.clone()));
             }
         }
-        let written: Vec<&Contact> = working
+        // Contacts this batch inserted have no derived rows yet; updated ones do.
+        let (inserted, updated): (Vec<&Entry>, Vec<&Entry>) = working
             .entries
             .values()
             .filter(|e| e.dirty)
-            .map(|e| &e.contact)
-            .collect();
-        if !written.is_empty() {
-            store::after_write(txn, tenant, &written).await?;
-        }
+            .partition(|e| e.stored_revision.is_none());
+        let inserted: Vec<&Contact> = inserted.into_iter().map(|e| &e.contact).collect();
+        let updated: Vec<&Contact> = updated.into_iter().map(|e| &e.contact).collect();
+        store::after_insert(txn, tenant, &inserted).await?;
+        store::after_write(txn, tenant, &updated).await?;
         transfer_store::append_events(txn, &self.caller, &working.events).await?;
         Ok(refreshed)
     }

@@ -17,7 +17,6 @@ use crm_platform::auth::Caller;
 use crm_proto::contact::*;
 
 use crate::context::Context;
-use crate::duplicates::matching;
 use crate::grpc::BoxStream;
 
 use import::Importer;
@@ -44,10 +43,11 @@ impl TransferApi {
         })?;
         let plan = rows::plan(first.options)?;
         check_row_count(first.rows.len())?;
+        let policy = crate::policy::load(&self.ctx.db, &caller.tenant).await?;
         let rules = if plan.mode == ImportMode::UpdateOnly {
             DuplicateRules::default()
         } else {
-            matching::rules(&self.ctx.db, &caller.tenant).await?
+            policy.rules
         };
         tracing::info!(
             tenant = %caller.tenant,
@@ -56,8 +56,7 @@ impl TransferApi {
             "import started"
         );
         let mut plan = plan;
-        plan.phone_region =
-            crate::consent::default_phone_region(&self.ctx.db, &caller.tenant).await?;
+        plan.phone_region = policy.phone_region;
         let importer = Importer::new(self.ctx.clone(), caller, plan, rules);
         // Two messages of slack: the importer works ahead by at most one batch.
         let (tx, rx) = mpsc::channel(2);
