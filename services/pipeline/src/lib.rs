@@ -31,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(crm_platform::events::OutboxMigration),
             Box::new(crm_platform::events::OutboxAuditColumnsMigration),
             Box::new(crm_platform::idempotency::IdempotencyMigration),
+            Box::new(crm_platform::events::OutboxUnstampedIndexMigration),
         ]
     }
 }

@@ -29,10 +29,12 @@ pub struct PendingEvent {
     pub contact: Contact,
 }
 
-/// In one query: the live contacts having any of `emails` (primary or not, through
-/// the terms index), and the contacts with the given ids (whatever their state). On
-/// Postgres within a write, the rows are locked so that the batch's updates cannot
-/// lose a concurrent write.
+/// The live contacts having any of `emails` (primary or not, through the terms index),
+/// and the contacts with the given ids (whatever their state). On Postgres within a
+/// write, the rows are locked so that the batch's updates cannot lose a concurrent
+/// write. Two key lookups (the terms, then the contacts by primary key) rather than one
+/// query with a subquery: their plans do not depend on the tables' statistics, so a
+/// large tenant whose statistics lag behind never gets a scan of all its contacts.
 pub async fn load<C: ConnectionTrait>(
     conn: &C,
     tenant: &str,
@@ -41,27 +43,36 @@ pub async fn load<C: ConnectionTrait>(
     lock: bool,
 ) -> Result<Vec<StoredContact>, ApiError> {
     use contact_row::{Column, Entity as Contacts};
-    if emails.is_empty() && ids.is_empty() {
+    let mut by_email: Vec<String> = Vec::new();
+    if !emails.is_empty() {
+        let rows = conn
+            .query_all(
+                &Query::select()
+                    .distinct()
+                    .column(ContactTerms::ContactId)
+                    .from(ContactTerms::Table)
+                    .and_where(Expr::col(ContactTerms::TenantId).eq(tenant))
+                    .and_where(
+                        Expr::col(ContactTerms::Term).is_in(emails.iter().map(String::as_str)),
+                    )
+                    .and_where(Expr::col(ContactTerms::Field).eq(TermField::Email.code()))
+                    .to_owned(),
+            )
+            .await
+            .map_err(|e| from_db(e, "contacts"))?;
+        for row in rows {
+            by_email.push(row.try_get_by_index(0).map_err(ApiError::internal)?);
+        }
+    }
+    if by_email.is_empty() && ids.is_empty() {
         return Ok(Vec::new());
     }
     let mut any = Condition::any();
-    if !emails.is_empty() {
+    if !by_email.is_empty() {
+        // The terms say who had the address when they were read; the row decides.
         any = any.add(
             Condition::all()
-                .add(
-                    Column::Id.in_subquery(
-                        Query::select()
-                            .column(ContactTerms::ContactId)
-                            .from(ContactTerms::Table)
-                            .and_where(Expr::col(ContactTerms::TenantId).eq(tenant))
-                            .and_where(Expr::col(ContactTerms::Field).eq(TermField::Email.code()))
-                            .and_where(
-                                Expr::col(ContactTerms::Term)
-                                    .is_in(emails.iter().map(String::as_str)),
-                            )
-                            .to_owned(),
-                    ),
-                )
+                .add(Column::Id.is_in(by_email.iter().map(String::as_str)))
                 .add(Column::DeleteTimeUs.is_null())
                 .add(Column::MergedInto.is_null()),
         );

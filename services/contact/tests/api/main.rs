@@ -18,6 +18,7 @@ mod cache;
 mod consent;
 mod contacts;
 mod duplicates;
+mod listing;
 mod outbox;
 mod privacy;
 mod scan;

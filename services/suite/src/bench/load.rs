@@ -188,12 +188,16 @@ pub async fn fixed(
 
 /// Calls started at `rate` per second for `duration`; at most `max_in_flight` at once
 /// (a call that cannot start on time because of that counts as an error, "overrun").
+/// Calls are dealt round-robin to `workers` caller slots, as the closed loop's callers
+/// are, so that they spread over the same connections and per-caller data.
 pub async fn open(
     workload: Arc<dyn Workload>,
     rate: f64,
     duration: Duration,
     max_in_flight: usize,
+    workers: usize,
 ) -> Outcome {
+    let workers = workers.max(1) as u64;
     let rate = rate.max(0.001);
     let interval = Duration::from_secs_f64(1.0 / rate);
     let total_calls = (rate * duration.as_secs_f64()).ceil() as u64;
@@ -211,7 +215,7 @@ pub async fn open(
         let workload = workload.clone();
         let results = results.clone();
         tokio::spawn(async move {
-            let result = workload.call(0, seq).await;
+            let result = workload.call((seq % workers) as usize, seq).await;
             let _ = results.send((result, scheduled.elapsed()));
             drop(permit);
         });
@@ -264,9 +268,9 @@ mod tests {
 
     #[tokio::test]
     async fn open_loop_keeps_its_schedule_and_counts_overruns() {
-        let outcome = open(sleeper(1), 200.0, Duration::from_millis(250), 64).await;
+        let outcome = open(sleeper(1), 200.0, Duration::from_millis(250), 64, 4).await;
         assert_eq!(outcome.calls, 50);
-        let overrun = open(sleeper(200), 200.0, Duration::from_millis(100), 2).await;
+        let overrun = open(sleeper(200), 200.0, Duration::from_millis(100), 2, 4).await;
         assert_eq!(overrun.calls, 20);
         assert_eq!(overrun.error_kinds.get("overrun"), Some(&18));
     }

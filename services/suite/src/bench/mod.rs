@@ -369,7 +369,7 @@ pub async fn run_bench(
         eprintln!("measuring {name}");
         match rate {
             Some(rate) => {
-                let outcome = load::open(workload, rate, duration, 10_000).await;
+                let outcome = load::open(workload, rate, duration, 10_000, concurrency).await;
                 Line::from_outcome(&name, format!("open/{rate}"), &outcome)
             }
             None => {
