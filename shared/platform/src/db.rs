@@ -318,7 +318,7 @@ pub fn micros_to_timestamp(micros: i64) -> prost_types::Timestamp {
 }
 
 /// Rows a listing's `total_size` counts exactly; past this it is an estimate.
-pub const EXACT_COUNT_LIMIT: u64 = 10_000;
+pub const EXACT_COUNT_LIMIT: u64 = 1_000;
 
 /// The `total_size` of a listing (AIP-158 lets it be an estimate): the exact number of
 /// rows `select` yields up to [`EXACT_COUNT_LIMIT`], so that counting never costs more

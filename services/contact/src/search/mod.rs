@@ -97,11 +97,14 @@ fn query_words(query: &str) -> Vec<Word> {
 
 /// How one query word finds and scores `contact_terms` rows, in SQL (to rank) and in
 /// Rust (to tell which fields of a shown contact matched); both give the same scores.
+#[derive(Debug, Clone)]
 enum WordPlan {
     /// Vocabulary terms with their match quality, in the name, email-word and tag
     /// fields; digits typed as text may also start a phone number.
     Terms {
         quality: HashMap<String, f64>,
+        /// The terms of `quality` that matched only within a typo.
+        typos: BTreeSet<String>,
         phone_prefix: Option<String>,
     },
     /// Terms of one field starting with `start` (email addresses, phone digits).
@@ -120,12 +123,38 @@ const TEXT_FIELDS: [TermField; 4] = [
 const PREFIX_QUALITY: f64 = 0.8;
 
 impl WordPlan {
+    /// The plan without its typo matches, when it has others; `None` when it would be
+    /// the same plan.
+    fn without_typos(&self) -> Option<WordPlan> {
+        let Self::Terms {
+            quality,
+            typos,
+            phone_prefix,
+        } = self
+        else {
+            return None;
+        };
+        if typos.is_empty() || typos.len() == quality.len() {
+            return None;
+        }
+        Some(Self::Terms {
+            quality: quality
+                .iter()
+                .filter(|(term, _)| !typos.contains(*term))
+                .map(|(term, q)| (term.clone(), *q))
+                .collect(),
+            typos: BTreeSet::new(),
+            phone_prefix: phone_prefix.clone(),
+        })
+    }
+
     /// The score of one term of a contact for this word, if it matches.
     fn score(&self, term: &str, field: TermField) -> Option<f64> {
         match self {
             Self::Terms {
                 quality,
                 phone_prefix,
+                ..
             } => {
                 if field == TermField::Phone {
                     return phone_prefix
@@ -149,7 +178,7 @@ impl WordPlan {
 
     /// Whether a word can match anything at all.
     fn is_empty(&self) -> bool {
-        matches!(self, Self::Terms { quality, phone_prefix } if quality.is_empty() && phone_prefix.is_none())
+        matches!(self, Self::Terms { quality, phone_prefix, .. } if quality.is_empty() && phone_prefix.is_none())
     }
 
     /// The rows of `contact_terms` this word matches.
@@ -160,6 +189,7 @@ impl WordPlan {
             Self::Terms {
                 quality,
                 phone_prefix,
+                ..
             } => {
                 let mut any = Condition::any();
                 if !quality.is_empty() {
@@ -186,6 +216,7 @@ impl WordPlan {
             Self::Terms {
                 quality,
                 phone_prefix,
+                ..
             } => {
                 let mut qualities = CaseStatement::new();
                 for (text, q) in quality {
@@ -246,7 +277,7 @@ impl SearchApi {
         &self,
         tenant: &str,
         word: &str,
-    ) -> Result<Vec<(String, f64)>, ApiError> {
+    ) -> Result<Vec<(String, ranking::TermMatch)>, ApiError> {
         let anchor = ranking::anchor(word);
         let select = Query::select()
             .column(SearchVocabulary::Term)
@@ -266,10 +297,14 @@ impl SearchApi {
         for row in rows {
             let term: String = row.try_get_by_index(0).map_err(ApiError::internal)?;
             if let Some(m) = ranking::match_term(word, &term) {
-                matched.push((term, m.quality));
+                matched.push((term, m));
             }
         }
-        matched.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        matched.sort_by(|a, b| {
+            b.1.quality
+                .total_cmp(&a.1.quality)
+                .then_with(|| a.0.cmp(&b.0))
+        });
         matched.truncate(TERMS_PER_WORD);
         Ok(matched)
     }
@@ -287,24 +322,58 @@ impl SearchApi {
                     start: address.clone(),
                     field: TermField::Email,
                 },
-                Word::Text(text) => WordPlan::Terms {
-                    quality: self
-                        .matching_terms(tenant, text)
-                        .await?
-                        .into_iter()
-                        .collect(),
-                    phone_prefix: (text.len() >= 3 && text.chars().all(|c| c.is_ascii_digit()))
-                        .then(|| text.clone()),
-                },
+                Word::Text(text) => {
+                    let matched = self.matching_terms(tenant, text).await?;
+                    WordPlan::Terms {
+                        typos: matched
+                            .iter()
+                            .filter(|(_, m)| m.typo)
+                            .map(|(term, _)| term.clone())
+                            .collect(),
+                        quality: matched
+                            .into_iter()
+                            .map(|(term, m)| (term, m.quality))
+                            .collect(),
+                        phone_prefix: (text.len() >= 3 && text.chars().all(|c| c.is_ascii_digit()))
+                            .then(|| text.clone()),
+                    }
+                }
             });
         }
         Ok(plans)
     }
 
-    /// Contacts matching every word, best first (at most MAX_CANDIDATES), ranked by the
-    /// database: per word the best score of each contact, joined across the words, so
-    /// that only the ranked ids leave it, whatever the number of postings.
-    async fn rank(&self, tenant: &str, plans: &[WordPlan]) -> Result<Vec<Ranked>, ApiError> {
+    /// Contacts matching every word, best first (at most MAX_CANDIDATES), and the plans
+    /// that ranked them. Typo matches are looked at only when the words as typed (and
+    /// their completions) find fewer than MAX_CANDIDATES people: in a large tenant a
+    /// short word's near misses are many common names, each with a long postings list,
+    /// and would all be read to rank people below those the word already found.
+    async fn rank(
+        &self,
+        tenant: &str,
+        plans: Vec<WordPlan>,
+    ) -> Result<(Vec<Ranked>, Vec<WordPlan>), ApiError> {
+        let without_typos: Vec<Option<WordPlan>> =
+            plans.iter().map(WordPlan::without_typos).collect();
+        if without_typos.iter().any(Option::is_some) {
+            let strict: Vec<WordPlan> = without_typos
+                .into_iter()
+                .zip(&plans)
+                .map(|(strict, plan)| strict.unwrap_or_else(|| plan.clone()))
+                .collect();
+            let found = self.rank_with(tenant, &strict).await?;
+            if found.len() >= MAX_CANDIDATES {
+                return Ok((found, strict));
+            }
+        }
+        let found = self.rank_with(tenant, &plans).await?;
+        Ok((found, plans))
+    }
+
+    /// [`SearchApi::rank`] with the given plans, by the database: per word the best
+    /// score of each contact, joined across the words, so that only the ranked ids leave
+    /// it, whatever the number of postings.
+    async fn rank_with(&self, tenant: &str, plans: &[WordPlan]) -> Result<Vec<Ranked>, ApiError> {
         if plans.is_empty() || plans.iter().any(WordPlan::is_empty) {
             return Ok(Vec::new());
         }
@@ -391,7 +460,7 @@ impl SearchApi {
                 .decode_offset(&request.page_token, &caller.tenant, &fingerprint)?;
 
         let plans = self.plans(&caller.tenant, &query_words(query)).await?;
-        let ranked = self.rank(&caller.tenant, &plans).await?;
+        let (ranked, plans) = self.rank(&caller.tenant, plans).await?;
         // Only live contacts have terms, so the ranking holds no others; a filter is
         // checked on the ranked ids.
         let ranked: Vec<Ranked> = match condition {

@@ -5,6 +5,8 @@
 pub struct TermMatch {
     /// 0 ..= 1: 1 for the same word, less for a prefix or a typo.
     pub quality: f64,
+    /// Matched only within a typo or two, not as the word or a prefix of it.
+    pub typo: bool,
 }
 
 /// The optimal-string-alignment distance, giving up above `limit`.
@@ -26,7 +28,10 @@ fn typo_budget(chars: usize) -> usize {
 /// prefix (the person is still typing), or within a typo or two.
 pub fn match_term(word: &str, term: &str) -> Option<TermMatch> {
     if word == term {
-        return Some(TermMatch { quality: 1.0 });
+        return Some(TermMatch {
+            quality: 1.0,
+            typo: false,
+        });
     }
     let word_chars = word.chars().count();
     if term.starts_with(word) && word_chars >= 2 {
@@ -35,6 +40,7 @@ pub fn match_term(word: &str, term: &str) -> Option<TermMatch> {
         let coverage = word_chars as f64 / term_chars as f64;
         return Some(TermMatch {
             quality: 0.6 + 0.3 * coverage,
+            typo: false,
         });
     }
     let budget = typo_budget(word_chars);
@@ -44,6 +50,7 @@ pub fn match_term(word: &str, term: &str) -> Option<TermMatch> {
     if let Some(distance) = edit_distance(word, term, budget) {
         return Some(TermMatch {
             quality: 0.75 - 0.2 * distance as f64,
+            typo: true,
         });
     }
     // A typo within a prefix: "jonhs" for "jonhson"… compare the term's start.
@@ -53,6 +60,7 @@ pub fn match_term(word: &str, term: &str) -> Option<TermMatch> {
     {
         return Some(TermMatch {
             quality: 0.5 - 0.1 * distance as f64,
+            typo: true,
         });
     }
     None
