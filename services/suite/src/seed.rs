@@ -400,7 +400,14 @@ pub async fn counts(client: &mut ContactServiceClient<Authorised>) -> anyhow::Re
         .await
         .context("counting contacts")?
         .into_inner()
-        .total_size;
+        .total_size
+        .max(0) as u64;
+    // Past this the service reports an estimate; topping up needs the exact number.
+    let contacts = if contacts > crm_platform::db::EXACT_COUNT_LIMIT {
+        count_by_paging(client).await?
+    } else {
+        contacts
+    };
     let accounts = client
         .list_accounts(ListAccountsRequest {
             page_size: 1,
@@ -410,7 +417,21 @@ pub async fn counts(client: &mut ContactServiceClient<Authorised>) -> anyhow::Re
         .context("counting accounts")?
         .into_inner()
         .total_size;
-    Ok((contacts.max(0) as u64, accounts.max(0) as u64))
+    Ok((contacts, accounts.max(0) as u64))
+}
+
+/// The tenant's contacts, counted by reading every page.
+async fn count_by_paging(client: &mut ContactServiceClient<Authorised>) -> anyhow::Result<u64> {
+    let mut token = String::new();
+    let mut count = 0u64;
+    loop {
+        let page = contacts_page(client, token).await?;
+        count += page.contacts.len() as u64;
+        if page.next_page_token.is_empty() {
+            return Ok(count);
+        }
+        token = page.next_page_token;
+    }
 }
 
 /// One page of 1000 of the tenant's contacts, oldest first.

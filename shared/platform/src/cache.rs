@@ -36,6 +36,14 @@ pub trait Cache: Send + Sync {
     fn backend(&self) -> &'static str;
 }
 
+/// A value's lifetime: the configured TTL less up to a fifth, at random. Records read
+/// together (a warm-up, a page, a hot list) would otherwise all expire in the same
+/// instant and reach the database at once; the TTL stays the bound on staleness.
+pub fn jittered(ttl: Duration) -> Duration {
+    let fraction: f64 = rand::Rng::random_range(&mut rand::rng(), 0.8..=1.0);
+    ttl.mul_f64(fraction)
+}
+
 /// The key of a cached record: `crm:{tenant}:{service}:{kind}:{id}`.
 pub fn key(tenant: &str, service: &str, kind: &str, id: &str) -> String {
     format!("crm:{tenant}:{service}:{kind}:{id}")
@@ -124,7 +132,7 @@ impl Cache for MemoryCache {
                     version,
                     bytes: Bytes::copy_from_slice(bytes),
                 },
-                now + self.ttl,
+                now + jittered(self.ttl),
             ),
         );
         Ok(())
@@ -294,7 +302,7 @@ impl Cache for RedisCache {
     }
 
     async fn put_if_newer(&self, key: &str, version: i64, bytes: &[u8]) -> Result<(), CacheError> {
-        let ttl_ms = self.ttl.as_millis() as u64;
+        let ttl_ms = (jittered(self.ttl).as_millis() as u64).max(1);
         let invocation = {
             let mut invocation = self.put_script.key(key);
             invocation
@@ -497,6 +505,22 @@ impl CacheHandle {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn lifetimes_spread_below_the_ttl() {
+        let ttl = Duration::from_secs(300);
+        let lifetimes: Vec<Duration> = (0..200).map(|_| jittered(ttl)).collect();
+        assert!(
+            lifetimes
+                .iter()
+                .all(|l| *l <= ttl && *l >= ttl.mul_f64(0.8))
+        );
+        let distinct: std::collections::HashSet<Duration> = lifetimes.into_iter().collect();
+        assert!(
+            distinct.len() > 100,
+            "lifetimes are spread, not one instant"
+        );
+    }
 
     #[tokio::test]
     async fn older_versions_never_replace_newer() {

@@ -10,7 +10,7 @@
 
 pub mod ranking;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use sea_orm::sea_query::{
     Alias, CaseStatement, Condition, Expr, ExprTrait, Func, JoinType, Order, Query,
@@ -102,7 +102,8 @@ enum WordPlan {
     /// Vocabulary terms with their match quality, in the name, email-word and tag
     /// fields; digits typed as text may also start a phone number.
     Terms {
-        quality: HashMap<String, f64>,
+        /// Ordered, so that the same query gives the same SQL (and a cached statement).
+        quality: BTreeMap<String, f64>,
         /// The terms of `quality` that matched only within a typo.
         typos: BTreeSet<String>,
         phone_prefix: Option<String>,
