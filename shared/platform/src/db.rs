@@ -318,12 +318,12 @@ pub fn micros_to_timestamp(micros: i64) -> prost_types::Timestamp {
 }
 
 /// Rows a listing's `total_size` counts exactly; past this it is an estimate.
-pub const EXACT_COUNT_LIMIT: u64 = 1_000;
+pub const EXACT_COUNT_LIMIT: u64 = 10_000;
 
 /// The `total_size` of a listing (AIP-158 lets it be an estimate): the exact number of
 /// rows `select` yields up to [`EXACT_COUNT_LIMIT`], so that counting never costs more
 /// than reading that many index entries; past it, on Postgres, the planner's estimate
-/// of the rows (never less than the limit). SQLite, the embedded default for small
+/// of the rows (an exact count when that estimate is evidently stale). SQLite, the embedded default for small
 /// tenants, counts exactly. `select` should yield one narrow column.
 pub async fn total_size<C: sea_orm::ConnectionTrait>(
     conn: &C,
@@ -366,6 +366,11 @@ pub async fn total_size<C: sea_orm::ConnectionTrait>(
     let estimate = plan
         .as_ref()
         .and_then(|plan| plan.get(0)?.get("Plan")?.get("Plan Rows")?.as_f64())
-        .unwrap_or_default();
-    Ok((estimate as u64).max(n))
+        .unwrap_or_default() as u64;
+    if estimate <= EXACT_COUNT_LIMIT {
+        // More rows than the limit exist, so the statistics behind the estimate are
+        // stale (a bulk load that no ANALYZE has seen yet): count exactly instead.
+        return exact(conn.query_one(&counted(select)).await?);
+    }
+    Ok(estimate)
 }
