@@ -184,8 +184,6 @@ impl WordPlan {
 
     /// The rows of `contact_terms` this word matches.
     fn condition(&self) -> Condition {
-        let term = || Expr::col(ContactTerms::Term);
-        let field = || Expr::col(ContactTerms::Field);
         match self {
             Self::Terms {
                 quality,
@@ -196,8 +194,8 @@ impl WordPlan {
                 if !quality.is_empty() {
                     any = any.add(
                         Condition::all()
-                            .add(term().is_in(quality.keys().map(String::as_str)))
-                            .add(field().is_in(TEXT_FIELDS.map(TermField::code))),
+                            .add(term_column().is_in(quality.keys().map(String::as_str)))
+                            .add(field_column().is_in(TEXT_FIELDS.map(TermField::code))),
                     );
                 }
                 if let Some(prefix) = phone_prefix {
@@ -211,8 +209,6 @@ impl WordPlan {
 
     /// The SQL expression of [`WordPlan::score`] over the matched rows.
     fn score_expr(&self) -> SimpleExpr {
-        let term = || Expr::col(ContactTerms::Term);
-        let field = || Expr::col(ContactTerms::Field);
         match self {
             Self::Terms {
                 quality,
@@ -221,11 +217,11 @@ impl WordPlan {
             } => {
                 let mut qualities = CaseStatement::new();
                 for (text, q) in quality {
-                    qualities = qualities.case(term().eq(text.as_str()), *q);
+                    qualities = qualities.case(term_column().eq(text.as_str()), *q);
                 }
                 let mut weights = CaseStatement::new();
                 for f in TEXT_FIELDS {
-                    weights = weights.case(field().eq(f.code()), field_weight(f));
+                    weights = weights.case(field_column().eq(f.code()), field_weight(f));
                 }
                 let qualities: SimpleExpr = qualities.finally(0.0).into();
                 let weights: SimpleExpr = weights.finally(0.0).into();
@@ -233,7 +229,7 @@ impl WordPlan {
                 if phone_prefix.is_some() {
                     let phone = PREFIX_QUALITY * field_weight(TermField::Phone);
                     CaseStatement::new()
-                        .case(field().eq(TermField::Phone.code()), phone)
+                        .case(field_column().eq(TermField::Phone.code()), phone)
                         .finally(text_score)
                         .into()
                 } else {
@@ -241,7 +237,7 @@ impl WordPlan {
                 }
             }
             Self::Prefix { start, field: own } => CaseStatement::new()
-                .case(term().eq(start.as_str()), field_weight(*own))
+                .case(term_column().eq(start.as_str()), field_weight(*own))
                 .finally(PREFIX_QUALITY * field_weight(*own))
                 .into(),
         }
@@ -260,12 +256,20 @@ impl WordPlan {
     }
 }
 
+fn term_column() -> SimpleExpr {
+    Expr::col(ContactTerms::Term)
+}
+
+fn field_column() -> SimpleExpr {
+    Expr::col(ContactTerms::Field)
+}
+
 /// `term` starts with `prefix`, in `field`: a range scan of the terms index.
 fn prefix_condition(prefix: &str, field: TermField) -> Condition {
     Condition::all()
-        .add(Expr::col(ContactTerms::Term).gte(prefix))
-        .add(Expr::col(ContactTerms::Term).lt(ranking::prefix_end(prefix)))
-        .add(Expr::col(ContactTerms::Field).eq(field.code()))
+        .add(term_column().gte(prefix))
+        .add(term_column().lt(ranking::prefix_end(prefix)))
+        .add(field_column().eq(field.code()))
 }
 
 impl SearchApi {
