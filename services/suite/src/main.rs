@@ -1,6 +1,7 @@
 //! `crm`: the whole suite in one process (`crm serve`), and the operator's commands.
 
 mod bench;
+mod certs;
 mod seed;
 
 use std::path::PathBuf;
@@ -50,6 +51,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Fill a tenant with generated companies, people and interactions.
     Seed(bench::SeedArgs),
+    /// Generate a private CA and a certificate per service for mutual TLS.
+    Certs(certs::CertsArgs),
     /// Configuration.
     Config {
         #[command(subcommand)]
@@ -209,6 +212,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bench(args) => bench::run_bench(config, cli.config.as_deref(), args).await,
         Command::Seed(args) => bench::run_seed(config, cli.config.as_deref(), args).await,
+        Command::Certs(args) => certs::run(args),
         Command::Config {
             command: ConfigCommand::Show,
         } => {

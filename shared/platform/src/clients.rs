@@ -10,16 +10,19 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use tonic::transport::channel::Change;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::auth::Caller;
 use crate::config::ClientsConfig;
 use crate::telemetry::inject_context;
+use crate::tls::{self, TlsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("client target {target:?}: {reason}")]
     Target { target: String, reason: String },
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// Where a client connects: fixed endpoints, or a DNS name re-resolved periodically.
@@ -34,8 +37,15 @@ pub enum Target {
 }
 
 impl Target {
-    /// `http://a:1,http://b:2` or `dns:///name:port` (`dns://name:port` also accepted).
+    /// `http://a:1,http://b:2` or `dns:///name:port` (`dns://name:port` also accepted);
+    /// endpoints without a scheme are plaintext.
     pub fn parse(target: &str) -> Result<Self, ClientError> {
+        Self::parse_for(target, false)
+    }
+
+    /// As [`Target::parse`]; endpoints without a scheme get `https` when `tls` is true.
+    pub fn parse_for(target: &str, tls: bool) -> Result<Self, ClientError> {
+        let scheme = if tls { "https" } else { "http" };
         let err = |reason: &str| ClientError::Target {
             target: target.to_owned(),
             reason: reason.to_owned(),
@@ -53,7 +63,7 @@ impl Target {
             return Ok(Target::Dns {
                 host: host.to_owned(),
                 port,
-                scheme: "http".into(),
+                scheme: scheme.into(),
             });
         }
         let endpoints: Vec<String> = target
@@ -64,7 +74,7 @@ impl Target {
                 if s.contains("://") {
                     s.to_owned()
                 } else {
-                    format!("http://{s}")
+                    format!("{scheme}://{s}")
                 }
             })
             .collect();
@@ -75,12 +85,38 @@ impl Target {
     }
 }
 
-fn endpoint(uri: &str, config: &ClientsConfig) -> Result<Endpoint, ClientError> {
-    Ok(Endpoint::from_shared(uri.to_owned())
-        .map_err(|e| ClientError::Target {
-            target: uri.to_owned(),
-            reason: e.to_string(),
-        })?
+/// `uri` with the scheme TLS calls for: a plaintext `http://` endpoint is refused when
+/// TLS is configured (and `https://` when it is not) rather than silently downgraded.
+fn secured(uri: String, tls: bool) -> Result<String, ClientError> {
+    let refuse = |reason: &str| ClientError::Target {
+        target: uri.clone(),
+        reason: reason.to_owned(),
+    };
+    match (uri.split_once("://").map(|(scheme, _)| scheme), tls) {
+        (Some("http"), true) => Err(refuse(
+            "a plaintext http:// endpoint while clients.tls_ca_file is set; use https:// or host:port",
+        )),
+        (Some("https"), false) => Err(refuse("an https:// endpoint needs clients.tls_ca_file")),
+        (Some("http"), false) => Ok(uri),
+        (Some("https"), true) => Ok(uri),
+        _ => Err(refuse("the scheme must be http or https")),
+    }
+}
+
+fn endpoint(
+    uri: &str,
+    config: &ClientsConfig,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Endpoint, ClientError> {
+    let target_error = |e: tonic::transport::Error| ClientError::Target {
+        target: uri.to_owned(),
+        reason: e.to_string(),
+    };
+    let mut endpoint = Endpoint::from_shared(uri.to_owned()).map_err(target_error)?;
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.clone()).map_err(target_error)?;
+    }
+    Ok(endpoint
         .connect_timeout(Duration::from_millis(config.connect_timeout_ms.max(1)))
         .timeout(Duration::from_millis(config.timeout_ms.max(1)))
         .tcp_nodelay(true)
@@ -116,32 +152,46 @@ impl Resolve for DnsResolver {
 
 /// A channel balanced over `target`'s endpoints. For a DNS target, a background task
 /// re-resolves the name every `dns_refresh_s` and adds and removes endpoints.
+///
+/// With `clients.tls_ca_file` set, every endpoint is called over TLS (`host:port` and
+/// `dns:///` targets become `https`), verified against that CA, presenting
+/// `clients.tls_cert_file` when set; a DNS target's certificates are checked against its
+/// DNS name, since its endpoints are bare addresses.
 pub fn balanced_channel(target: &str, config: &ClientsConfig) -> Result<Channel, ClientError> {
-    match Target::parse(target)? {
+    let tls_on = !config.tls_ca_file.trim().is_empty();
+    match Target::parse_for(target, tls_on)? {
         Target::Static(uris) => {
+            let tls = tls::client_config(config, None)?;
             let (channel, changes) = Channel::balance_channel::<String>(64);
             for uri in uris {
-                let endpoint = endpoint(&uri, config)?;
+                let uri = secured(uri, tls.is_some())?;
+                let endpoint = endpoint(&uri, config, tls.as_ref())?;
                 // The receiver lives inside the channel; try_send only fails when full.
                 let _ = changes.try_send(Change::Insert(uri, endpoint));
             }
             Ok(channel)
         }
-        Target::Dns { host, port, scheme } => Ok(resolving_channel(
-            DnsResolver { host, port },
-            scheme,
-            config,
-        )),
+        Target::Dns { host, port, scheme } => {
+            let tls = tls::client_config(config, Some(&host))?;
+            Ok(resolving_channel(
+                DnsResolver { host, port },
+                scheme,
+                config,
+                tls,
+            ))
+        }
     }
 }
 
 /// A channel over whatever `resolver` answers, re-asked every `dns_refresh_s`: new
 /// addresses are added, vanished ones removed (pods come and go). When resolution fails
-/// the known endpoints are kept.
+/// the known endpoints are kept. `tls` applies to every endpoint (`scheme` is then
+/// `https`).
 pub fn resolving_channel(
     resolver: impl Resolve,
     scheme: String,
     config: &ClientsConfig,
+    tls: Option<ClientTlsConfig>,
 ) -> Channel {
     let (channel, changes) = Channel::balance_channel::<SocketAddr>(64);
     let config = config.clone();
@@ -159,7 +209,7 @@ pub fn resolving_channel(
                         tracing::info!(%gone, "endpoint removed");
                     }
                     for new in current.difference(&known) {
-                        match endpoint(&format!("{scheme}://{new}"), &config) {
+                        match endpoint(&format!("{scheme}://{new}"), &config, tls.as_ref()) {
                             Ok(endpoint) => {
                                 if changes.send(Change::Insert(*new, endpoint)).await.is_err() {
                                     return;
@@ -258,5 +308,26 @@ mod tests {
         );
         assert!(Target::parse("dns:///nohost").is_err());
         assert!(Target::parse(" , ").is_err());
+        assert_eq!(
+            Target::parse_for("contact:50051", true).unwrap(),
+            Target::Static(vec!["https://contact:50051".into()])
+        );
+        assert_eq!(
+            Target::parse_for("dns:///contact:50051", true).unwrap(),
+            Target::Dns {
+                host: "contact".into(),
+                port: 50051,
+                scheme: "https".into()
+            }
+        );
+    }
+
+    #[test]
+    fn schemes_match_the_tls_setting() {
+        assert!(secured("http://a:1".into(), true).is_err());
+        assert!(secured("https://a:1".into(), false).is_err());
+        assert!(secured("ftp://a:1".into(), false).is_err());
+        assert_eq!(secured("https://a:1".into(), true).unwrap(), "https://a:1");
+        assert_eq!(secured("http://a:1".into(), false).unwrap(), "http://a:1");
     }
 }

@@ -42,6 +42,17 @@ pub struct ServerConfig {
     pub shutdown_timeout_s: u64,
     /// Serve gRPC-Web (HTTP/1.1) as well as gRPC.
     pub grpc_web: bool,
+    /// PEM certificate chain the server presents. With `tls_key_file` the listener
+    /// speaks TLS only; empty: plaintext.
+    pub tls_cert_file: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert_file`.
+    pub tls_key_file: String,
+    /// PEM CA bundle. When set, every client must present a certificate signed by one of
+    /// these CAs (mutual TLS); empty: clients are not asked for one.
+    pub tls_client_ca_file: String,
+    /// A second listener, always plaintext, that serves only `grpc.health.v1.Health`:
+    /// kubelet's gRPC probes cannot speak TLS. Empty: none.
+    pub health_addr: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -142,6 +153,16 @@ pub struct ClientsConfig {
     pub timeout_ms: u64,
     pub connect_timeout_ms: u64,
     pub dns_refresh_s: u64,
+    /// PEM CA bundle. When set, outbound calls use TLS (`https`) and verify the server's
+    /// certificate against these CAs; empty: plaintext.
+    pub tls_ca_file: String,
+    /// PEM certificate chain this process presents to the services it calls (mutual TLS).
+    pub tls_cert_file: String,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: String,
+    /// The name the server certificates must carry. Empty: the host of each endpoint (for
+    /// a `dns:///` target, its DNS name, not the resolved address).
+    pub tls_domain: String,
 }
 
 impl Default for Config {
@@ -171,6 +192,10 @@ impl Default for ServerConfig {
             shutdown_drain_delay_ms: 2_000,
             shutdown_timeout_s: 25,
             grpc_web: true,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            tls_client_ca_file: String::new(),
+            health_addr: String::new(),
         }
     }
 }
@@ -246,6 +271,10 @@ impl Default for ClientsConfig {
             timeout_ms: 5_000,
             connect_timeout_ms: 2_000,
             dns_refresh_s: 5,
+            tls_ca_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            tls_domain: String::new(),
         }
     }
 }
@@ -308,6 +337,41 @@ impl Config {
             return Err(ConfigError(
                 "cache.redis_url is required with cache.backend = redis".into(),
             ));
+        }
+        self.validate_tls()
+    }
+
+    /// TLS settings come in pairs; a half-configured pair is refused rather than
+    /// silently served in plaintext.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let set = |value: &str| !value.trim().is_empty();
+        let server = &self.server;
+        if set(&server.tls_cert_file) != set(&server.tls_key_file) {
+            return Err(ConfigError(
+                "server.tls_cert_file and server.tls_key_file must be set together".into(),
+            ));
+        }
+        if set(&server.tls_client_ca_file) && !set(&server.tls_cert_file) {
+            return Err(ConfigError(
+                "server.tls_client_ca_file needs server.tls_cert_file and server.tls_key_file"
+                    .into(),
+            ));
+        }
+        let clients = &self.clients;
+        if set(&clients.tls_cert_file) != set(&clients.tls_key_file) {
+            return Err(ConfigError(
+                "clients.tls_cert_file and clients.tls_key_file must be set together".into(),
+            ));
+        }
+        if !set(&clients.tls_ca_file) {
+            for (key, value) in [
+                ("clients.tls_cert_file", &clients.tls_cert_file),
+                ("clients.tls_domain", &clients.tls_domain),
+            ] {
+                if set(value) {
+                    return Err(ConfigError(format!("{key} needs clients.tls_ca_file")));
+                }
+            }
         }
         Ok(())
     }
@@ -420,6 +484,50 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("postgres://crm:<redacted>@db/crm"));
+    }
+
+    #[test]
+    fn half_configured_tls_is_refused() {
+        for (pairs, named) in [
+            (
+                &[("CRM__SERVER__TLS_CERT_FILE", "/tls/tls.crt")][..],
+                "server.tls_key_file",
+            ),
+            (
+                &[("CRM__SERVER__TLS_CLIENT_CA_FILE", "/tls/ca.crt")][..],
+                "server.tls_client_ca_file",
+            ),
+            (
+                &[
+                    ("CRM__CLIENTS__TLS_CA_FILE", "/tls/ca.crt"),
+                    ("CRM__CLIENTS__TLS_KEY_FILE", "/tls/tls.key"),
+                ][..],
+                "clients.tls_cert_file",
+            ),
+            (
+                &[("CRM__CLIENTS__TLS_DOMAIN", "contact")][..],
+                "clients.tls_domain",
+            ),
+        ] {
+            let err = Config::load_from(None, env(pairs)).unwrap_err();
+            assert!(err.to_string().contains(named), "{pairs:?}: {err}");
+        }
+        let config = Config::load_from(
+            None,
+            env(&[
+                ("CRM__SERVER__TLS_CERT_FILE", "/tls/tls.crt"),
+                ("CRM__SERVER__TLS_KEY_FILE", "/tls/tls.key"),
+                ("CRM__SERVER__TLS_CLIENT_CA_FILE", "/tls/ca.crt"),
+                ("CRM__SERVER__HEALTH_ADDR", "0.0.0.0:50052"),
+                ("CRM__CLIENTS__TLS_CA_FILE", "/tls/ca.crt"),
+                ("CRM__CLIENTS__TLS_CERT_FILE", "/tls/tls.crt"),
+                ("CRM__CLIENTS__TLS_KEY_FILE", "/tls/tls.key"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.server.tls_client_ca_file, "/tls/ca.crt");
+        assert_eq!(config.server.health_addr, "0.0.0.0:50052");
+        assert_eq!(config.clients.tls_key_file, "/tls/tls.key");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! What every CRM service shares, with no business logic: configuration, telemetry,
 //! authentication, errors, database, cache, events, filters, page tokens, the server
-//! stack and outbound clients. Each concern lives in its own module.
+//! stack, TLS and outbound clients. Each concern lives in its own module.
 
 pub mod auth;
 pub mod cache;
@@ -15,5 +15,6 @@ pub mod pagination;
 pub mod process;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 
 pub use errors::{ApiError, FieldViolation, Violations};

@@ -1,6 +1,7 @@
 //! The gRPC server every service runs on: per-service health, reflection v1 and v1alpha,
 //! gRPC-Web, tonic's own timeout, a per-connection concurrency limit with load shedding,
-//! `max_connection_age` with a grace period, authentication, tracing, and graceful
+//! `max_connection_age` with a grace period, optional TLS and mutual TLS (with a
+//! plaintext health-only listener for probes), authentication, tracing, and graceful
 //! shutdown (NOT_SERVING first, then drain, then exit).
 //!
 //! A service's health is SERVING once it is built, while its database answers (checked
@@ -224,6 +225,13 @@ pub enum ServeError {
     Reflection(String),
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("server.health_addr = {addr:?}: {source}")]
+    HealthListener {
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
 type GateFuture =
@@ -280,6 +288,23 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let ServicePlan { names, roles } = plan;
+    // Read before anything is served: a bad certificate stops the process at start.
+    let tls = crate::tls::server_config(config)?;
+    let health_listener = if config.health_addr.trim().is_empty() {
+        None
+    } else {
+        let addr = config.health_addr.trim();
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::HealthListener {
+                addr: addr.to_owned(),
+                source,
+            })?;
+        if let Ok(local) = listener.local_addr() {
+            tracing::info!(addr = %local, "health listening (plaintext)");
+        }
+        Some(listener)
+    };
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -302,6 +327,25 @@ pub async fn serve(
         reflection_v1 = reflection_v1.with_service_name(*name);
         reflection_v1alpha = reflection_v1alpha.with_service_name(*name);
     }
+    // Health alone, in plaintext, for probes that cannot present a client certificate;
+    // it answers until the main server has drained.
+    let (health_stop, health_stopped) = tokio::sync::oneshot::channel::<()>();
+    let health_server = health_listener.map(|listener| {
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let health_service = health_service.clone();
+        tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(health_service)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = health_stopped.await;
+                })
+                .await;
+            if let Err(err) = served {
+                tracing::error!(error = %err, "health listener failed");
+            }
+        })
+    });
     let mut open = RoutesBuilder::default();
     open.add_service(health_service);
     open.add_service(
@@ -346,7 +390,15 @@ pub async fn serve(
     let auth = AuthLayer::new(authenticator, Arc::new(roles));
     let max_age =
         (config.max_connection_age_s > 0).then(|| Duration::from_secs(config.max_connection_age_s));
-    let mut builder = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+        tracing::info!(
+            client_certificates = !config.tls_client_ca_file.trim().is_empty(),
+            "tls on"
+        );
+    }
+    let mut builder = builder
         .accept_http1(config.grpc_web)
         .timeout(Duration::from_millis(config.request_timeout_ms.max(1)))
         .concurrency_limit_per_connection(config.concurrency_limit_per_connection.max(1))
@@ -385,15 +437,21 @@ pub async fn serve(
     };
     let server = builder.serve_with_incoming_shutdown(gate, incoming, graceful);
     tokio::pin!(server);
-    tokio::select! {
-        result = &mut server => result?,
+    let served = tokio::select! {
+        result = &mut server => result,
         _ = async {
             let _ = drained_rx.await;
             tokio::time::sleep(shutdown_timeout).await;
         } => {
             tracing::warn!(timeout_s = shutdown_timeout.as_secs(), "drain timed out; closing remaining connections");
+            Ok(())
         }
+    };
+    let _ = health_stop.send(());
+    if let Some(health_server) = health_server {
+        let _ = health_server.await;
     }
+    served?;
     tracing::info!("server stopped");
     Ok(())
 }

@@ -117,7 +117,8 @@ async fn calls_follow_the_dns_answer() {
         dns_refresh_s: 1,
         ..ClientsConfig::default()
     };
-    let mut client = HealthClient::new(resolving_channel(dns.clone(), "http".into(), &config));
+    let mut client =
+        HealthClient::new(resolving_channel(dns.clone(), "http".into(), &config, None));
 
     settle(&mut client, &pods).await;
     call_many(&mut client, 300).await;
