@@ -29,7 +29,7 @@ use crm_platform::auth::{Role, service_methods};
 use crm_proto::common::{Channel, WatchEventsRequest};
 use crm_proto::contact::*;
 
-use common::Suite;
+use common::{Backend, Suite};
 
 const CONTACT_SERVICE: &str = "crm.contact.v1.ContactService";
 /// The canary in all of tenant A's text.
@@ -1359,8 +1359,17 @@ fn find_needle<'n>(haystack: &[u8], needles: &'n [String]) -> Option<&'n str> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tenant_b_never_sees_or_changes_tenant_a_data() {
-    let suite = Suite::start().await;
+async fn tenant_b_never_sees_or_changes_tenant_a_data_on_sqlite() {
+    tenant_b_never_sees_or_changes_tenant_a_data(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_b_never_sees_or_changes_tenant_a_data_on_postgres() {
+    tenant_b_never_sees_or_changes_tenant_a_data(Backend::Postgres).await;
+}
+
+async fn tenant_b_never_sees_or_changes_tenant_a_data(backend: Backend) {
+    let suite = Suite::start_on(backend).await;
     let a = Actor {
         suite: &suite,
         token: suite.token_for(USER_A, TENANT_A, &[Role::Admin]),

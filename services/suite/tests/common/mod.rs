@@ -1,5 +1,6 @@
-//! Shared by the suite's test binaries: all four services in-process on SQLite, and a
-//! raw-bytes gRPC client that can call any method named by the descriptor set.
+//! Shared by the suite's test binaries: all four services in-process on SQLite or on a
+//! fresh Postgres database, and a raw-bytes gRPC client that can call any method named
+//! by the descriptor set.
 
 #![allow(dead_code)]
 
@@ -54,24 +55,66 @@ impl Decoder for RawDecoder {
 
 const SECRET: &str = "suite-test-secret-0123456789abcdef-xyz";
 
-/// All four services in one in-process server on fresh SQLite files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The server that Postgres tests connect to (trust auth), without a database name.
+pub fn postgres_base() -> String {
+    std::env::var("CRM_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+async fn postgres_admin() -> sea_orm::DatabaseConnection {
+    sea_orm::Database::connect(format!("{}/postgres", postgres_base()))
+        .await
+        .expect("Postgres must be running for the Postgres tests (CRM_TEST_POSTGRES_URL)")
+}
+
+/// All four services in one in-process server on fresh SQLite files or a fresh Postgres
+/// database (a schema per service), dropped by [`Suite::stop`].
 pub struct Suite {
     pub channel: tonic::transport::Channel,
     pub tables: Vec<(&'static str, RoleTable)>,
     issuer: TokenIssuer,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
+    postgres_db: Option<String>,
     _data: tempfile::TempDir,
 }
 
 impl Suite {
     pub async fn start() -> Self {
+        Self::start_on(Backend::Sqlite).await
+    }
+
+    pub async fn start_on(backend: Backend) -> Self {
+        use sea_orm::ConnectionTrait as _;
         let data = tempfile::tempdir().unwrap();
         let mut config = Config {
             data_dir: data.path().to_path_buf(),
             ..Config::default()
         };
-        config.database.url = format!("sqlite://{}/{{service}}.db?mode=rwc", data.path().display());
+        let postgres_db = match backend {
+            Backend::Sqlite => {
+                config.database.url =
+                    format!("sqlite://{}/{{service}}.db?mode=rwc", data.path().display());
+                None
+            }
+            Backend::Postgres => {
+                let name = format!("crm_suite_{}", uuid::Uuid::now_v7().simple());
+                let admin = postgres_admin().await;
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+                    .await
+                    .expect("create test database");
+                admin.close().await.ok();
+                config.database.url = format!("{}/{name}", postgres_base());
+                Some(name)
+            }
+        };
         config.auth.hs256_secret = SECRET.into();
         let keys = KeyMaterial::load(&config).unwrap();
         let mut services = ServiceSet::new();
@@ -128,6 +171,7 @@ impl Suite {
             issuer: TokenIssuer::new(SECRET.as_bytes(), "crm", "crm"),
             stop: Some(stop),
             server: Some(server),
+            postgres_db,
             _data: data,
         };
         assert!(suite.serving().await, "the suite did not report SERVING");
@@ -185,6 +229,15 @@ impl Suite {
         }
         if let Some(server) = self.server.take() {
             server.await.unwrap();
+        }
+        if let Some(name) = self.postgres_db.take() {
+            use sea_orm::ConnectionTrait as _;
+            let admin = postgres_admin().await;
+            admin
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .await
+                .expect("drop test database");
+            admin.close().await.ok();
         }
     }
 }
