@@ -8,11 +8,16 @@ Every overlay under k8s/overlays/ is rendered with `kubectl kustomize`, then:
 * each CRM workload's environment, with the secrets filled in, loads: `crm config show`
   run with exactly that environment exits 0 and shows the values the cluster needs;
 * Deployments set the required secrets, gRPC probes name their health entries (readiness:
-  the service's name; startup and liveness: `liveness`),
+  the service's name; startup and liveness: `liveness`) on the port that serves them in
+  plaintext (server.health_addr when set, else server.addr),
   the grace period outlasts the drain, pods run under the restricted security context;
+* overlays with TLS (CRM__SERVER__TLS_CERT_FILE) run mutual TLS everywhere: server and
+  clients both, client certificates required, every TLS file on Secret crm-tls-<service>,
+  probes on the plaintext health port, and the Secret keys are those `crm certs` writes;
 * headless Services, HPA/PDB/replicas per overlay, the migration Job, labels, namespaces;
 * the NetworkPolicies allow exactly the edges of the service DAG (a small evaluator of
-  NetworkPolicy semantics over a model of the pods, tenants, DNS and data stores);
+  NetworkPolicy semantics over a model of the pods, tenants, DNS and data stores), and
+  nothing reaches the plaintext health port;
 * the Dockerfile copies every workspace member's manifest and ships the binaries the
   manifests run.
 
@@ -73,6 +78,16 @@ CLUSTER_CONFIG = {
 }
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "ReplicaSet", "Pod"}
 UID = 65532
+# Mutual TLS (component mtls): which overlays have it, the variables naming its files, and
+# the keys of Secret crm-tls-<service> (a kubernetes.io/tls Secret plus ca.crt, as written
+# by `crm certs` and by cert-manager).
+EXPECTED_TLS = {"dev": False, "prod": True}
+TLS_FILE_VAR = re.compile(r"CRM__(SERVER|CLIENTS)__TLS_[A-Z_]*FILE")
+MTLS_KEYS = {
+    "CRM__SERVER__TLS_CERT_FILE", "CRM__SERVER__TLS_KEY_FILE", "CRM__SERVER__TLS_CLIENT_CA_FILE",
+    "CRM__CLIENTS__TLS_CA_FILE", "CRM__CLIENTS__TLS_CERT_FILE", "CRM__CLIENTS__TLS_KEY_FILE",
+}
+TLS_SECRET_KEYS = {"ca.crt", "tls.crt", "tls.key"}
 
 
 # --- rendering and the real configuration keys -------------------------------------------
@@ -259,6 +274,26 @@ def effective(config: dict, dotted: str):
     return value
 
 
+def addr_port(addr: str) -> int:
+    """The port of a listen address (`0.0.0.0:50051`, `[::]:50052`)."""
+    match = re.fullmatch(r"(?:\[[0-9a-fA-F:.]*\]|[^:\[\]]*):(\d+)", addr.strip())
+    assert match, f"not a host:port listen address: {addr!r}"
+    return int(match[1])
+
+
+def server_container(deployment: dict) -> dict:
+    (container,) = [c for c in pod_spec(deployment)["containers"] if is_crm_container(c)]
+    return container
+
+
+def uses_tls(docs: list[dict]) -> bool:
+    """Whether any service Deployment of the overlay serves TLS."""
+    return any(
+        "CRM__SERVER__TLS_CERT_FILE" in container_env(docs, server_container(d))[0]
+        for _, d in service_deployments(docs)
+    )
+
+
 # --- configuration keys ------------------------------------------------------------------
 
 
@@ -359,15 +394,22 @@ def test_grpc_probes_name_the_service(overlay):
     docs = render(overlay)
     for name, deployment in service_deployments(docs):
         binary, health = SERVICES[name]
-        (container,) = [c for c in pod_spec(deployment)["containers"] if is_crm_container(c)]
+        container = server_container(deployment)
         assert container["command"] == [binary], f"{name} runs {container['command']}"
         ports = {p["containerPort"]: p for p in container["ports"]}
         assert ports[50051].get("name") == "grpc"
+        env, _ = container_env(docs, container)
+        # kubelet's gRPC probes speak plaintext only: with TLS on the main port they must
+        # ask the plaintext health listener (server.health_addr).
+        if "CRM__SERVER__TLS_CERT_FILE" in env:
+            assert env.get("CRM__SERVER__HEALTH_ADDR"), f"{overlay}: {name}: TLS on 50051 but no plaintext health_addr for the probes"
+        probe_port = addr_port(env.get("CRM__SERVER__HEALTH_ADDR") or env["CRM__SERVER__ADDR"])
+        assert probe_port in ports, f"{overlay}: {name}: probe port {probe_port} is not a container port"
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert probe in container, f"{overlay}: {name} has no {probe}"
             grpc = container[probe].get("grpc")
             assert grpc, f"{overlay}: {name} {probe} is not a gRPC probe"
-            assert grpc["port"] == 50051, f"{name} {probe} port"
+            assert grpc["port"] == probe_port, f"{overlay}: {name} {probe} port {grpc['port']}, not {probe_port}"
             # Readiness follows the service (NOT_SERVING until its database answers);
             # startup and liveness follow the process, so waiting never restarts it.
             expected = health if probe == "readinessProbe" else "liveness"
@@ -426,6 +468,109 @@ def test_pods_spread_over_nodes_and_zones(overlay):
             assert constraint["whenUnsatisfiable"] == "ScheduleAnyway"
             selector = constraint["labelSelector"]["matchLabels"]
             assert selector.items() <= pod_labels(deployment).items(), name
+
+
+# --- mutual TLS ---------------------------------------------------------------------------
+
+
+def _file_mode(source: dict, key: str) -> int:
+    for item in source.get("items") or []:
+        if item["key"] == key and "mode" in item:
+            return item["mode"]
+    return source.get("defaultMode", 0o644)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_mtls_files_probes_and_both_sides(overlay, tmp_path):
+    """With TLS on (CRM__SERVER__TLS_CERT_FILE in a Deployment), it is mutual TLS on every
+    service: each TLS file is on the service's own Secret crm-tls-<name>, the probes ask
+    the plaintext health port, server and clients both use TLS and the server requires
+    client certificates."""
+    docs = render(overlay)
+    tls = uses_tls(docs)
+    if overlay in EXPECTED_TLS:
+        assert tls == EXPECTED_TLS[overlay], f"{overlay}: TLS {'on' if tls else 'off'}, expected {EXPECTED_TLS[overlay]}"
+    if not tls:
+        pytest.skip(f"{overlay} runs plaintext gRPC")
+    (namespace,) = find(docs, "Namespace")
+    # What `crm certs` writes per service: the Secret keys the volumes below must project.
+    certs = tmp_path / "certs"
+    result = subprocess.run(
+        [str(crm_binary()), "certs", "--out", str(certs), "--namespace", namespace["metadata"]["name"],
+         *(arg for name in SERVICES for arg in ("--service", name))],
+        env={k: v for k, v in os.environ.items() if k in ("PATH", "HOME")},
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, f"crm certs failed:\n{result.stderr}"
+
+    for workload in crm_workloads(docs):
+        where = f"{overlay}: {workload['kind']}/{workload['metadata']['name']}"
+        is_service = workload["kind"] == "Deployment" and workload["metadata"]["name"] in SERVICES
+        spec = pod_spec(workload)
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for container in filter(is_crm_container, containers(workload)):
+            env, source = container_env(docs, container)
+            if is_service:
+                # Partial TLS does not work: a TLS client cannot call a plaintext server.
+                missing = {k for k in MTLS_KEYS if not env.get(k)}
+                assert not missing, f"{where}: mutual TLS needs {sorted(missing)}"
+            # Every TLS file is on a read-only Secret volume carrying it: for a service its
+            # own crm-tls-<name>, so that its certificate names it.
+            for var, value in env.items():
+                if not TLS_FILE_VAR.fullmatch(var) or not value:
+                    continue
+                path = Path(value)
+                assert path.is_absolute(), f"{where}: {var}={value} is not absolute"
+                mounts = sorted(
+                    (m for m in container.get("volumeMounts", []) if path.is_relative_to(m["mountPath"])),
+                    key=lambda m: len(m["mountPath"]),
+                )
+                assert mounts, f"{where}: {var}={value}: no volume mounted over it"
+                mount = mounts[-1]
+                assert mount.get("readOnly") is True, f"{where}: {mount['mountPath']} is not read-only"
+                assert not mount.get("subPath"), f"{where}: {var}: subPath mounts miss Secret updates"
+                secret = volumes[mount["name"]].get("secret")
+                assert secret, f"{where}: {var}: volume {mount['name']} is not a Secret"
+                if is_service:
+                    wanted = f"crm-tls-{workload['metadata']['name']}"
+                    assert secret["secretName"] == wanted, f"{where}: {var} on Secret {secret['secretName']}, not {wanted}"
+                relative = str(path.relative_to(mount["mountPath"]))
+                items = secret.get("items")
+                key = relative if items is None else {i["path"]: i["key"] for i in items}.get(relative)
+                assert key in TLS_SECRET_KEYS, f"{where}: {var}: {relative} is not one of the keys {sorted(TLS_SECRET_KEYS)}"
+                if is_service:
+                    assert (certs / workload["metadata"]["name"] / key).is_file(), f"{where}: `crm certs` writes no {key}"
+                # Readable by the pod (files are root-owned, group fsGroup); the key by no one else.
+                mode = _file_mode(secret, key)
+                pod = spec["securityContext"]
+                assert mode & 0o004 or (mode & 0o040 and pod.get("fsGroup") is not None), f"{where}: {key} mode {mode:o} unreadable"
+                if key == "tls.key":
+                    assert not mode & 0o007, f"{where}: tls.key mode {mode:o} is world-readable"
+            if not is_service:
+                continue
+
+            # The loader accepts it and really turns both sides on.
+            crm_env = {k: v for k, v in env.items() if k.startswith("CRM__")}
+            result = config_show(crm_env, tmp_path)
+            assert result.returncode == 0, f"{where}: crm config show refused the environment:\n{result.stderr}"
+            config = json.loads(result.stdout)
+            for dotted in ("server.tls_cert_file", "server.tls_key_file", "server.tls_client_ca_file",
+                           "clients.tls_ca_file", "clients.tls_cert_file", "clients.tls_key_file"):
+                assert str(effective(config, dotted)).strip(), f"{where}: {dotted} is empty"
+            # Targets must not name plaintext http:// (refused when TLS is set).
+            for target in ("contact", "pipeline", "ticket"):
+                value = effective(config, f"clients.{target}")
+                assert not value.startswith("http://"), f"{where}: clients.{target} = {value} is plaintext"
+
+            # Probes on the plaintext health listener, a port of its own, not on the Service.
+            health = addr_port(effective(config, "server.health_addr"))
+            assert health != addr_port(effective(config, "server.addr")), f"{where}: health_addr on the TLS port"
+            ports = {p["containerPort"]: p for p in container["ports"]}
+            assert ports.get(health, {}).get("name") == "health", f"{where}: no container port health {health}"
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                assert container[probe]["grpc"]["port"] == health, f"{where}: {probe} not on {health}"
+            service = one(docs, "Service", workload["metadata"]["name"])
+            assert health not in {p["port"] for p in service["spec"]["ports"]}, f"{where}: plaintext health port on the Service"
 
 
 # --- services, scaling, images, labels ---------------------------------------------------
@@ -666,7 +811,11 @@ def test_network_policies_allow_exactly_the_dag(overlay):
             Endpoint("redis", None, {}, blocks["crm-egress-redis"]),
         ]
     endpoints = {**pods, **{e.name: e for e in extra}}
-    ports = [(50051, "TCP"), (5432, "TCP"), (6379, "TCP"), (4317, "TCP"), (53, "UDP"), (53, "TCP"), (443, "TCP")]
+    # 50052: the plaintext health listener (mtls), for the kubelet only: no pod reaches it.
+    ports = [
+        (50051, "TCP"), (50052, "TCP"), (5432, "TCP"), (6379, "TCP"), (4317, "TCP"),
+        (53, "UDP"), (53, "TCP"), (443, "TCP"),
+    ]
 
     expected = set()
     for service in SERVICES:
