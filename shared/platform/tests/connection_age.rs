@@ -6,13 +6,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crm_platform::auth::Authenticator;
 use crm_platform::config::ServerConfig;
-use crm_platform::server::{self, ServicePlan, ServiceSet};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 /// Forwards to `target` and counts the TCP connections clients open.
@@ -36,38 +36,12 @@ async fn counting_proxy(target: std::net::SocketAddr) -> (std::net::SocketAddr, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_connections_are_recycled_without_failed_calls() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server_addr = listener.local_addr().unwrap();
-    let config = ServerConfig {
+    let (server_addr, stop) = common::start_empty(ServerConfig {
         max_connection_age_s: 1,
         max_connection_age_grace_s: 1,
         ..ServerConfig::default()
-    };
-    let authenticator = Arc::new(
-        Authenticator::new(
-            Some(b"secret-secret-secret-secret-32b!"),
-            None,
-            "crm",
-            "crm",
-            0,
-        )
-        .unwrap(),
-    );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        server::serve(
-            &config,
-            listener,
-            ServicePlan::new(),
-            authenticator,
-            async { ServiceSet::new() },
-            async {
-                let _ = stopped.await;
-            },
-        )
-        .await
-        .unwrap();
-    });
+    })
+    .await;
     let (proxy, connections) = counting_proxy(server_addr).await;
     let channel = tonic::transport::Channel::from_shared(format!("http://{proxy}"))
         .unwrap()

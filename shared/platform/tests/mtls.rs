@@ -5,9 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use rcgen::{
@@ -18,10 +19,8 @@ use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crm_platform::auth::Authenticator;
 use crm_platform::clients::{self, Resolve};
 use crm_platform::config::{ClientsConfig, ServerConfig};
-use crm_platform::server::{self, ServicePlan, ServiceSet};
 use crm_platform::tls;
 
 /// A certificate authority and the files of the leaf certificates it signed.
@@ -81,38 +80,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// Serves nothing but health and reflection with `config`, until the sender is dropped.
-async fn start(config: ServerConfig) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let authenticator = Arc::new(
-        Authenticator::new(
-            Some(b"secret-secret-secret-secret-32b!"),
-            None,
-            "crm",
-            "crm",
-            0,
-        )
-        .unwrap(),
-    );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        server::serve(
-            &config,
-            listener,
-            ServicePlan::new(),
-            authenticator,
-            async { ServiceSet::new() },
-            async {
-                let _ = stopped.await;
-            },
-        )
-        .await
-        .unwrap();
-    });
-    (addr, stop)
 }
 
 fn clients_config(ca: &str, identity: Option<&(String, String)>, domain: &str) -> ClientsConfig {
@@ -176,7 +143,7 @@ async fn only_clients_with_a_certificate_of_the_cluster_ca_are_served() {
         ExtendedKeyUsagePurpose::ClientAuth,
     );
     let health_port = free_port();
-    let (addr, _stop) = start(ServerConfig {
+    let (addr, _stop) = common::start_empty(ServerConfig {
         tls_cert_file: server_cert,
         tls_key_file: server_key,
         tls_client_ca_file: cluster.ca_file.clone(),
@@ -291,7 +258,7 @@ async fn server_only_tls_serves_clients_without_a_certificate() {
         &["localhost"],
         ExtendedKeyUsagePurpose::ServerAuth,
     );
-    let (addr, _stop) = start(ServerConfig {
+    let (addr, _stop) = common::start_empty(ServerConfig {
         tls_cert_file: server_cert,
         tls_key_file: server_key,
         ..ServerConfig::default()
@@ -325,26 +292,9 @@ async fn a_key_that_is_not_a_key_stops_the_server_with_the_setting_named() {
         tls_key_file: server_cert,
         ..ServerConfig::default()
     };
-    let authenticator = Arc::new(
-        Authenticator::new(
-            Some(b"secret-secret-secret-secret-32b!"),
-            None,
-            "crm",
-            "crm",
-            0,
-        )
-        .unwrap(),
-    );
-    let err = server::serve(
-        &config,
-        listener,
-        ServicePlan::new(),
-        authenticator,
-        async { ServiceSet::new() },
-        std::future::pending(),
-    )
-    .await
-    .unwrap_err();
+    let err = common::serve_empty(&config, listener, std::future::pending())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("server.tls_key_file"), "{err}");
 }
 
