@@ -67,10 +67,17 @@ pub fn postgres_base() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
-async fn postgres_admin() -> sea_orm::DatabaseConnection {
-    sea_orm::Database::connect(format!("{}/postgres", postgres_base()))
+/// Runs `sql` (CREATE or DROP DATABASE) on the server's `postgres` database.
+async fn postgres_admin(sql: &str) {
+    use sea_orm::ConnectionTrait as _;
+    let admin = sea_orm::Database::connect(format!("{}/postgres", postgres_base()))
         .await
-        .expect("Postgres must be running for the Postgres tests (CRM_TEST_POSTGRES_URL)")
+        .expect("Postgres must be running for the Postgres tests (CRM_TEST_POSTGRES_URL)");
+    admin
+        .execute_unprepared(sql)
+        .await
+        .unwrap_or_else(|err| panic!("{sql}: {err}"));
+    admin.close().await.ok();
 }
 
 /// All four services in one in-process server on fresh SQLite files or a fresh Postgres
@@ -91,7 +98,6 @@ impl Suite {
     }
 
     pub async fn start_on(backend: Backend) -> Self {
-        use sea_orm::ConnectionTrait as _;
         let data = tempfile::tempdir().unwrap();
         let mut config = Config {
             data_dir: data.path().to_path_buf(),
@@ -105,12 +111,7 @@ impl Suite {
             }
             Backend::Postgres => {
                 let name = format!("crm_suite_{}", uuid::Uuid::now_v7().simple());
-                let admin = postgres_admin().await;
-                admin
-                    .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
-                    .await
-                    .expect("create test database");
-                admin.close().await.ok();
+                postgres_admin(&format!("CREATE DATABASE \"{name}\"")).await;
                 config.database.url = format!("{}/{name}", postgres_base());
                 Some(name)
             }
@@ -231,13 +232,7 @@ impl Suite {
             server.await.unwrap();
         }
         if let Some(name) = self.postgres_db.take() {
-            use sea_orm::ConnectionTrait as _;
-            let admin = postgres_admin().await;
-            admin
-                .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                .await
-                .expect("drop test database");
-            admin.close().await.ok();
+            postgres_admin(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await;
         }
     }
 }
