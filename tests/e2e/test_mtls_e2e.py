@@ -22,7 +22,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import BIN_DIR, ServiceProcess, _RUNNING, _start, mint_token
+from conftest import _LISTENING, _RUNNING, BIN_DIR, ServiceProcess, _start, mint_token
 from crm.contact.v1 import contact_service_pb2_grpc, contacts_pb2
 
 CONTACT = "crm.contact.v1.ContactService"
@@ -44,9 +44,9 @@ def _wait_listening(sp: ServiceProcess, deadline: float) -> None:
         if line is None:
             pytest.fail(f"{sp.name} exited before listening\n" + sp.log_tail())
         sp.stdout_seen.append(line)
-        if line.startswith("listening on "):
-            sp.host, port = line.removeprefix("listening on ").rsplit(":", 1)
-            sp.port = int(port)
+        match = _LISTENING.match(line)
+        if match:
+            sp.host, sp.port = match.group(1), int(match.group(2))
             return
     pytest.fail(f"{sp.name} did not listen in time\n" + sp.log_tail())
 

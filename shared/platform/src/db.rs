@@ -7,9 +7,10 @@
 
 use std::time::Duration;
 
+use sea_orm::sea_query::{Alias, Expr, Query, SelectStatement};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement,
-    TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, QueryResult,
+    Statement, TransactionTrait,
 };
 use sea_orm_migration::MigratorTrait;
 
@@ -325,19 +326,18 @@ pub const EXACT_COUNT_LIMIT: u64 = 10_000;
 /// than reading that many index entries; past it, on Postgres, the planner's estimate
 /// of the rows (an exact count when that estimate is evidently stale). SQLite, the embedded default for small
 /// tenants, counts exactly. `select` should yield one narrow column.
-pub async fn total_size<C: sea_orm::ConnectionTrait>(
+pub async fn total_size<C: ConnectionTrait>(
     conn: &C,
-    select: sea_orm::sea_query::SelectStatement,
-) -> Result<u64, sea_orm::DbErr> {
-    use sea_orm::sea_query::{Alias, Expr, Query};
+    select: SelectStatement,
+) -> Result<u64, DbErr> {
     let backend = conn.get_database_backend();
-    let counted = |inner: sea_orm::sea_query::SelectStatement| {
+    let counted = |inner: SelectStatement| {
         Query::select()
             .expr_as(Expr::cust("COUNT(*)"), Alias::new("n"))
             .from_subquery(inner, Alias::new("listed"))
             .to_owned()
     };
-    let exact = |row: Option<sea_orm::QueryResult>| -> Result<u64, sea_orm::DbErr> {
+    let exact = |row: Option<QueryResult>| -> Result<u64, DbErr> {
         let n: i64 = match row {
             Some(row) => row.try_get_by_index(0)?,
             None => 0,
@@ -354,7 +354,7 @@ pub async fn total_size<C: sea_orm::ConnectionTrait>(
         return Ok(n);
     }
     let built = backend.build(&select);
-    let explain = sea_orm::Statement::from_sql_and_values(
+    let explain = Statement::from_sql_and_values(
         backend,
         format!("EXPLAIN (FORMAT JSON) {}", built.sql),
         built.values.map(|v| v.0).unwrap_or_default(),
