@@ -22,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(crate::index::migration::DropTermsOfDeletedContacts),
             Box::new(ContactsByStage),
             Box::new(crm_platform::events::OutboxUnstampedIndexMigration),
+            Box::new(crate::index::migration::NamePairTerms),
         ]
     }
 }

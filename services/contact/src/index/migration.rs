@@ -205,3 +205,37 @@ impl MigrationTrait for DropTermsOfDeletedContacts {
         Ok(())
     }
 }
+
+/// The name-pair terms of the stored name terms. Field codes: given 1, family 2; a
+/// pair's code is 10 + 2 (first - 1) + (second - 1), as `TermField::name_pair` gives.
+pub const NAME_PAIR_BACKFILL: &str = "INSERT INTO contact_terms \
+     (tenant_id, term, field, contact_id) \
+     SELECT a.tenant_id, a.term || ' ' || b.term, 7 + 2 * a.field + b.field, a.contact_id \
+     FROM contact_terms a JOIN contact_terms b \
+     ON b.tenant_id = a.tenant_id AND b.contact_id = a.contact_id \
+     AND b.field IN (1, 2) AND NOT (b.term = a.term AND b.field = a.field) \
+     WHERE a.field IN (1, 2) AND length(a.term) + length(b.term) < 254 \
+     ON CONFLICT DO NOTHING";
+
+/// Writes the name-pair terms (`TermField::GivenGivenPair` … `FamilyFamilyPair`) of the
+/// contacts stored before them, from their name terms: every ordered pair of two
+/// distinct (word, field) entries of the given and family names, as `index::terms`
+/// derives them.
+pub struct NamePairTerms;
+
+impl MigrationName for NamePairTerms {
+    fn name(&self) -> &str {
+        "m0010_name_pair_terms"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for NamePairTerms {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(NAME_PAIR_BACKFILL)
+            .await?;
+        Ok(())
+    }
+}

@@ -39,6 +39,16 @@ pub enum TermField {
     NameAtDomain = 8,
     /// "accounts/{id} word": a name word of a contact of that account.
     NameInAccount = 9,
+    /// "first second": two words of the name, the first from the given name and the
+    /// second from the given name too. A two-word query of common names ("Anna
+    /// Müller") reads the few people with both instead of every Anna and every Müller.
+    GivenGivenPair = 10,
+    /// A given-name word, then a family-name word.
+    GivenFamilyPair = 11,
+    /// A family-name word, then a given-name word.
+    FamilyGivenPair = 12,
+    /// Two words of the family name ("De Vries", "Müller-Meier").
+    FamilyFamilyPair = 13,
 }
 
 impl TermField {
@@ -53,6 +63,10 @@ impl TermField {
             7 => Self::Tag,
             8 => Self::NameAtDomain,
             9 => Self::NameInAccount,
+            10 => Self::GivenGivenPair,
+            11 => Self::GivenFamilyPair,
+            12 => Self::FamilyGivenPair,
+            13 => Self::FamilyFamilyPair,
             _ => return None,
         })
     }
@@ -78,9 +92,31 @@ impl TermField {
             Self::Email | Self::EmailWord | Self::EmailDomain => "emails",
             Self::Phone => "phones",
             Self::Tag => "tags",
-            Self::NameAtDomain | Self::NameInAccount => "display_name",
+            Self::NameAtDomain
+            | Self::NameInAccount
+            | Self::GivenGivenPair
+            | Self::GivenFamilyPair
+            | Self::FamilyGivenPair
+            | Self::FamilyFamilyPair => "display_name",
         }
     }
+
+    /// The field of the pair term "first second" whose words come from the name
+    /// fields `first` and `second` (each `GivenName` or `FamilyName`).
+    pub fn name_pair(first: TermField, second: TermField) -> Option<TermField> {
+        Some(match (first, second) {
+            (Self::GivenName, Self::GivenName) => Self::GivenGivenPair,
+            (Self::GivenName, Self::FamilyName) => Self::GivenFamilyPair,
+            (Self::FamilyName, Self::GivenName) => Self::FamilyGivenPair,
+            (Self::FamilyName, Self::FamilyName) => Self::FamilyFamilyPair,
+            _ => return None,
+        })
+    }
+}
+
+/// The pair term of two words.
+pub fn pair_term(first: &str, second: &str) -> String {
+    format!("{first} {second}")
 }
 
 /// Folds text for matching: lower case, accents removed ("Müller" → "muller"),
@@ -150,6 +186,24 @@ pub fn terms(contact: &Contact) -> BTreeSet<(String, TermField)> {
     for key in name_keys(contact, &name_words) {
         out.insert(key);
     }
+    // Every ordered pair of two distinct name entries, so that a query may name them
+    // in either order. `migration::NamePairTerms` writes the same for stored contacts.
+    let name_entries: Vec<(&String, TermField)> = out
+        .iter()
+        .filter(|(_, field)| matches!(field, TermField::GivenName | TermField::FamilyName))
+        .map(|(term, field)| (term, *field))
+        .collect();
+    let mut pairs = Vec::new();
+    for (i, (first, first_field)) in name_entries.iter().enumerate() {
+        for (j, (second, second_field)) in name_entries.iter().enumerate() {
+            if i != j
+                && let Some(field) = TermField::name_pair(*first_field, *second_field)
+            {
+                pairs.push((pair_term(first, second), field));
+            }
+        }
+    }
+    out.extend(pairs);
     out.retain(|(term, _)| term.len() <= 254);
     out
 }
@@ -573,6 +627,10 @@ mod tests {
             ("acme.ch", TermField::EmailDomain),
             ("41446681800", TermField::Phone),
             ("vip", TermField::Tag),
+            ("anna muller", TermField::GivenFamilyPair),
+            ("muller lena", TermField::FamilyGivenPair),
+            ("anna lena", TermField::GivenGivenPair),
+            ("lena anna", TermField::GivenGivenPair),
         ] {
             assert!(
                 terms.contains(&(expected.0.to_owned(), expected.1)),

@@ -8,6 +8,7 @@
 //! score per contact from `contact_terms` and joins the words, so only the top ids
 //! leave it, however many people share a common name.
 
+mod postings;
 pub mod ranking;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -16,7 +17,7 @@ use sea_orm::sea_query::{
     Alias, CaseStatement, Condition, Expr, ExprTrait, Func, JoinType, Order, Query,
     SelectStatement, SimpleExpr,
 };
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
+use sea_orm::{ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QuerySelect};
 use tonic::{Request, Response, Status};
 
 use crm_platform::ApiError;
@@ -59,8 +60,13 @@ fn field_weight(field: TermField) -> f64 {
         TermField::Tag => 0.8,
         TermField::EmailWord => 0.7,
         TermField::EmailDomain => 0.6,
-        // Keys for duplicate finding, never searched.
-        TermField::NameAtDomain | TermField::NameInAccount => 0.0,
+        // Keys for duplicate finding and name pairs, never matched one word at a time.
+        TermField::NameAtDomain
+        | TermField::NameInAccount
+        | TermField::GivenGivenPair
+        | TermField::GivenFamilyPair
+        | TermField::FamilyGivenPair
+        | TermField::FamilyFamilyPair => 0.0,
     }
 }
 
@@ -357,7 +363,13 @@ impl SearchApi {
         &self,
         tenant: &str,
         plans: Vec<WordPlan>,
+        wanted: usize,
     ) -> Result<(Vec<Ranked>, Vec<WordPlan>), ApiError> {
+        if self.ctx.db.get_database_backend() == DbBackend::Postgres
+            && let Some(found) = postings::rank(&self.ctx.db, tenant, &plans, wanted).await?
+        {
+            return Ok((found, plans));
+        }
         let without_typos: Vec<Option<WordPlan>> =
             plans.iter().map(WordPlan::without_typos).collect();
         if without_typos.iter().any(Option::is_some) {
@@ -465,7 +477,14 @@ impl SearchApi {
                 .decode_offset(&request.page_token, &caller.tenant, &fingerprint)?;
 
         let plans = self.plans(&caller.tenant, &query_words(query)).await?;
-        let (ranked, plans) = self.rank(&caller.tenant, plans).await?;
+        // Without a filter the ranking needs this page and one more to tell whether a
+        // next page exists; a filter drops ranked ids, so it ranks all candidates.
+        let wanted = if condition.is_some() {
+            MAX_CANDIDATES
+        } else {
+            (offset + page_size + 1).min(MAX_CANDIDATES)
+        };
+        let (ranked, plans) = self.rank(&caller.tenant, plans, wanted).await?;
         // Only live contacts have terms, so the ranking holds no others; a filter is
         // checked on the ranked ids.
         let ranked: Vec<Ranked> = match condition {

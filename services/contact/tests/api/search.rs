@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use crm_proto::common::{AttributeValue, attribute_value};
 use crm_proto::contact::*;
+use sea_orm::ConnectionTrait as _;
 use tonic::Code;
 
 use crate::contacts::{create, person};
@@ -384,3 +385,192 @@ async fn account_attributes_filter(backend: Backend) {
     server.finish().await;
 }
 on_both_backends!(account_attributes_filter);
+
+/// A crowd of people sharing a few names, so that every query word has more postings
+/// than a page: the Postgres ranking, which reads each word's postings only as far as
+/// the page needs, must give the ranking that aggregating every posting gives (SQLite).
+async fn seed_crowd(client: &mut Client, token: &str) {
+    let given = ["Anna", "Annabelle", "Anne", "Jon", "John", "Johanna"];
+    let family = [
+        "Müller",
+        "Mueller",
+        "Meier",
+        "Meyer",
+        "Smith",
+        "Schmidt",
+        "Müller-Meier",
+    ];
+    let mut i = 0;
+    for round in 0..6 {
+        for g in given {
+            for f in family {
+                i += 1;
+                // Some people have another name's word in their address or as a tag, so
+                // that words also match outside the names.
+                let local = match i % 5 {
+                    0 => format!("meier.{i}"),
+                    1 => format!("anna{i}"),
+                    _ => format!("p{i}"),
+                };
+                let mut contact = person(g, f, &format!("{local}@d{i}.example"));
+                contact.phones.push(PhoneNumber {
+                    number: format!("+41 79 {:03} {:02} {:02}", i, round, i % 97),
+                    ..Default::default()
+                });
+                match i % 7 {
+                    0 => contact.tags.push("vip".into()),
+                    3 => contact.tags.push("anna".into()),
+                    _ => {}
+                }
+                create(client, token, contact).await;
+            }
+        }
+    }
+}
+
+/// Every result of a query, page by page: (score, display name, email), in the
+/// order of the ranking except among equal scores (ids differ between the servers).
+async fn full_ranking(client: &mut Client, token: &str, query: &str) -> Vec<(i64, String)> {
+    let mut page_token = String::new();
+    let mut ranking = Vec::new();
+    loop {
+        let page = client
+            .search_contacts(authed(
+                SearchContactsRequest {
+                    query: query.into(),
+                    page_size: 7,
+                    page_token: page_token.clone(),
+                    ..Default::default()
+                },
+                token,
+            ))
+            .await
+            .expect("search")
+            .into_inner();
+        for result in page.results {
+            let contact = result.contact.expect("contact");
+            let email = contact.emails.first().map(|e| e.address.clone());
+            ranking.push((
+                (result.score * 1000.0).round() as i64,
+                format!("{} <{}>", contact.display_name, email.unwrap_or_default()),
+            ));
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    let scores: Vec<i64> = ranking.iter().map(|r| r.0).collect();
+    assert!(
+        scores.windows(2).all(|w| w[0] >= w[1]),
+        "{query}: {ranking:?}"
+    );
+    ranking.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    ranking
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bounded_ranking_on_postgres_equals_the_full_ranking() {
+    let sqlite = TestServer::start(Backend::Sqlite).await;
+    let postgres = TestServer::start(Backend::Postgres).await;
+    let token = admin("acme");
+    let mut on_sqlite = sqlite.client().await;
+    let mut on_postgres = postgres.client().await;
+    seed_crowd(&mut on_sqlite, &token).await;
+    seed_crowd(&mut on_postgres, &token).await;
+    for query in [
+        "anna",
+        "ann",
+        "anne",
+        "muller",
+        "mull",
+        "meyr",
+        "schmid",
+        "smith",
+        "anna muller",
+        "muller anna",
+        "anna mueller",
+        "anna muller meier",
+        "müller-meier",
+        "john smith",
+        "jon smith",
+        "johanna schmitt",
+        "annabelle meier",
+        "anna vip",
+        "vip anna",
+        "anna.meier",
+        "meier 41",
+        "+41 79 01",
+        "0790",
+        "anna zzzz",
+    ] {
+        let expected = full_ranking(&mut on_sqlite, &token, query).await;
+        let got = full_ranking(&mut on_postgres, &token, query).await;
+        assert_eq!(got, expected, "{query}");
+    }
+    sqlite.finish().await;
+    postgres.finish().await;
+}
+
+/// Contacts stored before the name-pair terms get them from the migration, the same
+/// rows as a write derives.
+async fn name_pairs_of_stored_contacts_are_backfilled(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut client = server.client().await;
+    let token = admin("acme");
+    seed(&mut client, &token).await;
+    create(
+        &mut client,
+        &token,
+        person("Anna-Lena", "Müller-Meier", "al@example.com"),
+    )
+    .await;
+    let mut options = sea_orm::ConnectOptions::new(server.database_url.clone());
+    if backend == Backend::Postgres {
+        options.set_schema_search_path("crm_contact");
+    }
+    let db = sea_orm::Database::connect(options).await.expect("connect");
+    let pairs = || async {
+        db.query_all_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "SELECT tenant_id, term, field, contact_id FROM contact_terms \
+             WHERE field >= 10 ORDER BY tenant_id, term, field, contact_id",
+        ))
+        .await
+        .expect("read pairs")
+        .iter()
+        .map(|row| {
+            let term: String = row.try_get_by_index(1).expect("term");
+            let field: i16 = row.try_get_by_index(2).expect("field");
+            let contact: String = row.try_get_by_index(3).expect("contact");
+            (term, field, contact)
+        })
+        .collect::<Vec<_>>()
+    };
+    let written = pairs().await;
+    let terms: Vec<&str> = written.iter().map(|(term, _, _)| term.as_str()).collect();
+    for expected in [
+        "anna muller",
+        "muller anna",
+        "anna lena",
+        "muller meier",
+        "lena meier",
+    ] {
+        assert!(terms.contains(&expected), "{expected} in {terms:?}");
+    }
+    db.execute_unprepared("DELETE FROM contact_terms WHERE field >= 10")
+        .await
+        .expect("drop pairs");
+    db.execute_unprepared(crm_contact::index::migration::NAME_PAIR_BACKFILL)
+        .await
+        .expect("backfill");
+    assert_eq!(pairs().await, written);
+    let found = search(&mut client, &token, "muller anna", "").await;
+    assert_eq!(
+        found.first().map(|r| r.0.as_str()),
+        Some("Anna Müller"),
+        "{found:?}"
+    );
+    server.finish().await;
+}
+on_both_backends!(name_pairs_of_stored_contacts_are_backfilled);

@@ -1,0 +1,538 @@
+//! Ranking on Postgres that reads a bounded number of postings, however common the
+//! words: a tenant of a million people has ~15,000 with the same first name, and
+//! aggregating all their postings per query is what made search slow.
+//!
+//! - One word: the score of a contact is the best of its matching (term, field)
+//!   "branches", each worth a fixed score. The first `n` contacts by id of every branch
+//!   hold the top `n` overall (a contact missing from its best branch's first `n` has
+//!   `n` others ahead of it there), so each branch is read only to `n` rows, by the
+//!   index order, and the best branches first.
+//! - Several words: the people matching two of them are found by the name-pair terms
+//!   ("anna muller") plus every other posting of the two words (email words, tags,
+//!   weaker completions), which is complete; when that stays small, those people are
+//!   scored exactly from their terms.
+//!
+//! Both give the ranking `SearchApi::rank_with` gives; `None` means "read everything"
+//! (the caller falls back to it).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use sea_orm::sea_query::{Expr, ExprTrait, Order, Query};
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
+
+use crm_platform::ApiError;
+use crm_platform::errors::from_db;
+
+use super::{Ranked, TEXT_FIELDS, WordPlan, field_weight, ranking};
+use crate::index::migration::ContactTerms;
+use crate::index::{self, TermField};
+
+/// Branches of one word read in the first round; the rest only when the first round
+/// cannot tell the top contacts.
+const FIRST_ROUND: usize = 32;
+/// Completions of each word combined into name-pair terms.
+const PAIR_TERMS: usize = 8;
+/// The most postings a multi-word query reads to find its people, and the most people
+/// it then scores; above it the query falls back to the full aggregation.
+const CANDIDATE_POSTINGS: usize = 1_000;
+/// Postings of an address or number prefix read in the index order.
+const PREFIX_POSTINGS: usize = 1_000;
+
+/// The postings of one (term, field), each worth `score` to a word.
+#[derive(Debug, Clone)]
+struct Branch {
+    term: String,
+    field: TermField,
+    score: f64,
+}
+
+/// The branches of a word's vocabulary matches, best first.
+fn text_branches(quality: &BTreeMap<String, f64>) -> Vec<Branch> {
+    let mut branches: Vec<Branch> = quality
+        .iter()
+        .flat_map(|(term, q)| {
+            TEXT_FIELDS.iter().map(move |field| Branch {
+                term: term.clone(),
+                field: *field,
+                score: q * field_weight(*field),
+            })
+        })
+        .collect();
+    sort_best_first(&mut branches);
+    branches
+}
+
+fn sort_best_first(branches: &mut [Branch]) {
+    branches.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then_with(|| a.term.cmp(&b.term))
+            .then_with(|| a.field.cmp(&b.field))
+    });
+}
+
+fn sort_ranked(ranked: &mut [Ranked]) {
+    ranked.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then_with(|| a.contact_id.cmp(&b.contact_id))
+    });
+}
+
+fn db_error(e: sea_orm::DbErr) -> ApiError {
+    from_db(e, "contacts")
+}
+
+/// `(term, field[, score])` rows of a VALUES list, binding from `$first`.
+fn values_rows(count: usize, first: usize, with_score: bool) -> String {
+    let per_row = if with_score { 3 } else { 2 };
+    (0..count)
+        .map(|i| {
+            let at = first + i * per_row;
+            if with_score {
+                format!("(${at}::text, ${}::int2, ${}::float8)", at + 1, at + 2)
+            } else {
+                format!("(${at}::text, ${}::int2)", at + 1)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The best `n` contacts of the branches (score, then id), each branch read to `n`.
+async fn best_of_branches<C: ConnectionTrait>(
+    db: &C,
+    tenant: &str,
+    branches: &[Branch],
+    n: usize,
+) -> Result<Vec<Ranked>, ApiError> {
+    if branches.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT p.contact_id, MAX(b.s) AS score FROM (VALUES {}) AS b(term, field, s) \
+         CROSS JOIN LATERAL (SELECT t.contact_id FROM contact_terms t \
+         WHERE t.tenant_id = $1 AND t.term = b.term AND t.field = b.field \
+         ORDER BY t.contact_id LIMIT $2) AS p \
+         GROUP BY p.contact_id ORDER BY score DESC, p.contact_id LIMIT $2",
+        values_rows(branches.len(), 3, true)
+    );
+    let mut values: Vec<sea_orm::Value> = vec![tenant.into(), (n as i64).into()];
+    for branch in branches {
+        values.push(branch.term.as_str().into());
+        values.push(branch.field.code().into());
+        values.push(branch.score.into());
+    }
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            sql,
+            values,
+        ))
+        .await
+        .map_err(db_error)?;
+    rows.iter()
+        .map(|row| {
+            Ok(Ranked {
+                contact_id: row.try_get_by_index(0).map_err(ApiError::internal)?,
+                score: row.try_get_by_index(1).map_err(ApiError::internal)?,
+            })
+        })
+        .collect()
+}
+
+/// The contacts of the branches, each branch read to `limit` and all of them to
+/// `limit` in total; `None` when a limit was reached (the set may be incomplete).
+async fn contacts_of_branches<C: ConnectionTrait>(
+    db: &C,
+    tenant: &str,
+    branches: &[(String, TermField)],
+    limit: usize,
+) -> Result<Option<BTreeSet<String>>, ApiError> {
+    if branches.is_empty() {
+        return Ok(Some(BTreeSet::new()));
+    }
+    let sql = format!(
+        "SELECT p.contact_id FROM (VALUES {}) AS b(term, field) \
+         CROSS JOIN LATERAL (SELECT t.contact_id FROM contact_terms t \
+         WHERE t.tenant_id = $1 AND t.term = b.term AND t.field = b.field \
+         LIMIT $2) AS p LIMIT $2",
+        values_rows(branches.len(), 3, false)
+    );
+    let mut values: Vec<sea_orm::Value> = vec![tenant.into(), (limit as i64 + 1).into()];
+    for (term, field) in branches {
+        values.push(term.as_str().into());
+        values.push(field.code().into());
+    }
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            sql,
+            values,
+        ))
+        .await
+        .map_err(db_error)?;
+    if rows.len() > limit {
+        return Ok(None);
+    }
+    rows.iter()
+        .map(|row| {
+            row.try_get_by_index::<String>(0)
+                .map_err(ApiError::internal)
+        })
+        .collect::<Result<BTreeSet<_>, _>>()
+        .map(Some)
+}
+
+/// Postings of terms of `field` starting with `prefix`, in the index order, up to
+/// `limit`: `(contact_id, term)`, and whether the limit cut them.
+async fn prefix_postings<C: ConnectionTrait>(
+    db: &C,
+    tenant: &str,
+    prefix: &str,
+    field: TermField,
+    limit: usize,
+) -> Result<(Vec<(String, String)>, bool), ApiError> {
+    let select = Query::select()
+        .columns([ContactTerms::ContactId, ContactTerms::Term])
+        .from(ContactTerms::Table)
+        .and_where(Expr::col(ContactTerms::TenantId).eq(tenant))
+        .and_where(Expr::col(ContactTerms::Term).gte(prefix))
+        .and_where(Expr::col(ContactTerms::Term).lt(ranking::prefix_end(prefix)))
+        .and_where(Expr::col(ContactTerms::Field).eq(field.code()))
+        .order_by(ContactTerms::Term, Order::Asc)
+        .order_by(ContactTerms::Field, Order::Asc)
+        .order_by(ContactTerms::ContactId, Order::Asc)
+        .limit(limit as u64)
+        .to_owned();
+    let rows = db.query_all(&select).await.map_err(db_error)?;
+    let postings = rows
+        .iter()
+        .map(|row| {
+            Ok((
+                row.try_get_by_index(0).map_err(ApiError::internal)?,
+                row.try_get_by_index(1).map_err(ApiError::internal)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let cut = postings.len() >= limit;
+    Ok((postings, cut))
+}
+
+/// The best of each contact's postings under a prefix plan.
+fn score_prefix_postings(
+    plan: &WordPlan,
+    field: TermField,
+    postings: &[(String, String)],
+) -> Vec<Ranked> {
+    let mut best: HashMap<&str, f64> = HashMap::new();
+    for (contact_id, term) in postings {
+        if let Some(score) = plan.score(term, field) {
+            let entry = best.entry(contact_id.as_str()).or_insert(score);
+            *entry = entry.max(score);
+        }
+    }
+    best.into_iter()
+        .map(|(contact_id, score)| Ranked {
+            contact_id: contact_id.to_owned(),
+            score,
+        })
+        .collect()
+}
+
+/// The top `n` contacts for one word.
+async fn rank_one_word<C: ConnectionTrait>(
+    db: &C,
+    tenant: &str,
+    plan: &WordPlan,
+    n: usize,
+) -> Result<Option<Vec<Ranked>>, ApiError> {
+    match plan {
+        WordPlan::Prefix { start, field } => {
+            // Beyond PREFIX_POSTINGS the addresses or numbers are taken in their order:
+            // all score the same as a prefix, so no ranking is lost, only the order of
+            // equals differs.
+            let (postings, _) = prefix_postings(db, tenant, start, *field, PREFIX_POSTINGS).await?;
+            let mut ranked = score_prefix_postings(plan, *field, &postings);
+            sort_ranked(&mut ranked);
+            ranked.truncate(n);
+            Ok(Some(ranked))
+        }
+        WordPlan::Terms {
+            quality,
+            phone_prefix,
+            ..
+        } => {
+            let mut phone = Vec::new();
+            if let Some(prefix) = phone_prefix {
+                let (postings, _) =
+                    prefix_postings(db, tenant, prefix, TermField::Phone, PREFIX_POSTINGS).await?;
+                phone = score_prefix_postings(plan, TermField::Phone, &postings);
+            }
+            let branches = text_branches(quality);
+            let mut read = branches.len().min(FIRST_ROUND);
+            loop {
+                let mut ranked = best_of_branches(db, tenant, &branches[..read], n).await?;
+                ranked = merge_best(ranked, &phone);
+                ranked.truncate(n);
+                let settled = read == branches.len()
+                    || (ranked.len() >= n && ranked[n - 1].score > branches[read].score);
+                if settled {
+                    return Ok(Some(ranked));
+                }
+                read = branches.len();
+            }
+        }
+    }
+}
+
+/// The union of two rankings, each contact at its better score, best first.
+fn merge_best(ranked: Vec<Ranked>, more: &[Ranked]) -> Vec<Ranked> {
+    if more.is_empty() {
+        return ranked;
+    }
+    let mut best: HashMap<String, f64> = HashMap::new();
+    for r in ranked.into_iter().chain(more.iter().cloned()) {
+        let entry = best.entry(r.contact_id).or_insert(r.score);
+        *entry = entry.max(r.score);
+    }
+    let mut merged: Vec<Ranked> = best
+        .into_iter()
+        .map(|(contact_id, score)| Ranked { contact_id, score })
+        .collect();
+    sort_ranked(&mut merged);
+    merged
+}
+
+/// Every contact that matches both text words `a` and `b`, when they are few: the
+/// name pairs of their best completions, and every other posting of either word.
+async fn people_matching_two<C: ConnectionTrait>(
+    db: &C,
+    tenant: &str,
+    a: &WordPlan,
+    b: &WordPlan,
+) -> Result<Option<BTreeSet<String>>, ApiError> {
+    let (
+        WordPlan::Terms {
+            quality: quality_a,
+            phone_prefix: phone_a,
+            ..
+        },
+        WordPlan::Terms {
+            quality: quality_b,
+            phone_prefix: phone_b,
+            ..
+        },
+    ) = (a, b)
+    else {
+        return Ok(None);
+    };
+    let best_terms = |quality: &BTreeMap<String, f64>| -> BTreeSet<String> {
+        let mut terms: Vec<(&String, f64)> = quality.iter().map(|(t, q)| (t, *q)).collect();
+        terms.sort_by(|x, y| y.1.total_cmp(&x.1).then_with(|| x.0.cmp(y.0)));
+        terms
+            .into_iter()
+            .take(PAIR_TERMS)
+            .map(|(t, _)| t.clone())
+            .collect()
+    };
+    let paired_a = best_terms(quality_a);
+    let paired_b = best_terms(quality_b);
+    let names = [TermField::GivenName, TermField::FamilyName];
+    let mut branches: Vec<(String, TermField)> = Vec::new();
+    for term_a in &paired_a {
+        for term_b in &paired_b {
+            for field_a in names {
+                for field_b in names {
+                    if let Some(pair) = TermField::name_pair(field_a, field_b) {
+                        branches.push((index::pair_term(term_a, term_b), pair));
+                    }
+                }
+            }
+        }
+    }
+    // The postings the pairs do not cover: each word in the fields other than the
+    // names, completions beyond the paired ones, and both words on one name word.
+    for (quality, paired) in [(quality_a, &paired_a), (quality_b, &paired_b)] {
+        for term in quality.keys() {
+            for field in TEXT_FIELDS {
+                let is_name = matches!(field, TermField::GivenName | TermField::FamilyName);
+                let on_one_word = paired_a.contains(term) && paired_b.contains(term);
+                if !is_name || !paired.contains(term) || on_one_word {
+                    branches.push((term.clone(), field));
+                }
+            }
+        }
+    }
+    branches.sort_by(|x, y| x.0.cmp(&y.0).then_with(|| x.1.cmp(&y.1)));
+    branches.dedup();
+    let Some(mut people) = contacts_of_branches(db, tenant, &branches, CANDIDATE_POSTINGS).await?
+    else {
+        return Ok(None);
+    };
+    for prefix in [phone_a, phone_b].into_iter().flatten() {
+        let (postings, cut) =
+            prefix_postings(db, tenant, prefix, TermField::Phone, CANDIDATE_POSTINGS).await?;
+        if cut {
+            return Ok(None);
+        }
+        people.extend(postings.into_iter().map(|(contact_id, _)| contact_id));
+    }
+    Ok((people.len() <= CANDIDATE_POSTINGS).then_some(people))
+}
+
+/// Every contact matching a prefix word, when they are few.
+async fn people_matching_prefix<C: ConnectionTrait>(
+    db: &C,
+    tenant: &str,
+    plan: &WordPlan,
+) -> Result<Option<BTreeSet<String>>, ApiError> {
+    let WordPlan::Prefix { start, field } = plan else {
+        return Ok(None);
+    };
+    let (postings, cut) = prefix_postings(db, tenant, start, *field, CANDIDATE_POSTINGS).await?;
+    Ok((!cut).then(|| postings.into_iter().map(|(id, _)| id).collect()))
+}
+
+/// The given people scored on every word from their terms; those missing a word are
+/// left out.
+async fn score_people<C: ConnectionTrait>(
+    db: &C,
+    tenant: &str,
+    people: &BTreeSet<String>,
+    plans: &[WordPlan],
+) -> Result<Vec<Ranked>, ApiError> {
+    if people.is_empty() {
+        return Ok(Vec::new());
+    }
+    let select = Query::select()
+        .columns([
+            ContactTerms::ContactId,
+            ContactTerms::Term,
+            ContactTerms::Field,
+        ])
+        .from(ContactTerms::Table)
+        .and_where(Expr::col(ContactTerms::TenantId).eq(tenant))
+        .and_where(Expr::col(ContactTerms::ContactId).is_in(people.iter().map(String::as_str)))
+        .to_owned();
+    let rows = db.query_all(&select).await.map_err(db_error)?;
+    // Per contact, the best score of each word so far.
+    let mut best: HashMap<String, Vec<Option<f64>>> = HashMap::new();
+    for row in rows {
+        let contact_id: String = row.try_get_by_index(0).map_err(ApiError::internal)?;
+        let term: String = row.try_get_by_index(1).map_err(ApiError::internal)?;
+        let code: i16 = row.try_get_by_index(2).map_err(ApiError::internal)?;
+        let Some(field) = TermField::from_code(code) else {
+            continue;
+        };
+        let scores = best
+            .entry(contact_id)
+            .or_insert_with(|| vec![None; plans.len()]);
+        for (plan, best_score) in plans.iter().zip(scores.iter_mut()) {
+            if let Some(score) = plan.score(&term, field) {
+                *best_score = Some(best_score.map_or(score, |b: f64| b.max(score)));
+            }
+        }
+    }
+    Ok(best
+        .into_iter()
+        .filter_map(|(contact_id, scores)| {
+            let total = scores.into_iter().sum::<Option<f64>>()?;
+            Some(Ranked {
+                contact_id,
+                score: total,
+            })
+        })
+        .collect())
+}
+
+/// The top `n` contacts for the plans, scored as sums over the words; `None` when
+/// this would read too many postings.
+pub(super) async fn rank<C: ConnectionTrait>(
+    db: &C,
+    tenant: &str,
+    plans: &[WordPlan],
+    n: usize,
+) -> Result<Option<Vec<Ranked>>, ApiError> {
+    if plans.is_empty() || plans.iter().any(WordPlan::is_empty) {
+        return Ok(Some(Vec::new()));
+    }
+    if let [plan] = plans {
+        return rank_one_word(db, tenant, plan, n).await;
+    }
+    let mut people = None;
+    if let Some(prefix) = plans
+        .iter()
+        .find(|plan| matches!(plan, WordPlan::Prefix { .. }))
+    {
+        people = people_matching_prefix(db, tenant, prefix).await?;
+    }
+    if people.is_none() {
+        let text: Vec<&WordPlan> = plans
+            .iter()
+            .filter(|plan| matches!(plan, WordPlan::Terms { .. }))
+            .collect();
+        if let [a, b, ..] = text[..] {
+            people = people_matching_two(db, tenant, a, b).await?;
+        }
+    }
+    let Some(people) = people else {
+        return Ok(None);
+    };
+    let mut ranked = score_people(db, tenant, &people, plans).await?;
+    sort_ranked(&mut ranked);
+    ranked.truncate(n);
+    // The mean over the words, as `SearchApi::rank_with` gives it.
+    let count = plans.len() as f64;
+    for r in &mut ranked {
+        r.score /= count;
+    }
+    Ok(Some(ranked))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn branches_are_best_first() {
+        let quality: BTreeMap<String, f64> =
+            [("anna".to_owned(), 1.0), ("annabel".to_owned(), 0.8)].into();
+        let branches = text_branches(&quality);
+        assert_eq!(branches.len(), 2 * TEXT_FIELDS.len());
+        assert_eq!(branches[0].term, "anna");
+        assert_eq!(branches[0].field, TermField::FamilyName);
+        assert!(branches.windows(2).all(|w| w[0].score >= w[1].score));
+    }
+
+    #[test]
+    fn values_lists_number_their_parameters() {
+        assert_eq!(
+            values_rows(2, 3, true),
+            "($3::text, $4::int2, $5::float8), ($6::text, $7::int2, $8::float8)"
+        );
+        assert_eq!(values_rows(1, 3, false), "($3::text, $4::int2)");
+    }
+
+    #[test]
+    fn merging_keeps_each_contact_at_its_best() {
+        let ranked = vec![
+            Ranked {
+                contact_id: "b".into(),
+                score: 0.5,
+            },
+            Ranked {
+                contact_id: "a".into(),
+                score: 0.4,
+            },
+        ];
+        let more = [Ranked {
+            contact_id: "a".into(),
+            score: 0.9,
+        }];
+        let merged = merge_best(ranked, &more);
+        assert_eq!(merged[0].contact_id, "a");
+        assert_eq!(merged[0].score, 0.9);
+        assert_eq!(merged.len(), 2);
+    }
+}
