@@ -269,6 +269,45 @@ async fn load_profiles<C: ConnectionTrait>(
     Ok(profiles.into_values().collect())
 }
 
+/// The terms-index keys under which a contact's likely duplicates are found: its
+/// addresses, its numbers, and its name words at its company domains and account.
+fn lookup_keys(profile: &Profile, contact: &Contact) -> Vec<(String, TermField)> {
+    let mut keys: Vec<(String, TermField)> = Vec::new();
+    keys.extend(profile.emails.iter().map(|e| (e.clone(), TermField::Email)));
+    keys.extend(profile.phones.iter().map(|p| (p.clone(), TermField::Phone)));
+    keys.extend(index::name_keys(contact, &profile.name_words));
+    keys
+}
+
+/// For each probe of a batch, the earlier probes of the same batch it looks like
+/// (their positions), best first: a file that holds one person twice, or a person
+/// already in an earlier row, imports them once. Only probes sharing a key are scored.
+pub fn candidates_within_batch(probes: &[Contact], rules: &DuplicateRules) -> Vec<Vec<usize>> {
+    let profiles: Vec<Profile> = probes.iter().map(Profile::of_contact).collect();
+    let mut holders: HashMap<(TermField, String), Vec<usize>> = HashMap::new();
+    let mut found = Vec::with_capacity(probes.len());
+    for (i, (profile, contact)) in profiles.iter().zip(probes).enumerate() {
+        let keys = lookup_keys(profile, contact);
+        let mut earlier: BTreeSet<usize> = BTreeSet::new();
+        for (term, field) in &keys {
+            if let Some(list) = holders.get(&(*field, term.clone())) {
+                // Groups beyond MAX_GROUP say little, as for stored contacts.
+                earlier.extend(list.iter().rev().take(MAX_GROUP as usize));
+            }
+        }
+        let mut scored: Vec<(f64, usize)> = earlier
+            .into_iter()
+            .filter_map(|j| score(profile, &profiles[j], rules).map(|(score, _)| (score, j)))
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        found.push(scored.into_iter().map(|(_, j)| j).collect());
+        for (term, field) in keys {
+            holders.entry((field, term)).or_default().push(i);
+        }
+    }
+    found
+}
+
 /// For each probe (already validated and normalised), the stored contacts scoring at
 /// least the rules' minimum, best first. One round of queries for the whole batch. A
 /// probe never matches itself (the same id).
@@ -282,11 +321,7 @@ pub async fn candidates_for_batch<C: ConnectionTrait>(
     // Every key a probe can share with a stored contact, and the probes holding it.
     let mut wanted: HashMap<(i16, String), Vec<usize>> = HashMap::new();
     for (i, (probe, contact)) in profiles.iter().zip(probes).enumerate() {
-        let mut keys: Vec<(String, TermField)> = Vec::new();
-        keys.extend(probe.emails.iter().map(|e| (e.clone(), TermField::Email)));
-        keys.extend(probe.phones.iter().map(|p| (p.clone(), TermField::Phone)));
-        keys.extend(index::name_keys(contact, &probe.name_words));
-        for (term, field) in keys {
+        for (term, field) in lookup_keys(probe, contact) {
             wanted.entry((field.code(), term)).or_default().push(i);
         }
     }

@@ -306,6 +306,8 @@ impl Importer {
         let action = self.on_import();
         let mode = self.plan.mode;
         let mut candidates: HashMap<usize, Vec<String>> = HashMap::new();
+        // Per row, the earlier rows of this batch it looks like (positions).
+        let mut like_earlier_rows: HashMap<usize, Vec<usize>> = HashMap::new();
         if action != DuplicateAction::Allow && mode != ImportMode::UpdateOnly {
             let (positions, probes): (Vec<usize>, Vec<Contact>) = slots
                 .iter()
@@ -321,6 +323,11 @@ impl Importer {
                 })
                 .unzip();
             if !probes.is_empty() {
+                let within = matching::candidates_within_batch(&probes, &self.rules);
+                for (position, earlier) in positions.iter().zip(within) {
+                    like_earlier_rows
+                        .insert(*position, earlier.iter().map(|k| positions[*k]).collect());
+                }
                 let found =
                     matching::candidates_for_batch(conn, &tenant, &probes, &self.rules).await?;
                 for (position, list) in positions.into_iter().zip(found) {
@@ -335,6 +342,8 @@ impl Importer {
         }
 
         let mut results = Vec::with_capacity(slots.len());
+        // The contacts rows of this batch created, by position.
+        let mut created_by_row: HashMap<usize, String> = HashMap::new();
         for (i, slot) in slots.into_iter().enumerate() {
             let checked = match slot {
                 Slot::Done(result) => {
@@ -360,13 +369,21 @@ impl Importer {
                 );
                 continue;
             }
-            let stored_dups = candidates.remove(&i).unwrap_or_default();
+            let mut scored_dups = candidates.remove(&i).unwrap_or_default();
+            for earlier in like_earlier_rows.remove(&i).unwrap_or_default() {
+                if let Some(name) = created_by_row.get(&earlier)
+                    && !scored_dups.contains(name)
+                {
+                    scored_dups.push(name.clone());
+                }
+            }
+            let created_before = working.created.len();
             let result = match mode {
-                ImportMode::CreateOnly => self.create_only(&mut working, checked, stored_dups),
+                ImportMode::CreateOnly => self.create_only(&mut working, checked, scored_dups),
                 ImportMode::UpsertByEmail => {
                     let matched = working.matches(&checked.contact);
                     match matched.as_slice() {
-                        [] => self.create(&mut working, checked, stored_dups),
+                        [] => self.create(&mut working, checked, scored_dups),
                         [id] => {
                             let id = id.clone();
                             self.update(&mut working, checked, &id)
@@ -381,6 +398,11 @@ impl Importer {
                 }
                 _ => self.update_only(&mut working, checked),
             };
+            if working.created.len() > created_before
+                && let Some(id) = working.created.last()
+            {
+                created_by_row.insert(i, names::contact_name(id));
+            }
             results.push(result);
         }
         if self.plan.dry_run {
@@ -446,7 +468,7 @@ impl Importer {
         &self,
         working: &mut Working,
         checked: Checked,
-        stored_dups: Vec<String>,
+        scored_dups: Vec<String>,
     ) -> ImportRowResult {
         // Contacts with the same email (stored, or created by an earlier row of this
         // import) are duplicates whatever the tenant's scoring finds.
@@ -455,7 +477,7 @@ impl Importer {
             .iter()
             .map(|id| names::contact_name(id))
             .collect();
-        for dup in stored_dups {
+        for dup in scored_dups {
             if !dups.contains(&dup) {
                 dups.push(dup);
             }

@@ -259,6 +259,61 @@ async fn create_only_outcomes(backend: Backend) {
 }
 on_both_backends!(create_only_outcomes);
 
+/// Rows of one batch that look like an earlier row (a similar name at the same company
+/// domain) are duplicates of the contact that row created, as they would be of a stored
+/// one; in a dry run too.
+async fn similar_rows_within_one_batch(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut client = server.client().await;
+    let token = admin("acme");
+    let named = |given: &str, family: &str, address: &str| Contact {
+        family_name: family.into(),
+        ..person(given, address)
+    };
+    let rows = || {
+        vec![
+            row("r1", named("Anna", "Müller", "anna.mueller@acme.ch")),
+            row("r2", named("Anna", "Mueller", "a.mueller@acme.ch")),
+            row("r3", named("Bob", "Other", "bob@acme.ch")),
+            row("r4", named("Anna", "Müller", "anna@gmail.com")),
+        ]
+    };
+    for dry_run in [true, false] {
+        let (results, summary) = import(
+            &mut client,
+            &token,
+            ImportOptions {
+                dry_run,
+                ..options(ImportMode::CreateOnly)
+            },
+            vec![rows()],
+        )
+        .await
+        .unwrap();
+        let outcomes: Vec<ImportRowOutcome> = results.iter().map(outcome).collect();
+        assert_eq!(
+            outcomes,
+            [
+                ImportRowOutcome::Created,
+                ImportRowOutcome::SkippedDuplicate,
+                ImportRowOutcome::Created,
+                // The same name at a public mailbox provider says nothing.
+                ImportRowOutcome::Created,
+            ],
+            "dry run {dry_run}: {results:?}"
+        );
+        assert_eq!(summary.skipped_duplicate, 1);
+        if !dry_run {
+            assert_eq!(
+                results[1].duplicates,
+                std::slice::from_ref(&results[0].contact)
+            );
+        }
+    }
+    server.finish().await;
+}
+on_both_backends!(similar_rows_within_one_batch);
+
 async fn upsert_by_email(backend: Backend) {
     let server = TestServer::start(backend).await;
     let mut client = server.client().await;
@@ -474,10 +529,10 @@ async fn dry_run_stores_nothing(backend: Backend) {
     // Upserts on a dry run see what earlier batches would have created.
     let mut messages = vec![
         (0..1000)
-            .map(|i| row(&format!("f{i}"), person("F", &format!("f{i}@x.io"))))
+            .map(|i| row(&format!("f{i}"), person("F", &format!("f{i}@x{i}.io"))))
             .collect::<Vec<_>>(),
     ];
-    messages.push(vec![row("again", person("Again", "f7@x.io"))]);
+    messages.push(vec![row("again", person("Again", "f7@x7.io"))]);
     let (results, summary) = import(
         &mut client,
         &token,
@@ -614,7 +669,8 @@ async fn stream_cut_midway(backend: Backend) {
     tx.send(ImportContactsRequest {
         options: Some(options(ImportMode::UpsertByEmail)),
         rows: (0..1000)
-            .map(|i| row(&format!("a{i}"), person("A", &format!("a{i}@x.io"))))
+            // Each at their own domain: one name at one company would be duplicates.
+            .map(|i| row(&format!("a{i}"), person("A", &format!("a{i}@x{i}.io"))))
             .collect(),
     })
     .await
@@ -637,7 +693,7 @@ async fn stream_cut_midway(backend: Backend) {
     tx.send(ImportContactsRequest {
         options: None,
         rows: (0..500)
-            .map(|i| row(&format!("b{i}"), person("B", &format!("b{i}@x.io"))))
+            .map(|i| row(&format!("b{i}"), person("B", &format!("b{i}@x{i}.io"))))
             .collect(),
     })
     .await
