@@ -23,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(ContactsByStage),
             Box::new(crm_platform::events::OutboxUnstampedIndexMigration),
             Box::new(crate::index::migration::NamePairTerms),
+            Box::new(crate::index::migration::TermsByContactCovering),
         ]
     }
 }

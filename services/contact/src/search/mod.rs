@@ -289,13 +289,35 @@ impl SearchApi {
         tenant: &str,
         word: &str,
     ) -> Result<Vec<(String, ranking::TermMatch)>, ApiError> {
-        let anchor = ranking::anchor(word);
+        let term = || Expr::col(SearchVocabulary::Term);
+        let starting_with = |start: &str| {
+            Condition::all()
+                .add(term().gte(start))
+                .add(term().lt(ranking::prefix_end(start)))
+        };
+        let chars = word.chars().count();
+        let budget = ranking::typo_budget(chars);
+        // The word itself and its completions; with a typo budget, also the terms
+        // under the anchor whose length a typo (or a typo in a completion) allows:
+        // one range scan that skips the long words sharing the first letters.
+        let wanted = if budget == 0 {
+            starting_with(word)
+        } else {
+            let length = SimpleExpr::from(Func::cust(Alias::new("length")).arg(term()));
+            starting_with(&ranking::anchor(word)).add(
+                Condition::any()
+                    .add(starting_with(word))
+                    .add(length.between(
+                        (chars - budget) as i64,
+                        (chars + budget.max(ranking::PREFIX_TYPO_REACH)) as i64,
+                    )),
+            )
+        };
         let select = Query::select()
             .column(SearchVocabulary::Term)
             .from(SearchVocabulary::Table)
             .and_where(Expr::col(SearchVocabulary::TenantId).eq(tenant))
-            .and_where(Expr::col(SearchVocabulary::Term).gte(anchor.as_str()))
-            .and_where(Expr::col(SearchVocabulary::Term).lt(ranking::prefix_end(&anchor)))
+            .cond_where(wanted)
             .limit(VOCABULARY_SCAN)
             .to_owned();
         let rows = self

@@ -23,7 +23,7 @@ use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use crm_platform::ApiError;
 use crm_platform::errors::from_db;
 
-use super::{Ranked, TEXT_FIELDS, WordPlan, field_weight, ranking};
+use super::{PREFIX_QUALITY, Ranked, TEXT_FIELDS, WordPlan, field_weight, ranking};
 use crate::index::migration::ContactTerms;
 use crate::index::{self, TermField};
 
@@ -304,73 +304,119 @@ fn merge_best(ranked: Vec<Ranked>, more: &[Ranked]) -> Vec<Ranked> {
     merged
 }
 
-/// Every contact that matches both text words `a` and `b`, when they are few: the
-/// name pairs of their best completions, and every other posting of either word.
-async fn people_matching_two<C: ConnectionTrait>(
-    db: &C,
-    tenant: &str,
-    a: &WordPlan,
-    b: &WordPlan,
-) -> Result<Option<BTreeSet<String>>, ApiError> {
-    let (
-        WordPlan::Terms {
-            quality: quality_a,
-            phone_prefix: phone_a,
-            ..
-        },
-        WordPlan::Terms {
-            quality: quality_b,
-            phone_prefix: phone_b,
-            ..
-        },
-    ) = (a, b)
-    else {
-        return Ok(None);
-    };
-    let best_terms = |quality: &BTreeMap<String, f64>| -> BTreeSet<String> {
+/// How a text word of a multi-word query is looked up: its best completions combine
+/// with the other words' into name-pair terms; every other posting of the word (other
+/// fields, weaker completions, terms another word pairs too, phone digits) is its rest.
+struct TextWord {
+    paired: BTreeSet<String>,
+    rest: Vec<(String, TermField)>,
+    phone_prefix: Option<String>,
+    /// The best score any posting of the word can give.
+    best: f64,
+    /// The best score a posting of its rest can give.
+    best_rest: f64,
+}
+
+const NAME_FIELDS: [TermField; 2] = [TermField::GivenName, TermField::FamilyName];
+
+/// The text words of `plans`, when every plan is one.
+fn text_words(plans: &[WordPlan]) -> Option<Vec<TextWord>> {
+    let phone_score = PREFIX_QUALITY * field_weight(TermField::Phone);
+    let mut words = Vec::with_capacity(plans.len());
+    let mut best_terms = Vec::with_capacity(plans.len());
+    for plan in plans {
+        let WordPlan::Terms { quality, .. } = plan else {
+            return None;
+        };
         let mut terms: Vec<(&String, f64)> = quality.iter().map(|(t, q)| (t, *q)).collect();
         terms.sort_by(|x, y| y.1.total_cmp(&x.1).then_with(|| x.0.cmp(y.0)));
-        terms
-            .into_iter()
-            .take(PAIR_TERMS)
-            .map(|(t, _)| t.clone())
-            .collect()
-    };
-    let paired_a = best_terms(quality_a);
-    let paired_b = best_terms(quality_b);
-    let names = [TermField::GivenName, TermField::FamilyName];
-    let mut branches: Vec<(String, TermField)> = Vec::new();
-    for term_a in &paired_a {
-        for term_b in &paired_b {
-            for field_a in names {
-                for field_b in names {
-                    if let Some(pair) = TermField::name_pair(field_a, field_b) {
-                        branches.push((index::pair_term(term_a, term_b), pair));
+        best_terms.push(
+            terms
+                .into_iter()
+                .take(PAIR_TERMS)
+                .map(|(t, _)| t.clone())
+                .collect::<BTreeSet<String>>(),
+        );
+    }
+    for (i, plan) in plans.iter().enumerate() {
+        let WordPlan::Terms {
+            quality,
+            phone_prefix,
+            ..
+        } = plan
+        else {
+            return None;
+        };
+        // Two words on one name word ("ann anna") have no pair term: such a term is
+        // looked up as the rest of both.
+        let paired: BTreeSet<String> = best_terms[i]
+            .iter()
+            .filter(|term| {
+                !best_terms
+                    .iter()
+                    .enumerate()
+                    .any(|(j, other)| j != i && other.contains(*term))
+            })
+            .cloned()
+            .collect();
+        let mut word = TextWord {
+            paired,
+            rest: Vec::new(),
+            phone_prefix: phone_prefix.clone(),
+            best: 0.0,
+            best_rest: 0.0,
+        };
+        if phone_prefix.is_some() {
+            word.best = phone_score;
+            word.best_rest = phone_score;
+        }
+        for (term, q) in quality {
+            for field in TEXT_FIELDS {
+                let score = q * field_weight(field);
+                word.best = word.best.max(score);
+                if !(NAME_FIELDS.contains(&field) && word.paired.contains(term)) {
+                    word.rest.push((term.clone(), field));
+                    word.best_rest = word.best_rest.max(score);
+                }
+            }
+        }
+        words.push(word);
+    }
+    Some(words)
+}
+
+/// The name-pair terms of every two words' paired completions.
+fn pair_branches(words: &[TextWord]) -> Vec<(String, TermField)> {
+    let mut branches = Vec::new();
+    for (i, first) in words.iter().enumerate() {
+        for second in &words[i + 1..] {
+            for term_a in &first.paired {
+                for term_b in &second.paired {
+                    for field_a in NAME_FIELDS {
+                        for field_b in NAME_FIELDS {
+                            if let Some(pair) = TermField::name_pair(field_a, field_b) {
+                                branches.push((index::pair_term(term_a, term_b), pair));
+                            }
+                        }
                     }
                 }
             }
         }
     }
-    // The postings the pairs do not cover: each word in the fields other than the
-    // names, completions beyond the paired ones, and both words on one name word.
-    for (quality, paired) in [(quality_a, &paired_a), (quality_b, &paired_b)] {
-        for term in quality.keys() {
-            for field in TEXT_FIELDS {
-                let is_name = matches!(field, TermField::GivenName | TermField::FamilyName);
-                let on_one_word = paired_a.contains(term) && paired_b.contains(term);
-                if !is_name || !paired.contains(term) || on_one_word {
-                    branches.push((term.clone(), field));
-                }
-            }
-        }
-    }
-    branches.sort_by(|x, y| x.0.cmp(&y.0).then_with(|| x.1.cmp(&y.1)));
-    branches.dedup();
-    let Some(mut people) = contacts_of_branches(db, tenant, &branches, CANDIDATE_POSTINGS).await?
+    branches
+}
+
+/// Every contact with a posting in a word's rest, when they are few.
+async fn people_of_rest<C: ConnectionTrait>(
+    db: &C,
+    tenant: &str,
+    word: &TextWord,
+) -> Result<Option<BTreeSet<String>>, ApiError> {
+    let Some(mut people) = contacts_of_branches(db, tenant, &word.rest, CANDIDATE_POSTINGS).await?
     else {
         return Ok(None);
     };
-    for prefix in [phone_a, phone_b].into_iter().flatten() {
+    if let Some(prefix) = &word.phone_prefix {
         let (postings, cut) =
             prefix_postings(db, tenant, prefix, TermField::Phone, CANDIDATE_POSTINGS).await?;
         if cut {
@@ -378,7 +424,64 @@ async fn people_matching_two<C: ConnectionTrait>(
         }
         people.extend(postings.into_iter().map(|(contact_id, _)| contact_id));
     }
-    Ok((people.len() <= CANDIDATE_POSTINGS).then_some(people))
+    Ok(Some(people))
+}
+
+/// The top `n` for two or three text words. A contact matching them all either has
+/// two of them on two different name words (and so a pair term of their paired
+/// completions) or matches all but one of them through their rests:
+/// - two words: the people of the pairs, scored exactly, are the top `n` when the
+///   `n`-th scores above the best a contact matching a word only through its rest can
+///   score; else the rests are read too;
+/// - three words: the pairs' people and those of every rest but one too large to read.
+async fn rank_text_words<C: ConnectionTrait>(
+    db: &C,
+    tenant: &str,
+    plans: &[WordPlan],
+    words: &[TextWord],
+    n: usize,
+) -> Result<Option<Vec<Ranked>>, ApiError> {
+    let Some(paired_people) =
+        contacts_of_branches(db, tenant, &pair_branches(words), CANDIDATE_POSTINGS).await?
+    else {
+        return Ok(None);
+    };
+    let mut ranked = score_people(db, tenant, &paired_people, plans).await?;
+    let mut people = paired_people;
+    if let [a, b] = words {
+        sort_ranked(&mut ranked);
+        let outside_pairs = (a.best_rest + b.best).max(a.best + b.best_rest);
+        if ranked.len() >= n && ranked[n - 1].score > outside_pairs {
+            ranked.truncate(n);
+            return Ok(Some(ranked));
+        }
+        for word in words {
+            let Some(found) = people_of_rest(db, tenant, word).await? else {
+                return Ok(None);
+            };
+            people.extend(found);
+        }
+    } else {
+        let mut too_large = 0;
+        for word in words {
+            match people_of_rest(db, tenant, word).await? {
+                Some(found) => people.extend(found),
+                None => too_large += 1,
+            }
+        }
+        if too_large > words.len().saturating_sub(2) {
+            return Ok(None);
+        }
+    }
+    if people.len() > CANDIDATE_POSTINGS {
+        return Ok(None);
+    }
+    let scored: BTreeSet<String> = ranked.iter().map(|r| r.contact_id.clone()).collect();
+    let unscored: BTreeSet<String> = people.difference(&scored).cloned().collect();
+    ranked.extend(score_people(db, tenant, &unscored, plans).await?);
+    sort_ranked(&mut ranked);
+    ranked.truncate(n);
+    Ok(Some(ranked))
 }
 
 /// Every contact matching a prefix word, when they are few.
@@ -460,28 +563,27 @@ pub(super) async fn rank<C: ConnectionTrait>(
     if let [plan] = plans {
         return rank_one_word(db, tenant, plan, n).await;
     }
-    let mut people = None;
-    if let Some(prefix) = plans
+    let mut ranked = if let Some(prefix) = plans
         .iter()
         .find(|plan| matches!(plan, WordPlan::Prefix { .. }))
     {
-        people = people_matching_prefix(db, tenant, prefix).await?;
-    }
-    if people.is_none() {
-        let text: Vec<&WordPlan> = plans
-            .iter()
-            .filter(|plan| matches!(plan, WordPlan::Terms { .. }))
-            .collect();
-        if let [a, b, ..] = text[..] {
-            people = people_matching_two(db, tenant, a, b).await?;
-        }
-    }
-    let Some(people) = people else {
-        return Ok(None);
+        let Some(people) = people_matching_prefix(db, tenant, prefix).await? else {
+            return Ok(None);
+        };
+        let mut ranked = score_people(db, tenant, &people, plans).await?;
+        sort_ranked(&mut ranked);
+        ranked.truncate(n);
+        ranked
+    } else {
+        // Beyond three words the pairs of every two would be many statements' worth.
+        let Some(words) = text_words(plans).filter(|words| words.len() <= 3) else {
+            return Ok(None);
+        };
+        let Some(ranked) = rank_text_words(db, tenant, plans, &words, n).await? else {
+            return Ok(None);
+        };
+        ranked
     };
-    let mut ranked = score_people(db, tenant, &people, plans).await?;
-    sort_ranked(&mut ranked);
-    ranked.truncate(n);
     // The mean over the words, as `SearchApi::rank_with` gives it.
     let count = plans.len() as f64;
     for r in &mut ranked {

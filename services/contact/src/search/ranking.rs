@@ -16,7 +16,7 @@ fn edit_distance(a: &str, b: &str, limit: usize) -> Option<usize> {
 }
 
 /// Typos tolerated in a word of this many characters.
-fn typo_budget(chars: usize) -> usize {
+pub fn typo_budget(chars: usize) -> usize {
     match chars {
         0..=3 => 0,
         4..=7 => 1,
@@ -55,7 +55,9 @@ pub fn match_term(word: &str, term: &str) -> Option<TermMatch> {
     }
     // A typo within a prefix: "jonhs" for "jonhson"… compare the term's start.
     let head: String = term.chars().take(word_chars).collect();
-    if term.chars().count() > word_chars
+    let term_chars = term.chars().count();
+    if term_chars > word_chars
+        && term_chars <= word_chars + PREFIX_TYPO_REACH
         && let Some(distance) = edit_distance(word, &head, budget.min(1))
     {
         return Some(TermMatch {
@@ -65,6 +67,11 @@ pub fn match_term(word: &str, term: &str) -> Option<TermMatch> {
     }
     None
 }
+
+/// How much longer than the word a completion may be to match with a typo in the
+/// typed part ("jonhs" for "johnson"): longer ones are other words that happen to
+/// start alike, and bounding them lets the vocabulary lookup skip them by length.
+pub const PREFIX_TYPO_REACH: usize = 4;
 
 /// The characters a typo-tolerant lookup may assume the word starts with: typos in
 /// the first characters are rare, and the prefix keeps the vocabulary scan small.
@@ -106,6 +113,10 @@ mod tests {
         );
         assert!(match_term("anna", "berta").is_none());
         assert!(match_term("jonhs", "johnson").is_some(), "typo in a prefix");
+        assert!(
+            match_term("jonhs", "johnsonville").is_none(),
+            "a typo in the start of a much longer word"
+        );
     }
 
     #[test]
