@@ -184,6 +184,84 @@ async fn contacts_of_branches<C: ConnectionTrait>(
         .map(Some)
 }
 
+/// The (term, field) branches that have a posting at all: bounds computed from the
+/// branches a query could match would otherwise count fields a word never occurs in.
+async fn existing_branches<C: ConnectionTrait>(
+    db: &C,
+    tenant: &str,
+    branches: &[(String, TermField)],
+) -> Result<BTreeSet<(String, TermField)>, ApiError> {
+    if branches.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    let sql = format!(
+        "SELECT b.term, b.field FROM (VALUES {}) AS b(term, field) \
+         WHERE EXISTS (SELECT 1 FROM contact_terms t \
+         WHERE t.tenant_id = $1 AND t.term = b.term AND t.field = b.field)",
+        values_rows(branches.len(), 2, false)
+    );
+    let mut values: Vec<sea_orm::Value> = vec![tenant.into()];
+    for (term, field) in branches {
+        values.push(term.as_str().into());
+        values.push(field.code().into());
+    }
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            sql,
+            values,
+        ))
+        .await
+        .map_err(db_error)?;
+    let mut existing = BTreeSet::new();
+    for row in rows {
+        let term: String = row.try_get_by_index(0).map_err(ApiError::internal)?;
+        let code: i16 = row.try_get_by_index(1).map_err(ApiError::internal)?;
+        if let Some(field) = TermField::from_code(code) {
+            existing.insert((term, field));
+        }
+    }
+    Ok(existing)
+}
+
+/// The first `n` contacts by id of each branch.
+async fn first_contacts_of_branches<C: ConnectionTrait>(
+    db: &C,
+    tenant: &str,
+    branches: &[(String, TermField)],
+    n: usize,
+) -> Result<BTreeSet<String>, ApiError> {
+    if branches.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    let sql = format!(
+        "SELECT p.contact_id FROM (VALUES {}) AS b(term, field) \
+         CROSS JOIN LATERAL (SELECT t.contact_id FROM contact_terms t \
+         WHERE t.tenant_id = $1 AND t.term = b.term AND t.field = b.field \
+         ORDER BY t.contact_id LIMIT $2) AS p",
+        values_rows(branches.len(), 3, false)
+    );
+    let mut values: Vec<sea_orm::Value> = vec![tenant.into(), (n as i64).into()];
+    for (term, field) in branches {
+        values.push(term.as_str().into());
+        values.push(field.code().into());
+    }
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            sql,
+            values,
+        ))
+        .await
+        .map_err(db_error)?;
+    rows.iter()
+        .map(|row| {
+            row.try_get_by_index::<String>(0)
+                .map_err(ApiError::internal)
+        })
+        .collect()
+}
+
 /// Postings of terms of `field` starting with `prefix`, in the index order, up to
 /// `limit`: `(contact_id, term)`, and whether the limit cut them.
 async fn prefix_postings<C: ConnectionTrait>(
@@ -319,16 +397,37 @@ struct TextWord {
 
 const NAME_FIELDS: [TermField; 2] = [TermField::GivenName, TermField::FamilyName];
 
-/// The text words of `plans`, when every plan is one.
-fn text_words(plans: &[WordPlan]) -> Option<Vec<TextWord>> {
+/// Every (term, field) a text word could match.
+fn word_branches(plan: &WordPlan) -> Vec<(String, TermField)> {
+    match plan {
+        WordPlan::Terms { quality, .. } => quality
+            .keys()
+            .flat_map(|term| TEXT_FIELDS.iter().map(move |field| (term.clone(), *field)))
+            .collect(),
+        WordPlan::Prefix { .. } => Vec::new(),
+    }
+}
+
+/// The text words of `plans`, when every plan is one, from the (term, field) branches
+/// that exist.
+fn text_words(
+    plans: &[WordPlan],
+    existing: &BTreeSet<(String, TermField)>,
+) -> Option<Vec<TextWord>> {
     let phone_score = PREFIX_QUALITY * field_weight(TermField::Phone);
+    let exists = |term: &String, field: TermField| existing.contains(&(term.clone(), field));
     let mut words = Vec::with_capacity(plans.len());
     let mut best_terms = Vec::with_capacity(plans.len());
     for plan in plans {
         let WordPlan::Terms { quality, .. } = plan else {
             return None;
         };
-        let mut terms: Vec<(&String, f64)> = quality.iter().map(|(t, q)| (t, *q)).collect();
+        // Completions that occur in a name, best first.
+        let mut terms: Vec<(&String, f64)> = quality
+            .iter()
+            .filter(|(t, _)| NAME_FIELDS.iter().any(|f| exists(t, *f)))
+            .map(|(t, q)| (t, *q))
+            .collect();
         terms.sort_by(|x, y| y.1.total_cmp(&x.1).then_with(|| x.0.cmp(y.0)));
         best_terms.push(
             terms
@@ -372,6 +471,9 @@ fn text_words(plans: &[WordPlan]) -> Option<Vec<TextWord>> {
         }
         for (term, q) in quality {
             for field in TEXT_FIELDS {
+                if !exists(term, field) {
+                    continue;
+                }
                 let score = q * field_weight(field);
                 word.best = word.best.max(score);
                 if !(NAME_FIELDS.contains(&field) && word.paired.contains(term)) {
@@ -441,20 +543,28 @@ async fn rank_text_words<C: ConnectionTrait>(
     words: &[TextWord],
     n: usize,
 ) -> Result<Option<Vec<Ranked>>, ApiError> {
-    let Some(paired_people) =
-        contacts_of_branches(db, tenant, &pair_branches(words), CANDIDATE_POSTINGS).await?
-    else {
-        return Ok(None);
-    };
-    let mut ranked = score_people(db, tenant, &paired_people, plans).await?;
-    let mut people = paired_people;
+    let pairs = pair_branches(words);
     if let [a, b] = words {
+        // A contact whose best match of both words is on two name words has the score
+        // of that pair's branch; one missing from the first `n` of its branch has `n`
+        // others ahead of it there. So the first `n` of each pair, scored exactly, hold
+        // the top `n` of everyone but those matching a word only outside the pairs.
+        let seen = first_contacts_of_branches(db, tenant, &pairs, n).await?;
+        let mut ranked = score_people(db, tenant, &seen, plans).await?;
         sort_ranked(&mut ranked);
         let outside_pairs = (a.best_rest + b.best).max(a.best + b.best_rest);
         if ranked.len() >= n && ranked[n - 1].score > outside_pairs {
             ranked.truncate(n);
             return Ok(Some(ranked));
         }
+    }
+    let Some(paired_people) = contacts_of_branches(db, tenant, &pairs, CANDIDATE_POSTINGS).await?
+    else {
+        return Ok(None);
+    };
+    let mut ranked = score_people(db, tenant, &paired_people, plans).await?;
+    let mut people = paired_people;
+    if words.len() == 2 {
         for word in words {
             let Some(found) = people_of_rest(db, tenant, word).await? else {
                 return Ok(None);
@@ -576,7 +686,12 @@ pub(super) async fn rank<C: ConnectionTrait>(
         ranked
     } else {
         // Beyond three words the pairs of every two would be many statements' worth.
-        let Some(words) = text_words(plans).filter(|words| words.len() <= 3) else {
+        if plans.len() > 3 {
+            return Ok(None);
+        }
+        let branches: Vec<(String, TermField)> = plans.iter().flat_map(word_branches).collect();
+        let existing = existing_branches(db, tenant, &branches).await?;
+        let Some(words) = text_words(plans, &existing) else {
             return Ok(None);
         };
         let Some(ranked) = rank_text_words(db, tenant, plans, &words, n).await? else {

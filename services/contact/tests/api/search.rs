@@ -503,6 +503,11 @@ async fn bounded_ranking_on_postgres_equals_the_full_ranking() {
         "+41 79 01",
         "0790",
         "anna zzzz",
+        "ann mu",
+        "jo sm",
+        "anna anna",
+        "meier anna muller",
+        "muller meier",
     ] {
         let expected = full_ranking(&mut on_sqlite, &token, query).await;
         let got = full_ranking(&mut on_postgres, &token, query).await;
