@@ -35,6 +35,9 @@ const PAIR_TERMS: usize = 8;
 /// The most postings a multi-word query reads to find its people, and the most people
 /// it then scores; above it the query falls back to the full aggregation.
 const CANDIDATE_POSTINGS: usize = 1_000;
+/// The longest posting list of a rest that three-word queries intersect in the
+/// database.
+const REST_POSTINGS: usize = 50_000;
 /// Postings of an address or number prefix read in the index order.
 const PREFIX_POSTINGS: usize = 1_000;
 
@@ -529,13 +532,102 @@ async fn people_of_rest<C: ConnectionTrait>(
     Ok(Some(people))
 }
 
+/// The contacts with a posting in the rest of `u` and one in the rest of `v`, when
+/// no posting list of either is longer than REST_POSTINGS and they are few. The
+/// database intersects the lists, so only the common contacts leave it.
+async fn people_in_both_rests<C: ConnectionTrait>(
+    db: &C,
+    tenant: &str,
+    u: &TextWord,
+    v: &TextWord,
+) -> Result<Option<BTreeSet<String>>, ApiError> {
+    if u.phone_prefix.is_some() || v.phone_prefix.is_some() {
+        return Ok(None);
+    }
+    if u.rest.is_empty() || v.rest.is_empty() {
+        return Ok(Some(BTreeSet::new()));
+    }
+    let both: Vec<(String, TermField)> = u.rest.iter().chain(&v.rest).cloned().collect();
+    if any_longer_than(db, tenant, &both, REST_POSTINGS).await? {
+        return Ok(None);
+    }
+    let side = |first: usize, count: usize, alias: &str| {
+        format!(
+            "SELECT {alias}p.contact_id FROM (VALUES {}) AS {alias}(term, field) \
+             CROSS JOIN LATERAL (SELECT t.contact_id FROM contact_terms t \
+             WHERE t.tenant_id = $1 AND t.term = {alias}.term AND t.field = {alias}.field) \
+             AS {alias}p",
+            values_rows(count, first, false)
+        )
+    };
+    let sql = format!(
+        "SELECT contact_id FROM ({} INTERSECT {}) AS common LIMIT $2",
+        side(3, u.rest.len(), "u"),
+        side(3 + 2 * u.rest.len(), v.rest.len(), "v"),
+    );
+    let mut values: Vec<sea_orm::Value> =
+        vec![tenant.into(), (CANDIDATE_POSTINGS as i64 + 1).into()];
+    for (term, field) in &both {
+        values.push(term.as_str().into());
+        values.push(field.code().into());
+    }
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            sql,
+            values,
+        ))
+        .await
+        .map_err(db_error)?;
+    if rows.len() > CANDIDATE_POSTINGS {
+        return Ok(None);
+    }
+    rows.iter()
+        .map(|row| {
+            row.try_get_by_index::<String>(0)
+                .map_err(ApiError::internal)
+        })
+        .collect::<Result<BTreeSet<_>, _>>()
+        .map(Some)
+}
+
+/// Whether a branch has more than `limit` postings.
+async fn any_longer_than<C: ConnectionTrait>(
+    db: &C,
+    tenant: &str,
+    branches: &[(String, TermField)],
+    limit: usize,
+) -> Result<bool, ApiError> {
+    let sql = format!(
+        "SELECT 1 FROM (VALUES {}) AS b(term, field) \
+         WHERE EXISTS (SELECT 1 FROM contact_terms t \
+         WHERE t.tenant_id = $1 AND t.term = b.term AND t.field = b.field \
+         ORDER BY t.contact_id OFFSET $2 LIMIT 1) LIMIT 1",
+        values_rows(branches.len(), 3, false)
+    );
+    let mut values: Vec<sea_orm::Value> = vec![tenant.into(), (limit as i64).into()];
+    for (term, field) in branches {
+        values.push(term.as_str().into());
+        values.push(field.code().into());
+    }
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            sql,
+            values,
+        ))
+        .await
+        .map_err(db_error)?;
+    Ok(!rows.is_empty())
+}
+
 /// The top `n` for two or three text words. A contact matching them all either has
 /// two of them on two different name words (and so a pair term of their paired
 /// completions) or matches all but one of them through their rests:
 /// - two words: the people of the pairs, scored exactly, are the top `n` when the
 ///   `n`-th scores above the best a contact matching a word only through its rest can
 ///   score; else the rests are read too;
-/// - three words: the pairs' people and those of every rest but one too large to read.
+/// - three words: the pairs' people and those in the rests of two of the words.
 async fn rank_text_words<C: ConnectionTrait>(
     db: &C,
     tenant: &str,
@@ -572,15 +664,15 @@ async fn rank_text_words<C: ConnectionTrait>(
             people.extend(found);
         }
     } else {
-        let mut too_large = 0;
-        for word in words {
-            match people_of_rest(db, tenant, word).await? {
-                Some(found) => people.extend(found),
-                None => too_large += 1,
+        // Three words: a contact outside the pairs matches two of them through their
+        // rests, so it is in the intersection of those two rests.
+        for (i, u) in words.iter().enumerate() {
+            for v in &words[i + 1..] {
+                let Some(found) = people_in_both_rests(db, tenant, u, v).await? else {
+                    return Ok(None);
+                };
+                people.extend(found);
             }
-        }
-        if too_large > words.len().saturating_sub(2) {
-            return Ok(None);
         }
     }
     if people.len() > CANDIDATE_POSTINGS {
