@@ -390,6 +390,8 @@ fn merge_best(ranked: Vec<Ranked>, more: &[Ranked]) -> Vec<Ranked> {
 /// fields, weaker completions, terms another word pairs too, phone digits) is its rest.
 struct TextWord {
     paired: BTreeSet<String>,
+    /// Every (term, field) of the word that has postings.
+    all: Vec<(String, TermField)>,
     rest: Vec<(String, TermField)>,
     phone_prefix: Option<String>,
     /// The best score any posting of the word can give.
@@ -463,6 +465,7 @@ fn text_words(
             .collect();
         let mut word = TextWord {
             paired,
+            all: Vec::new(),
             rest: Vec::new(),
             phone_prefix: phone_prefix.clone(),
             best: 0.0,
@@ -479,6 +482,7 @@ fn text_words(
                 }
                 let score = q * field_weight(field);
                 word.best = word.best.max(score);
+                word.all.push((term.clone(), field));
                 if !(NAME_FIELDS.contains(&field) && word.paired.contains(term)) {
                     word.rest.push((term.clone(), field));
                     word.best_rest = word.best_rest.max(score);
@@ -511,43 +515,19 @@ fn pair_branches(words: &[TextWord]) -> Vec<(String, TermField)> {
     branches
 }
 
-/// Every contact with a posting in a word's rest, when they are few.
-async fn people_of_rest<C: ConnectionTrait>(
+/// The contacts with a posting in `left` and one in `right` (lists of (term, field)),
+/// when no list is longer than REST_POSTINGS and they are few. The database
+/// intersects the lists, so only the common contacts leave it.
+async fn people_in_both<C: ConnectionTrait>(
     db: &C,
     tenant: &str,
-    word: &TextWord,
+    left: &[(String, TermField)],
+    right: &[(String, TermField)],
 ) -> Result<Option<BTreeSet<String>>, ApiError> {
-    let Some(mut people) = contacts_of_branches(db, tenant, &word.rest, CANDIDATE_POSTINGS).await?
-    else {
-        return Ok(None);
-    };
-    if let Some(prefix) = &word.phone_prefix {
-        let (postings, cut) =
-            prefix_postings(db, tenant, prefix, TermField::Phone, CANDIDATE_POSTINGS).await?;
-        if cut {
-            return Ok(None);
-        }
-        people.extend(postings.into_iter().map(|(contact_id, _)| contact_id));
-    }
-    Ok(Some(people))
-}
-
-/// The contacts with a posting in the rest of `u` and one in the rest of `v`, when
-/// no posting list of either is longer than REST_POSTINGS and they are few. The
-/// database intersects the lists, so only the common contacts leave it.
-async fn people_in_both_rests<C: ConnectionTrait>(
-    db: &C,
-    tenant: &str,
-    u: &TextWord,
-    v: &TextWord,
-) -> Result<Option<BTreeSet<String>>, ApiError> {
-    if u.phone_prefix.is_some() || v.phone_prefix.is_some() {
-        return Ok(None);
-    }
-    if u.rest.is_empty() || v.rest.is_empty() {
+    if left.is_empty() || right.is_empty() {
         return Ok(Some(BTreeSet::new()));
     }
-    let both: Vec<(String, TermField)> = u.rest.iter().chain(&v.rest).cloned().collect();
+    let both: Vec<(String, TermField)> = left.iter().chain(right).cloned().collect();
     if any_longer_than(db, tenant, &both, REST_POSTINGS).await? {
         return Ok(None);
     }
@@ -562,8 +542,8 @@ async fn people_in_both_rests<C: ConnectionTrait>(
     };
     let sql = format!(
         "SELECT contact_id FROM ({} INTERSECT {}) AS common LIMIT $2",
-        side(3, u.rest.len(), "u"),
-        side(3 + 2 * u.rest.len(), v.rest.len(), "v"),
+        side(3, left.len(), "u"),
+        side(3 + 2 * left.len(), right.len(), "v"),
     );
     let mut values: Vec<sea_orm::Value> =
         vec![tenant.into(), (CANDIDATE_POSTINGS as i64 + 1).into()];
@@ -621,13 +601,14 @@ async fn any_longer_than<C: ConnectionTrait>(
     Ok(!rows.is_empty())
 }
 
-/// The top `n` for two or three text words. A contact matching them all either has
+/// The top `n` for two to four text words. A contact matching them all either has
 /// two of them on two different name words (and so a pair term of their paired
 /// completions) or matches all but one of them through their rests:
 /// - two words: the people of the pairs, scored exactly, are the top `n` when the
 ///   `n`-th scores above the best a contact matching a word only through its rest can
-///   score; else the rests are read too;
-/// - three words: the pairs' people and those in the rests of two of the words.
+///   score; else those in one word's rest and any posting of the other are added;
+/// - three or four words: the pairs' people and those in the rests of two of the
+///   words (a contact outside the pairs matches all words but one through the rests).
 async fn rank_text_words<C: ConnectionTrait>(
     db: &C,
     tenant: &str,
@@ -656,19 +637,23 @@ async fn rank_text_words<C: ConnectionTrait>(
     };
     let mut ranked = score_people(db, tenant, &paired_people, plans).await?;
     let mut people = paired_people;
-    if words.len() == 2 {
-        for word in words {
-            let Some(found) = people_of_rest(db, tenant, word).await? else {
+    if words.iter().any(|word| word.phone_prefix.is_some()) {
+        return Ok(None);
+    }
+    if let [a, b] = words {
+        // A contact outside the pairs matches one of the words through its rest.
+        for (left, right) in [(&a.rest, &b.all), (&a.all, &b.rest)] {
+            let Some(found) = people_in_both(db, tenant, left, right).await? else {
                 return Ok(None);
             };
             people.extend(found);
         }
     } else {
-        // Three words: a contact outside the pairs matches two of them through their
-        // rests, so it is in the intersection of those two rests.
+        // Three or four words: a contact outside the pairs matches all but one of them
+        // through their rests, so it is in the intersection of two rests.
         for (i, u) in words.iter().enumerate() {
             for v in &words[i + 1..] {
-                let Some(found) = people_in_both_rests(db, tenant, u, v).await? else {
+                let Some(found) = people_in_both(db, tenant, &u.rest, &v.rest).await? else {
                     return Ok(None);
                 };
                 people.extend(found);
@@ -777,8 +762,8 @@ pub(super) async fn rank<C: ConnectionTrait>(
         ranked.truncate(n);
         ranked
     } else {
-        // Beyond three words the pairs of every two would be many statements' worth.
-        if plans.len() > 3 {
+        // Beyond four words the pairs of every two would be many statements' worth.
+        if plans.len() > 4 {
             return Ok(None);
         }
         let branches: Vec<(String, TermField)> = plans.iter().flat_map(word_branches).collect();
