@@ -102,6 +102,37 @@ fn values_rows(count: usize, first: usize, with_score: bool) -> String {
         .join(", ")
 }
 
+/// Runs a statement whose parameters are `leading`, then each branch's term and field.
+async fn query_branches<C: ConnectionTrait>(
+    db: &C,
+    sql: String,
+    leading: Vec<sea_orm::Value>,
+    branches: &[(String, TermField)],
+) -> Result<Vec<sea_orm::QueryResult>, ApiError> {
+    let mut values = leading;
+    for (term, field) in branches {
+        values.push(term.as_str().into());
+        values.push(field.code().into());
+    }
+    db.query_all_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        sql,
+        values,
+    ))
+    .await
+    .map_err(db_error)
+}
+
+/// The contact ids of the rows' first column.
+fn contact_ids(rows: &[sea_orm::QueryResult]) -> Result<BTreeSet<String>, ApiError> {
+    rows.iter()
+        .map(|row| {
+            row.try_get_by_index::<String>(0)
+                .map_err(ApiError::internal)
+        })
+        .collect()
+}
+
 /// The best `n` contacts of the branches (score, then id), each branch read to `n`.
 async fn best_of_branches<C: ConnectionTrait>(
     db: &C,
@@ -162,29 +193,17 @@ async fn contacts_of_branches<C: ConnectionTrait>(
          LIMIT $2) AS p LIMIT $2",
         values_rows(branches.len(), 3, false)
     );
-    let mut values: Vec<sea_orm::Value> = vec![tenant.into(), (limit as i64 + 1).into()];
-    for (term, field) in branches {
-        values.push(term.as_str().into());
-        values.push(field.code().into());
-    }
-    let rows = db
-        .query_all_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            sql,
-            values,
-        ))
-        .await
-        .map_err(db_error)?;
+    let rows = query_branches(
+        db,
+        sql,
+        vec![tenant.into(), (limit as i64 + 1).into()],
+        branches,
+    )
+    .await?;
     if rows.len() > limit {
         return Ok(None);
     }
-    rows.iter()
-        .map(|row| {
-            row.try_get_by_index::<String>(0)
-                .map_err(ApiError::internal)
-        })
-        .collect::<Result<BTreeSet<_>, _>>()
-        .map(Some)
+    contact_ids(&rows).map(Some)
 }
 
 /// The (term, field) branches that have a posting at all: bounds computed from the
@@ -203,19 +222,7 @@ async fn existing_branches<C: ConnectionTrait>(
          WHERE t.tenant_id = $1 AND t.term = b.term AND t.field = b.field)",
         values_rows(branches.len(), 2, false)
     );
-    let mut values: Vec<sea_orm::Value> = vec![tenant.into()];
-    for (term, field) in branches {
-        values.push(term.as_str().into());
-        values.push(field.code().into());
-    }
-    let rows = db
-        .query_all_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            sql,
-            values,
-        ))
-        .await
-        .map_err(db_error)?;
+    let rows = query_branches(db, sql, vec![tenant.into()], branches).await?;
     let mut existing = BTreeSet::new();
     for row in rows {
         let term: String = row.try_get_by_index(0).map_err(ApiError::internal)?;
@@ -244,25 +251,8 @@ async fn first_contacts_of_branches<C: ConnectionTrait>(
          ORDER BY t.contact_id LIMIT $2) AS p",
         values_rows(branches.len(), 3, false)
     );
-    let mut values: Vec<sea_orm::Value> = vec![tenant.into(), (n as i64).into()];
-    for (term, field) in branches {
-        values.push(term.as_str().into());
-        values.push(field.code().into());
-    }
-    let rows = db
-        .query_all_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            sql,
-            values,
-        ))
-        .await
-        .map_err(db_error)?;
-    rows.iter()
-        .map(|row| {
-            row.try_get_by_index::<String>(0)
-                .map_err(ApiError::internal)
-        })
-        .collect()
+    let rows = query_branches(db, sql, vec![tenant.into(), (n as i64).into()], branches).await?;
+    contact_ids(&rows)
 }
 
 /// Postings of terms of `field` starting with `prefix`, in the index order, up to
@@ -545,30 +535,17 @@ async fn people_in_both<C: ConnectionTrait>(
         side(3, left.len(), "u"),
         side(3 + 2 * left.len(), right.len(), "v"),
     );
-    let mut values: Vec<sea_orm::Value> =
-        vec![tenant.into(), (CANDIDATE_POSTINGS as i64 + 1).into()];
-    for (term, field) in &both {
-        values.push(term.as_str().into());
-        values.push(field.code().into());
-    }
-    let rows = db
-        .query_all_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            sql,
-            values,
-        ))
-        .await
-        .map_err(db_error)?;
+    let rows = query_branches(
+        db,
+        sql,
+        vec![tenant.into(), (CANDIDATE_POSTINGS as i64 + 1).into()],
+        &both,
+    )
+    .await?;
     if rows.len() > CANDIDATE_POSTINGS {
         return Ok(None);
     }
-    rows.iter()
-        .map(|row| {
-            row.try_get_by_index::<String>(0)
-                .map_err(ApiError::internal)
-        })
-        .collect::<Result<BTreeSet<_>, _>>()
-        .map(Some)
+    contact_ids(&rows).map(Some)
 }
 
 /// Whether a branch has more than `limit` postings.
@@ -585,19 +562,13 @@ async fn any_longer_than<C: ConnectionTrait>(
          ORDER BY t.contact_id OFFSET $2 LIMIT 1) LIMIT 1",
         values_rows(branches.len(), 3, false)
     );
-    let mut values: Vec<sea_orm::Value> = vec![tenant.into(), (limit as i64).into()];
-    for (term, field) in branches {
-        values.push(term.as_str().into());
-        values.push(field.code().into());
-    }
-    let rows = db
-        .query_all_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            sql,
-            values,
-        ))
-        .await
-        .map_err(db_error)?;
+    let rows = query_branches(
+        db,
+        sql,
+        vec![tenant.into(), (limit as i64).into()],
+        branches,
+    )
+    .await?;
     Ok(!rows.is_empty())
 }
 
