@@ -7,10 +7,12 @@
 //!   hold the top `n` overall (a contact missing from its best branch's first `n` has
 //!   `n` others ahead of it there), so each branch is read only to `n` rows, by the
 //!   index order, and the best branches first.
-//! - Several words: the people matching two of them are found by the name-pair terms
-//!   ("anna muller") plus every other posting of the two words (email words, tags,
-//!   weaker completions), which is complete; when that stays small, those people are
-//!   scored exactly from their terms.
+//! - Two to four words: a contact matching them all has two of them on two name words,
+//!   and so a name-pair term ("anna muller"), or matches all but one of them through
+//!   their other postings (email words, tags, weaker completions). The pair lists'
+//!   people, and those the database finds in two words' other postings at once, are
+//!   scored exactly from their terms; for two words the first `n` of each pair list
+//!   often settle the page alone (see `rank_text_words`).
 //!
 //! Both give the ranking `SearchApi::rank_with` gives; `None` means "read everything"
 //! (the caller falls back to it).
@@ -35,8 +37,7 @@ const PAIR_TERMS: usize = 8;
 /// The most postings a multi-word query reads to find its people, and the most people
 /// it then scores; above it the query falls back to the full aggregation.
 const CANDIDATE_POSTINGS: usize = 1_000;
-/// The longest posting list of a rest that three-word queries intersect in the
-/// database.
+/// The longest posting list the database intersects for a multi-word query.
 const REST_POSTINGS: usize = 50_000;
 /// Postings of an address or number prefix read in the index order.
 const PREFIX_POSTINGS: usize = 1_000;
@@ -588,13 +589,16 @@ async fn rank_text_words<C: ConnectionTrait>(
     n: usize,
 ) -> Result<Option<Vec<Ranked>>, ApiError> {
     let pairs = pair_branches(words);
+    // Everyone scored so far, and those of them matching every word.
+    let mut scored = BTreeSet::new();
+    let mut ranked = Vec::new();
     if let [a, b] = words {
         // A contact whose best match of both words is on two name words has the score
         // of that pair's branch; one missing from the first `n` of its branch has `n`
         // others ahead of it there. So the first `n` of each pair, scored exactly, hold
         // the top `n` of everyone but those matching a word only outside the pairs.
-        let seen = first_contacts_of_branches(db, tenant, &pairs, n).await?;
-        let mut ranked = score_people(db, tenant, &seen, plans).await?;
+        scored = first_contacts_of_branches(db, tenant, &pairs, n).await?;
+        ranked = score_people(db, tenant, &scored, plans).await?;
         sort_ranked(&mut ranked);
         let outside_pairs = (a.best_rest + b.best).max(a.best + b.best_rest);
         if ranked.len() >= n && ranked[n - 1].score > outside_pairs {
@@ -602,12 +606,10 @@ async fn rank_text_words<C: ConnectionTrait>(
             return Ok(Some(ranked));
         }
     }
-    let Some(paired_people) = contacts_of_branches(db, tenant, &pairs, CANDIDATE_POSTINGS).await?
+    let Some(mut people) = contacts_of_branches(db, tenant, &pairs, CANDIDATE_POSTINGS).await?
     else {
         return Ok(None);
     };
-    let mut ranked = score_people(db, tenant, &paired_people, plans).await?;
-    let mut people = paired_people;
     if words.iter().any(|word| word.phone_prefix.is_some()) {
         return Ok(None);
     }
@@ -634,7 +636,6 @@ async fn rank_text_words<C: ConnectionTrait>(
     if people.len() > CANDIDATE_POSTINGS {
         return Ok(None);
     }
-    let scored: BTreeSet<String> = ranked.iter().map(|r| r.contact_id.clone()).collect();
     let unscored: BTreeSet<String> = people.difference(&scored).cloned().collect();
     ranked.extend(score_people(db, tenant, &unscored, plans).await?);
     sort_ranked(&mut ranked);
