@@ -3,6 +3,7 @@
 //! stack, TLS and outbound clients. Each concern lives in its own module.
 
 pub mod auth;
+pub mod bulk;
 pub mod cache;
 pub mod clients;
 pub mod config;

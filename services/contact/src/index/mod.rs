@@ -8,10 +8,11 @@ pub mod migration;
 use std::collections::{BTreeMap, BTreeSet};
 
 use sea_orm::ConnectionTrait;
-use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query, SimpleExpr};
+use sea_orm::sea_query::{Expr, ExprTrait, Query, SimpleExpr};
 use unicode_normalization::UnicodeNormalization as _;
 
 use crm_platform::ApiError;
+use crm_platform::bulk;
 use crm_platform::errors::from_db;
 use crm_platform::filter::{Op, Value};
 use crm_proto::common::AttributeValue;
@@ -273,9 +274,6 @@ fn contact_id(contact: &Contact) -> &str {
     contact.name.trim_start_matches("contacts/")
 }
 
-/// Rows per insert statement: well under the bind-parameter limits of both backends.
-const ROWS_PER_INSERT: usize = 2_000;
-
 /// Whether the records written may already have derived rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rows {
@@ -320,40 +318,33 @@ pub async fn write<C: ConnectionTrait>(
             term_rows.push((term, field, id));
         }
     }
-    for chunk in term_rows.chunks(ROWS_PER_INSERT) {
-        let mut insert = Query::insert();
-        insert.into_table(ContactTerms::Table).columns([
+    let mut term_insert = bulk::Rows::new(
+        ContactTerms::Table,
+        [
             ContactTerms::TenantId,
             ContactTerms::Term,
             ContactTerms::Field,
             ContactTerms::ContactId,
+        ],
+    );
+    for (term, field, id) in term_rows {
+        term_insert.push(vec![
+            tenant.into(),
+            term.into(),
+            field.code().into(),
+            id.into(),
         ]);
-        for (term, field, id) in chunk {
-            insert.values_panic([
-                tenant.into(),
-                term.as_str().into(),
-                field.code().into(),
-                (*id).into(),
-            ]);
-        }
-        conn.execute(&insert).await.map_err(db)?;
     }
-    let vocabulary: Vec<String> = vocabulary.into_iter().collect();
-    for chunk in vocabulary.chunks(ROWS_PER_INSERT) {
-        let mut insert = Query::insert();
-        insert
-            .into_table(SearchVocabulary::Table)
-            .columns([SearchVocabulary::TenantId, SearchVocabulary::Term])
-            .on_conflict(
-                OnConflict::columns([SearchVocabulary::TenantId, SearchVocabulary::Term])
-                    .do_nothing()
-                    .to_owned(),
-            );
-        for term in chunk {
-            insert.values_panic([tenant.into(), term.as_str().into()]);
-        }
-        conn.execute(&insert).await.map_err(db)?;
+    bulk::insert(conn, term_insert).await.map_err(db)?;
+    let mut vocabulary_insert = bulk::Rows::new(
+        SearchVocabulary::Table,
+        [SearchVocabulary::TenantId, SearchVocabulary::Term],
+    )
+    .skip_conflicts_on([SearchVocabulary::TenantId, SearchVocabulary::Term]);
+    for term in vocabulary {
+        vocabulary_insert.push(vec![tenant.into(), term.into()]);
     }
+    bulk::insert(conn, vocabulary_insert).await.map_err(db)?;
     let none = BTreeMap::new();
     let attributes: Vec<(&str, &BTreeMap<String, AttributeValue>)> = contacts
         .iter()
@@ -413,9 +404,9 @@ pub async fn write_attributes<C: ConnectionTrait>(
                 .map(move |(k, v)| (*id, k, v.kind.as_ref()))
         })
         .collect();
-    for chunk in rows.chunks(ROWS_PER_INSERT) {
-        let mut insert = Query::insert();
-        insert.into_table(RecordAttributes::Table).columns([
+    let mut insert = bulk::Rows::new(
+        RecordAttributes::Table,
+        [
             RecordAttributes::TenantId,
             RecordAttributes::RecordKind,
             RecordAttributes::RecordId,
@@ -423,32 +414,31 @@ pub async fn write_attributes<C: ConnectionTrait>(
             RecordAttributes::TextValue,
             RecordAttributes::NumberValue,
             RecordAttributes::BoolValue,
+        ],
+    );
+    for (id, key, kind_value) in rows {
+        let (text, number, flag): (Option<String>, Option<f64>, Option<bool>) = match kind_value {
+            Some(Kind::StringValue(s)) => (Some(s.clone()), None, None),
+            Some(Kind::NumberValue(n)) => (None, Some(*n), None),
+            Some(Kind::BoolValue(b)) => (None, None, Some(*b)),
+            Some(Kind::DateValue(d)) => (
+                Some(format!("{:04}-{:02}-{:02}", d.year, d.month, d.day)),
+                None,
+                None,
+            ),
+            None => (None, None, None),
+        };
+        insert.push(vec![
+            tenant.into(),
+            (kind as i16).into(),
+            id.into(),
+            key.as_str().into(),
+            text.into(),
+            number.into(),
+            flag.into(),
         ]);
-        for (id, key, kind_value) in chunk {
-            let (text, number, flag): (Option<String>, Option<f64>, Option<bool>) = match kind_value
-            {
-                Some(Kind::StringValue(s)) => (Some(s.clone()), None, None),
-                Some(Kind::NumberValue(n)) => (None, Some(*n), None),
-                Some(Kind::BoolValue(b)) => (None, None, Some(*b)),
-                Some(Kind::DateValue(d)) => (
-                    Some(format!("{:04}-{:02}-{:02}", d.year, d.month, d.day)),
-                    None,
-                    None,
-                ),
-                None => (None, None, None),
-            };
-            insert.values_panic([
-                tenant.into(),
-                (kind as i16).into(),
-                (*id).into(),
-                key.as_str().into(),
-                text.into(),
-                number.into(),
-                flag.into(),
-            ]);
-        }
-        conn.execute(&insert).await.map_err(db)?;
     }
+    bulk::insert(conn, insert).await.map_err(db)?;
     Ok(())
 }
 

@@ -1,24 +1,21 @@
-//! Persistence of imports: batched lookups, one multi-row insert per batch, updates
-//! with the revision check, and the batch's outbox rows in one multi-row insert.
+//! Persistence of imports: batched lookups, one bulk insert per batch, updates with
+//! the revision check, and the batch's outbox rows in one bulk insert.
 
 use sea_orm::sea_query::{Condition, Expr, ExprTrait, Query};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
 
 use crm_platform::ApiError;
 use crm_platform::auth::Caller;
+use crm_platform::bulk;
 use crm_platform::db::now_micros;
 use crm_platform::errors::from_db;
-use crm_platform::events::{self, NewEvent, outbox};
+use crm_platform::events::{self, NewEvent};
 use crm_proto::common::FieldChange;
 use crm_proto::contact::Contact;
 
 use crate::index::TermField;
 use crate::index::migration::ContactTerms;
 use crate::store::{self, StoredContact, contact_row};
-
-/// Rows per multi-row insert: well under the bind-parameter limits of SQLite (32,766)
-/// and Postgres (65,535) at 22 columns a row.
-const INSERT_CHUNK: usize = 1000;
 
 /// An outbox event of a batch, appended when the batch is written.
 pub struct PendingEvent {
@@ -96,16 +93,13 @@ pub async fn insert_contacts<C: ConnectionTrait>(
     tenant: &str,
     contacts: &[(&str, i64, &Contact)],
 ) -> Result<(), ApiError> {
-    for chunk in contacts.chunks(INSERT_CHUNK) {
-        let models = chunk
-            .iter()
-            .map(|(id, revision, contact)| store::active_model(tenant, id, *revision, contact));
-        contact_row::Entity::insert_many(models)
-            .exec_without_returning(conn)
-            .await
-            .map_err(|e| from_db(e, "contacts"))?;
-    }
-    Ok(())
+    let models = contacts
+        .iter()
+        .map(|(id, revision, contact)| store::active_model(tenant, id, *revision, contact));
+    let rows = bulk::Rows::of_models(models).map_err(|e| from_db(e, "contacts"))?;
+    bulk::insert(conn, rows)
+        .await
+        .map_err(|e| from_db(e, "contacts"))
 }
 
 /// Writes a changed contact if it is still at `stored_revision`; a concurrent write
@@ -145,25 +139,22 @@ pub async fn append_events<C: ConnectionTrait>(
     caller: &Caller,
     events: &[PendingEvent],
 ) -> Result<(), ApiError> {
-    for chunk in events.chunks(INSERT_CHUNK) {
-        let now = now_micros();
-        let models = chunk.iter().map(|event| {
-            events::outbox_row(
-                caller,
-                NewEvent {
-                    event_type: event.event_type,
-                    resource_name: event.resource_name.clone(),
-                    changes: event.changes.clone(),
-                    payload: Some(store::payload(&event.contact)),
-                    request_id: String::new(),
-                },
-                now,
-            )
-        });
-        outbox::Entity::insert_many(models)
-            .exec_without_returning(conn)
-            .await
-            .map_err(|e| from_db(e, "event"))?;
-    }
-    Ok(())
+    let now = now_micros();
+    let models = events.iter().map(|event| {
+        events::outbox_row(
+            caller,
+            NewEvent {
+                event_type: event.event_type,
+                resource_name: event.resource_name.clone(),
+                changes: event.changes.clone(),
+                payload: Some(store::payload(&event.contact)),
+                request_id: String::new(),
+            },
+            now,
+        )
+    });
+    let rows = bulk::Rows::of_models(models).map_err(|e| from_db(e, "event"))?;
+    bulk::insert(conn, rows)
+        .await
+        .map_err(|e| from_db(e, "event"))
 }

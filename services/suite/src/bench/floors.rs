@@ -1,7 +1,7 @@
 //! The floors a scenario is held against, measured in the same run at the same
 //! concurrency: the server stack without work (`echo`), the database without the
-//! service (`postgres_point_select`, `postgres_insert`), and the cache without the
-//! service (`redis_get`).
+//! service (`postgres_point_select`, `postgres_insert`, and `postgres_bulk_insert` for
+//! imports), and the cache without the service (`redis_get`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -189,4 +189,89 @@ pub async fn redis_get(url: &str) -> anyhow::Result<Arc<dyn Workload>> {
             value.map(|_| 1).ok_or_else(|| "redis: missing".to_owned())
         })
     }))
+}
+
+/// Rows per transaction of `postgres_bulk_insert`: one ImportContacts request message,
+/// which the service writes in one transaction.
+const BULK_BATCH_ROWS: u64 = 1_000;
+
+/// What an import must at least write, without its checks: each batch of new people as
+/// contact rows, their search-index rows and their outbox rows, with the service's own
+/// write functions, into the real tables of the same tenant (so the B-trees are as deep
+/// as the import's), in a transaction that is rolled back so that the tenant keeps no
+/// trace. A call is `rows` people; its units are rows, like `import_contacts`.
+pub fn postgres_bulk_insert(
+    connections: Vec<DatabaseConnection>,
+    tenant: String,
+    first_person: u64,
+    rows: u64,
+) -> Arc<dyn Workload> {
+    let caller = Arc::new(crm_platform::auth::Caller {
+        subject: "crm-bench".into(),
+        tenant,
+        roles: vec![crm_platform::auth::Role::Admin],
+        token: Arc::from(""),
+    });
+    let counter = Arc::new(AtomicU64::new(first_person));
+    Arc::new(move |worker: usize, _seq: u64| -> Call {
+        let db = connections[worker % connections.len()].clone();
+        let caller = caller.clone();
+        let first = counter.fetch_add(rows, Ordering::Relaxed);
+        Box::pin(async move {
+            let mut start = first;
+            while start < first + rows {
+                let end = (start + BULK_BATCH_ROWS).min(first + rows);
+                write_rolled_back(&db, &caller, start..end)
+                    .await
+                    .map_err(|e| format!("postgres: {e}"))?;
+                start = end;
+            }
+            Ok(rows)
+        })
+    })
+}
+
+async fn write_rolled_back(
+    db: &DatabaseConnection,
+    caller: &crm_platform::auth::Caller,
+    people: std::ops::Range<u64>,
+) -> Result<(), crm_platform::ApiError> {
+    use crm_contact::transfer::store::{PendingEvent, append_events, insert_contacts};
+    let mut contacts = Vec::with_capacity(people.clone().count());
+    for n in people {
+        let mut contact = crate::seed::person(n, None);
+        let id = uuid::Uuid::now_v7().to_string();
+        crm_contact::store::prepare_new(&mut contact, &id);
+        contacts.push((id, contact));
+    }
+    let rows: Vec<(&str, i64, &crm_proto::contact::Contact)> = contacts
+        .iter()
+        .map(|(id, contact)| (id.as_str(), 1, contact))
+        .collect();
+    let events: Vec<PendingEvent> = contacts
+        .iter()
+        .map(|(_, contact)| PendingEvent {
+            event_type: "crm.contact.v1.ContactCreated",
+            resource_name: contact.name.clone(),
+            changes: Vec::new(),
+            contact: contact.clone(),
+        })
+        .collect();
+    let txn = db
+        .begin()
+        .await
+        .map_err(|e| crm_platform::errors::from_db(e, "bench"))?;
+    insert_contacts(&txn, &caller.tenant, &rows).await?;
+    let inserted: Vec<&crm_proto::contact::Contact> = contacts.iter().map(|(_, c)| c).collect();
+    crm_contact::index::write(
+        &txn,
+        &caller.tenant,
+        &inserted,
+        crm_contact::index::Rows::New,
+    )
+    .await?;
+    append_events(&txn, caller, &events).await?;
+    txn.rollback()
+        .await
+        .map_err(|e| crm_platform::errors::from_db(e, "bench"))
 }

@@ -423,6 +423,26 @@ pub async fn run_bench(
             .await,
         );
         floors::drop_insert_tables(db).await;
+        if selected.iter().any(|s| s == "import_contacts") {
+            let streams = args.import_streams.max(1);
+            eprintln!(
+                "measuring postgres_bulk_insert: {streams} streams of {} rows",
+                args.import_rows
+            );
+            let workload = floors::postgres_bulk_insert(
+                per_caller.clone(),
+                args.tenant.clone(),
+                // Apart from the people the scenarios create; rolled back anyway.
+                fixture.fresh_from + 50_000_000,
+                args.import_rows.max(1),
+            );
+            let outcome = load::fixed(workload, streams, 1).await;
+            report.floors.push(Line::from_outcome(
+                "postgres_bulk_insert",
+                format!("{streams} streams × {} rows", args.import_rows),
+                &outcome,
+            ));
+        }
         report.floors.push(
             measure(
                 "redis_get".into(),

@@ -72,6 +72,7 @@ impl Report {
             ("get_contact_cached", "echo"),
             ("get_contact_uncached", "postgres_point_select"),
             ("create_contact", "postgres_insert"),
+            ("import_contacts", "postgres_bulk_insert"),
         ] {
             if let (Some(s), Some(f)) = (
                 Self::find(&self.scenarios, scenario),
@@ -156,8 +157,13 @@ mod tests {
             scenarios: vec![
                 line("get_contact_cached", 500.0),
                 line("create_contact", 100.0),
+                line("import_contacts", 1500.0),
             ],
-            floors: vec![line("echo", 1000.0), line("postgres_insert", 400.0)],
+            floors: vec![
+                line("echo", 1000.0),
+                line("postgres_insert", 400.0),
+                line("postgres_bulk_insert", 2000.0),
+            ],
             ..Default::default()
         };
         report.compute_ratios();
@@ -165,6 +171,10 @@ mod tests {
         assert_eq!(
             report.ratios.get("create_contact/postgres_insert"),
             Some(&0.25)
+        );
+        assert_eq!(
+            report.ratios.get("import_contacts/postgres_bulk_insert"),
+            Some(&0.75)
         );
         assert!(
             !report
