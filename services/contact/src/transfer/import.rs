@@ -1,6 +1,6 @@
 //! One import: rows are taken in batches; each batch is checked against the stored
 //! contacts with a few queries for the whole batch, then written in one transaction
-//! (one multi-row insert, the updates, the outbox rows) or, on a dry run, only checked.
+//! (one bulk insert, the updates, the outbox rows) or, on a dry run, only checked.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};

@@ -87,7 +87,7 @@ pub async fn load<C: ConnectionTrait>(
     rows.iter().map(store::decode).collect()
 }
 
-/// Inserts new contacts with multi-row inserts.
+/// Inserts new contacts in bulk (`crm_platform::bulk`).
 pub async fn insert_contacts<C: ConnectionTrait>(
     conn: &C,
     tenant: &str,
