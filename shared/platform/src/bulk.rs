@@ -9,7 +9,7 @@
 //! limit.
 
 use sea_orm::sea_query::value::ArrayType;
-use sea_orm::sea_query::{Alias, DynIden, IntoIden, OnConflict, Query};
+use sea_orm::sea_query::{DynIden, IntoIden, OnConflict, Query};
 use sea_orm::{
     ActiveModelTrait, ActiveValue, ConnectionTrait, DbBackend, DbErr, EntityTrait, Iterable,
     Statement, Value,
@@ -85,10 +85,6 @@ impl Rows {
         self.rows.push(row);
     }
 
-    pub fn len(&self) -> usize {
-        self.rows.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
     }
@@ -96,7 +92,7 @@ impl Rows {
 
 /// Inserts the rows; nothing for none. A row whose value count differs from the
 /// column count is an error, not a panic.
-pub async fn insert<C: ConnectionTrait>(conn: &C, rows: Rows) -> Result<(), DbErr> {
+pub async fn insert<C: ConnectionTrait>(conn: &C, mut rows: Rows) -> Result<(), DbErr> {
     if rows.rows.is_empty() {
         return Ok(());
     }
@@ -110,7 +106,11 @@ pub async fn insert<C: ConnectionTrait>(conn: &C, rows: Rows) -> Result<(), DbEr
     }
     match conn.get_database_backend() {
         DbBackend::Postgres => {
-            for chunk in rows.rows.chunks(POSTGRES_ROWS_PER_STATEMENT) {
+            // The values move into the column arrays: a batch's payloads are not copied.
+            let mut rest = std::mem::take(&mut rows.rows);
+            while !rest.is_empty() {
+                let tail = rest.split_off(rest.len().min(POSTGRES_ROWS_PER_STATEMENT));
+                let chunk = std::mem::replace(&mut rest, tail);
                 conn.execute_raw(unnest_statement(&rows, chunk)?).await?;
             }
         }
@@ -189,40 +189,61 @@ fn quoted(iden: &DynIden) -> String {
 /// `INSERT INTO t (a, b) SELECT c0, CASE WHEN n1 THEN NULL ELSE c1 END FROM
 /// unnest($1::text[], $2::int8[], $3::bool[]) AS bulk_rows(c0, c1, n1)`: a column
 /// with NULLs gets a bool array of null flags beside its values.
-fn unnest_statement(rows: &Rows, chunk: &[Vec<Value>]) -> Result<Statement, DbErr> {
-    let mut arrays: Vec<String> = Vec::new();
-    let mut names: Vec<String> = Vec::new();
-    let mut selected: Vec<String> = Vec::new();
-    let mut values: Vec<Value> = Vec::new();
-    for (index, _) in rows.columns.iter().enumerate() {
-        let first = &chunk[0][index];
-        let (ty, element) = array_type(first)?;
-        let nullable = chunk.iter().any(|row| is_null(&row[index]));
-        let mut column = Vec::with_capacity(chunk.len());
-        let mut nulls = Vec::with_capacity(if nullable { chunk.len() } else { 0 });
-        for row in chunk {
-            let value = &row[index];
-            if std::mem::discriminant(value) != std::mem::discriminant(first) {
+fn unnest_statement(rows: &Rows, chunk: Vec<Vec<Value>>) -> Result<Statement, DbErr> {
+    let Some(first_row) = chunk.first() else {
+        return Err(DbErr::Custom("bulk insert: no rows".into()));
+    };
+    // Each column's element type (from its first value) and whether it holds a NULL.
+    let mut kinds = Vec::with_capacity(first_row.len());
+    for (index, first) in first_row.iter().enumerate() {
+        let mut nullable = false;
+        for row in &chunk {
+            if std::mem::discriminant(&row[index]) != std::mem::discriminant(first) {
                 return Err(DbErr::Custom(format!(
                     "bulk insert: mixed value types in column {}",
                     rows.columns[index]
                 )));
             }
-            if is_null(value) {
-                column.push(placeholder(&ty));
-                nulls.push(Value::Bool(Some(true)));
-            } else {
-                column.push(value.clone());
-                if nullable {
-                    nulls.push(Value::Bool(Some(false)));
-                }
-            }
+            nullable |= is_null(&row[index]);
         }
+        let (ty, element) = array_type(first)?;
+        kinds.push((ty, element, nullable));
+    }
+    let mut columns: Vec<Vec<Value>> = kinds
+        .iter()
+        .map(|_| Vec::with_capacity(chunk.len()))
+        .collect();
+    let mut nulls: Vec<Vec<Value>> = kinds
+        .iter()
+        .map(|(_, _, nullable)| Vec::with_capacity(if *nullable { chunk.len() } else { 0 }))
+        .collect();
+    for row in chunk {
+        for (index, value) in row.into_iter().enumerate() {
+            let (ty, _, nullable) = &kinds[index];
+            if *nullable {
+                nulls[index].push(Value::Bool(Some(is_null(&value))));
+            }
+            columns[index].push(if is_null(&value) {
+                placeholder(ty)
+            } else {
+                value
+            });
+        }
+    }
+    let mut arrays: Vec<String> = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    let mut selected: Vec<String> = Vec::new();
+    let mut values: Vec<Value> = Vec::new();
+    for (index, ((ty, element, nullable), (column, column_nulls))) in kinds
+        .into_iter()
+        .zip(columns.into_iter().zip(nulls))
+        .enumerate()
+    {
         values.push(Value::Array(ty, Some(Box::new(column))));
         arrays.push(format!("${}::{element}[]", values.len()));
         names.push(format!("c{index}"));
         if nullable {
-            values.push(Value::Array(ArrayType::Bool, Some(Box::new(nulls))));
+            values.push(Value::Array(ArrayType::Bool, Some(Box::new(column_nulls))));
             arrays.push(format!("${}::bool[]", values.len()));
             names.push(format!("n{index}"));
             selected.push(format!("CASE WHEN n{index} THEN NULL ELSE c{index} END"));
@@ -250,14 +271,14 @@ fn unnest_statement(rows: &Rows, chunk: &[Vec<Value>]) -> Result<Statement, DbEr
     ))
 }
 
-/// An identifier for a table or column named at run time.
-pub fn iden(name: &str) -> DynIden {
-    Alias::new(name).into_iden()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sea_orm::sea_query::Alias;
+
+    fn iden(name: &str) -> DynIden {
+        Alias::new(name).into_iden()
+    }
 
     fn sample() -> Rows {
         let mut rows = Rows::new(iden("terms"), [iden("term"), iden("field"), iden("note")])
@@ -270,7 +291,7 @@ mod tests {
     #[test]
     fn postgres_statement_unnests_one_array_per_column_and_flags_nulls() {
         let rows = sample();
-        let statement = unnest_statement(&rows, &rows.rows).unwrap();
+        let statement = unnest_statement(&rows, rows.rows.clone()).unwrap();
         assert_eq!(
             statement.sql,
             "INSERT INTO \"terms\" (\"term\", \"field\", \"note\") SELECT c0, c1, \
@@ -301,7 +322,7 @@ mod tests {
         let mut rows = Rows::new(iden("t"), [iden("a")]);
         rows.push(vec!["text".into()]);
         rows.push(vec![1i64.into()]);
-        assert!(unnest_statement(&rows, &rows.rows).is_err());
+        assert!(unnest_statement(&rows, rows.rows.clone()).is_err());
     }
 
     #[tokio::test]

@@ -307,17 +307,6 @@ pub async fn write<C: ConnectionTrait>(
         .map_err(db)?;
     }
 
-    let mut term_rows = Vec::new();
-    let mut vocabulary = BTreeSet::new();
-    for contact in contacts {
-        let id = contact_id(contact);
-        for (term, field) in terms(contact) {
-            if field.in_vocabulary() {
-                vocabulary.insert(term.clone());
-            }
-            term_rows.push((term, field, id));
-        }
-    }
     let mut term_insert = bulk::Rows::new(
         ContactTerms::Table,
         [
@@ -327,13 +316,20 @@ pub async fn write<C: ConnectionTrait>(
             ContactTerms::ContactId,
         ],
     );
-    for (term, field, id) in term_rows {
-        term_insert.push(vec![
-            tenant.into(),
-            term.into(),
-            field.code().into(),
-            id.into(),
-        ]);
+    let mut vocabulary = BTreeSet::new();
+    for contact in contacts {
+        let id = contact_id(contact);
+        for (term, field) in terms(contact) {
+            if field.in_vocabulary() {
+                vocabulary.insert(term.clone());
+            }
+            term_insert.push(vec![
+                tenant.into(),
+                term.into(),
+                field.code().into(),
+                id.into(),
+            ]);
+        }
     }
     bulk::insert(conn, term_insert).await.map_err(db)?;
     let mut vocabulary_insert = bulk::Rows::new(

@@ -218,13 +218,11 @@ pub fn postgres_bulk_insert(
         let caller = caller.clone();
         let first = counter.fetch_add(rows, Ordering::Relaxed);
         Box::pin(async move {
-            let mut start = first;
-            while start < first + rows {
-                let end = (start + BULK_BATCH_ROWS).min(first + rows);
-                write_rolled_back(&db, &caller, start..end)
+            let end = first + rows;
+            for start in (first..end).step_by(BULK_BATCH_ROWS as usize) {
+                write_rolled_back(&db, &caller, start..(start + BULK_BATCH_ROWS).min(end))
                     .await
                     .map_err(|e| format!("postgres: {e}"))?;
-                start = end;
             }
             Ok(rows)
         })

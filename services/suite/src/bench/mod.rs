@@ -569,8 +569,6 @@ async fn analyzing_while<F: std::future::Future>(
     Ok(work.await)
 }
 
-/// The feed's head once the relay has given every written event its position, so that
-/// the lag consumer starts after the earlier scenarios' events instead of behind them.
 /// Flushes the database's dirty pages, so that what runs next starts from the same
 /// state of its write-ahead log. Needs a superuser (or `pg_checkpoint`); without one
 /// the run goes on with a warning.
@@ -580,6 +578,8 @@ async fn checkpoint(db: &sea_orm::DatabaseConnection) {
     }
 }
 
+/// The feed's head once the relay has given every written event its position, so that
+/// the lag consumer starts after the earlier scenarios' events instead of behind them.
 async fn settled_head(db: &sea_orm::DatabaseConnection) -> anyhow::Result<i64> {
     let deadline = std::time::Instant::now() + Duration::from_secs(300);
     loop {
