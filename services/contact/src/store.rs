@@ -15,6 +15,7 @@ use crm_platform::db::{micros_to_timestamp, now_micros};
 use crm_platform::errors::from_db;
 use crm_platform::events::{self, EventFeed, NewEvent};
 use crm_platform::idempotency;
+use crm_platform::lookup::any_text;
 use crm_platform::pagination::{self, CursorValue, KeysetColumn};
 use crm_proto::common::FieldChange;
 use crm_proto::contact::{Contact, StageChange};
@@ -408,7 +409,11 @@ impl ContactStore {
     ) -> Result<Vec<StoredContact>, ApiError> {
         let rows = Contacts::find()
             .filter(Column::TenantId.eq(tenant))
-            .filter(Column::Id.is_in(ids.iter().map(String::as_str)))
+            .filter(any_text(
+                self.db.get_database_backend(),
+                Expr::col(Column::Id),
+                ids.iter().map(String::as_str),
+            ))
             .all(&self.db)
             .await
             .map_err(|e| from_db(e, "contact"))?;

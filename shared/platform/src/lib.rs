@@ -12,6 +12,7 @@ pub mod errors;
 pub mod events;
 pub mod filter;
 pub mod idempotency;
+pub mod lookup;
 pub mod pagination;
 pub mod process;
 pub mod server;

@@ -14,6 +14,7 @@ use sea_orm::sea_query::{Expr, ExprTrait as _, OnConflict, Query};
 use crm_platform::ApiError;
 use crm_platform::db::now_micros;
 use crm_platform::errors::from_db;
+use crm_platform::lookup::any_text;
 
 use super::migration::{SuppressedEmails, SuppressionSalts};
 use super::sha256;
@@ -94,7 +95,11 @@ pub async fn suppressed_with_salt<C: ConnectionTrait>(
                 .column(SuppressedEmails::EmailHash)
                 .from(SuppressedEmails::Table)
                 .and_where(Expr::col(SuppressedEmails::TenantId).eq(tenant))
-                .and_where(Expr::col(SuppressedEmails::EmailHash).is_in(by_hash.keys().cloned()))
+                .and_where(any_text(
+                    conn.get_database_backend(),
+                    Expr::col(SuppressedEmails::EmailHash),
+                    by_hash.keys().cloned(),
+                ))
                 .to_owned(),
         )
         .await

@@ -11,6 +11,7 @@ use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelec
 
 use crm_platform::ApiError;
 use crm_platform::errors::from_db;
+use crm_platform::lookup::any_text;
 use crm_proto::contact::{Contact, DuplicateMatch, DuplicateMatchRule, DuplicateRules};
 
 use crate::index::migration::ContactTerms;
@@ -242,7 +243,11 @@ async fn load_profiles<C: ConnectionTrait>(
     for chunk in ids.chunks(1_000) {
         let rows = live_profiles()
             .filter(contact_row::Column::TenantId.eq(tenant))
-            .filter(contact_row::Column::Id.is_in(chunk.iter().map(|s| s.as_str())))
+            .filter(any_text(
+                conn.get_database_backend(),
+                Expr::col(contact_row::Column::Id),
+                chunk.iter().map(|s| s.as_str()),
+            ))
             .into_model::<ProfileRow>()
             .all(conn)
             .await
@@ -254,7 +259,11 @@ async fn load_profiles<C: ConnectionTrait>(
     if !accounts.is_empty() {
         let rows = live_profiles()
             .filter(contact_row::Column::TenantId.eq(tenant))
-            .filter(contact_row::Column::Account.is_in(accounts.iter().map(String::as_str)))
+            .filter(any_text(
+                conn.get_database_backend(),
+                Expr::col(contact_row::Column::Account),
+                accounts.iter().map(String::as_str),
+            ))
             .limit(MAX_GROUP)
             .into_model::<ProfileRow>()
             .all(conn)
@@ -337,7 +346,11 @@ pub async fn candidates_for_batch<C: ConnectionTrait>(
         any = any.add(
             Condition::all()
                 .add(Expr::col(ContactTerms::Field).eq(field))
-                .add(Expr::col(ContactTerms::Term).is_in(terms)),
+                .add(any_text(
+                    conn.get_database_backend(),
+                    Expr::col(ContactTerms::Term),
+                    terms,
+                )),
         );
     }
     let rows = conn

@@ -15,6 +15,7 @@ use crm_platform::ApiError;
 use crm_platform::bulk;
 use crm_platform::errors::from_db;
 use crm_platform::filter::{Op, Value};
+use crm_platform::lookup::any_text;
 use crm_proto::common::AttributeValue;
 use crm_proto::common::attribute_value::Kind;
 use crm_proto::contact::Contact;
@@ -300,7 +301,11 @@ pub async fn write<C: ConnectionTrait>(
             &Query::delete()
                 .from_table(ContactTerms::Table)
                 .and_where(Expr::col(ContactTerms::TenantId).eq(tenant))
-                .and_where(Expr::col(ContactTerms::ContactId).is_in(ids))
+                .and_where(any_text(
+                    conn.get_database_backend(),
+                    Expr::col(ContactTerms::ContactId),
+                    ids,
+                ))
                 .to_owned(),
         )
         .await
@@ -384,9 +389,11 @@ pub async fn write_attributes<C: ConnectionTrait>(
                 .from_table(RecordAttributes::Table)
                 .and_where(Expr::col(RecordAttributes::TenantId).eq(tenant))
                 .and_where(Expr::col(RecordAttributes::RecordKind).eq(kind as i16))
-                .and_where(
-                    Expr::col(RecordAttributes::RecordId).is_in(records.iter().map(|(id, _)| *id)),
-                )
+                .and_where(any_text(
+                    conn.get_database_backend(),
+                    Expr::col(RecordAttributes::RecordId),
+                    records.iter().map(|(id, _)| *id),
+                ))
                 .to_owned(),
         )
         .await
@@ -448,19 +455,26 @@ pub async fn prune_vocabulary<C: ConnectionTrait>(
     if candidates.is_empty() {
         return Ok(());
     }
+    let backend = conn.get_database_backend();
     let in_use = Query::select()
         .column(ContactTerms::Term)
         .from(ContactTerms::Table)
         .and_where(Expr::col(ContactTerms::TenantId).eq(tenant))
-        .and_where(Expr::col(ContactTerms::Term).is_in(candidates.iter().map(String::as_str)))
+        .and_where(any_text(
+            backend,
+            Expr::col(ContactTerms::Term),
+            candidates.iter().map(String::as_str),
+        ))
         .to_owned();
     conn.execute(
         &Query::delete()
             .from_table(SearchVocabulary::Table)
             .and_where(Expr::col(SearchVocabulary::TenantId).eq(tenant))
-            .and_where(
-                Expr::col(SearchVocabulary::Term).is_in(candidates.iter().map(String::as_str)),
-            )
+            .and_where(any_text(
+                backend,
+                Expr::col(SearchVocabulary::Term),
+                candidates.iter().map(String::as_str),
+            ))
             .and_where(Expr::col(SearchVocabulary::Term).not_in_subquery(in_use))
             .to_owned(),
     )

@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status};
 use crm_platform::ApiError;
 use crm_platform::auth::Caller;
 use crm_platform::errors::from_db;
+use crm_platform::lookup::any_text;
 use crm_platform::pagination::{self, PageTokens};
 use crm_proto::contact::*;
 
@@ -517,7 +518,11 @@ impl SearchApi {
                     .select_only()
                     .column(contact_row::Column::Id)
                     .filter(contact_row::Column::TenantId.eq(caller.tenant.as_str()))
-                    .filter(contact_row::Column::Id.is_in(ids))
+                    .filter(any_text(
+                        self.ctx.db.get_database_backend(),
+                        Expr::col(contact_row::Column::Id),
+                        ids,
+                    ))
                     .filter(condition)
                     .into_tuple::<String>()
                     .all(&self.ctx.db)

@@ -10,6 +10,7 @@ use crm_platform::bulk;
 use crm_platform::db::now_micros;
 use crm_platform::errors::from_db;
 use crm_platform::events::{self, NewEvent};
+use crm_platform::lookup::any_text;
 use crm_proto::common::FieldChange;
 use crm_proto::contact::Contact;
 
@@ -40,6 +41,7 @@ pub async fn load<C: ConnectionTrait>(
     lock: bool,
 ) -> Result<Vec<StoredContact>, ApiError> {
     use contact_row::{Column, Entity as Contacts};
+    let backend = conn.get_database_backend();
     let mut by_email: Vec<String> = Vec::new();
     if !emails.is_empty() {
         let rows = conn
@@ -49,9 +51,11 @@ pub async fn load<C: ConnectionTrait>(
                     .column(ContactTerms::ContactId)
                     .from(ContactTerms::Table)
                     .and_where(Expr::col(ContactTerms::TenantId).eq(tenant))
-                    .and_where(
-                        Expr::col(ContactTerms::Term).is_in(emails.iter().map(String::as_str)),
-                    )
+                    .and_where(any_text(
+                        backend,
+                        Expr::col(ContactTerms::Term),
+                        emails.iter().map(String::as_str),
+                    ))
                     .and_where(Expr::col(ContactTerms::Field).eq(TermField::Email.code()))
                     .to_owned(),
             )
@@ -69,13 +73,17 @@ pub async fn load<C: ConnectionTrait>(
         // The terms say who had the address when they were read; the row decides.
         any = any.add(
             Condition::all()
-                .add(Column::Id.is_in(by_email.iter().map(String::as_str)))
+                .add(any_text(backend, Expr::col(Column::Id), by_email))
                 .add(Column::DeleteTimeUs.is_null())
                 .add(Column::MergedInto.is_null()),
         );
     }
     if !ids.is_empty() {
-        any = any.add(Column::Id.is_in(ids.iter().map(String::as_str)));
+        any = any.add(any_text(
+            backend,
+            Expr::col(Column::Id),
+            ids.iter().map(String::as_str),
+        ));
     }
     let mut select = Contacts::find()
         .filter(Column::TenantId.eq(tenant))
