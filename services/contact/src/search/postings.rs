@@ -485,25 +485,83 @@ fn text_words(
     Some(words)
 }
 
-/// The name-pair terms of every two words' paired completions.
-fn pair_branches(words: &[TextWord]) -> Vec<(String, TermField)> {
+/// The name-pair terms of two words' paired completions.
+fn pair_branches_of(first: &TextWord, second: &TextWord) -> Vec<(String, TermField)> {
     let mut branches = Vec::new();
-    for (i, first) in words.iter().enumerate() {
-        for second in &words[i + 1..] {
-            for term_a in &first.paired {
-                for term_b in &second.paired {
-                    for field_a in NAME_FIELDS {
-                        for field_b in NAME_FIELDS {
-                            if let Some(pair) = TermField::name_pair(field_a, field_b) {
-                                branches.push((index::pair_term(term_a, term_b), pair));
-                            }
-                        }
+    for term_a in &first.paired {
+        for term_b in &second.paired {
+            for field_a in NAME_FIELDS {
+                for field_b in NAME_FIELDS {
+                    if let Some(pair) = TermField::name_pair(field_a, field_b) {
+                        branches.push((index::pair_term(term_a, term_b), pair));
                     }
                 }
             }
         }
     }
     branches
+}
+
+/// The name-pair terms of every two words' paired completions.
+fn pair_branches(words: &[TextWord]) -> Vec<(String, TermField)> {
+    let mut branches = Vec::new();
+    for (i, first) in words.iter().enumerate() {
+        for second in &words[i + 1..] {
+            branches.extend(pair_branches_of(first, second));
+        }
+    }
+    branches
+}
+
+/// The best score of a contact that matches at least one of the words only through
+/// its rest (every other word at its best).
+fn best_with_a_rest(words: &[TextWord]) -> f64 {
+    let total: f64 = words.iter().map(|word| word.best).sum();
+    words
+        .iter()
+        .map(|word| total - word.best + word.best_rest)
+        .fold(f64::NEG_INFINITY, f64::max)
+}
+
+/// The top `n` for three or four words when it is made of people with every word on a
+/// paired name word ("Nikolai O'Brien", "Xenia de Vries"). Such a person has the pair
+/// term of every two of the words, so is in the shortest pair's list, whatever the
+/// length of the others ("o brien" and "de vries" are whole families). Those people
+/// are scored exactly; they are the top `n` when the `n`-th scores above the best
+/// anyone matching a word only through its rest can. `None`: not settled so.
+async fn rank_on_names<C: ConnectionTrait>(
+    db: &C,
+    tenant: &str,
+    plans: &[WordPlan],
+    words: &[TextWord],
+    n: usize,
+) -> Result<Option<Vec<Ranked>>, ApiError> {
+    if n == 0 || words.iter().any(|word| word.phone_prefix.is_some()) {
+        return Ok(None);
+    }
+    let mut shortest: Option<BTreeSet<String>> = None;
+    for (i, first) in words.iter().enumerate() {
+        for second in &words[i + 1..] {
+            let pair = pair_branches_of(first, second);
+            let Some(people) = contacts_of_branches(db, tenant, &pair, CANDIDATE_POSTINGS).await?
+            else {
+                continue;
+            };
+            if shortest.as_ref().is_none_or(|s| people.len() < s.len()) {
+                shortest = Some(people);
+            }
+        }
+    }
+    let Some(people) = shortest else {
+        return Ok(None);
+    };
+    let mut ranked = score_people(db, tenant, &people, plans).await?;
+    sort_ranked(&mut ranked);
+    if ranked.len() >= n && ranked[n - 1].score > best_with_a_rest(words) {
+        ranked.truncate(n);
+        return Ok(Some(ranked));
+    }
+    Ok(None)
 }
 
 /// The contacts with a posting in `left` and one in `right` (lists of (term, field)),
@@ -579,7 +637,8 @@ async fn any_longer_than<C: ConnectionTrait>(
 /// - two words: the people of the pairs, scored exactly, are the top `n` when the
 ///   `n`-th scores above the best a contact matching a word only through its rest can
 ///   score; else those in one word's rest and any posting of the other are added;
-/// - three or four words: the pairs' people and those in the rests of two of the
+/// - three or four words: the people of the shortest pair when they settle the page
+///   (`rank_on_names`); else the pairs' people and those in the rests of two of the
 ///   words (a contact outside the pairs matches all words but one through the rests).
 async fn rank_text_words<C: ConnectionTrait>(
     db: &C,
@@ -605,6 +664,11 @@ async fn rank_text_words<C: ConnectionTrait>(
             ranked.truncate(n);
             return Ok(Some(ranked));
         }
+    }
+    if words.len() > 2
+        && let Some(ranked) = rank_on_names(db, tenant, plans, words, n).await?
+    {
+        return Ok(Some(ranked));
     }
     let Some(mut people) = contacts_of_branches(db, tenant, &pairs, CANDIDATE_POSTINGS).await?
     else {
@@ -769,6 +833,25 @@ mod tests {
         assert_eq!(branches[0].term, "anna");
         assert_eq!(branches[0].field, TermField::FamilyName);
         assert!(branches.windows(2).all(|w| w[0].score >= w[1].score));
+    }
+
+    fn word(best: f64, best_rest: f64) -> TextWord {
+        TextWord {
+            paired: BTreeSet::new(),
+            all: Vec::new(),
+            rest: Vec::new(),
+            phone_prefix: None,
+            best,
+            best_rest,
+        }
+    }
+
+    #[test]
+    fn a_rest_costs_the_word_it_is_cheapest_for() {
+        // Best on names 0.95 + 1 + 1; through a rest at best 0.7, 0.8 or nothing.
+        let words = [word(0.95, 0.7), word(1.0, 0.8), word(1.0, 0.0)];
+        let bound = best_with_a_rest(&words);
+        assert!((bound - (0.95 + 0.8 + 1.0)).abs() < 1e-9, "{bound}");
     }
 
     #[test]
