@@ -24,6 +24,7 @@ use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
 use crm_platform::ApiError;
 use crm_platform::errors::from_db;
+use crm_platform::lookup::any_text;
 
 use super::{PREFIX_QUALITY, Ranked, TEXT_FIELDS, WordPlan, field_weight, ranking};
 use crate::index::migration::ContactTerms;
@@ -739,7 +740,11 @@ async fn score_people<C: ConnectionTrait>(
         ])
         .from(ContactTerms::Table)
         .and_where(Expr::col(ContactTerms::TenantId).eq(tenant))
-        .and_where(Expr::col(ContactTerms::ContactId).is_in(people.iter().map(String::as_str)))
+        .and_where(any_text(
+            db.get_database_backend(),
+            Expr::col(ContactTerms::ContactId),
+            people.iter().map(String::as_str),
+        ))
         .to_owned();
     let rows = db.query_all(&select).await.map_err(db_error)?;
     // Per contact, the best score of each word so far.
