@@ -503,15 +503,9 @@ fn pair_branches_of(first: &TextWord, second: &TextWord) -> Vec<(String, TermFie
     branches
 }
 
-/// The name-pair terms of every two words' paired completions.
-fn pair_branches(words: &[TextWord]) -> Vec<(String, TermField)> {
-    let mut branches = Vec::new();
-    for (i, first) in words.iter().enumerate() {
-        for second in &words[i + 1..] {
-            branches.extend(pair_branches_of(first, second));
-        }
-    }
-    branches
+/// A phone prefix has no rest to intersect: the full ranking answers it.
+fn has_phone_prefix(words: &[TextWord]) -> bool {
+    words.iter().any(|word| word.phone_prefix.is_some())
 }
 
 /// The best score of a contact that matches at least one of the words only through
@@ -524,45 +518,68 @@ fn best_with_a_rest(words: &[TextWord]) -> f64 {
         .fold(f64::NEG_INFINITY, f64::max)
 }
 
+/// What the name pairs of three or four words settle.
+enum NamePairs {
+    /// The top `n`, made of the shortest pair's people.
+    Settled(Vec<Ranked>),
+    /// Not settled: every pair's people (a pair list was cut: `None`), and the
+    /// shortest pair's people with their exact scores, so neither is read again.
+    Open {
+        people: Option<BTreeSet<String>>,
+        scored: BTreeSet<String>,
+        ranked: Vec<Ranked>,
+    },
+}
+
 /// The top `n` for three or four words when it is made of people with every word on a
 /// paired name word ("Nikolai O'Brien", "Xenia de Vries"). Such a person has the pair
 /// term of every two of the words, so is in the shortest pair's list, whatever the
 /// length of the others ("o brien" and "de vries" are whole families). Those people
 /// are scored exactly; they are the top `n` when the `n`-th scores above the best
-/// anyone matching a word only through its rest can. `None`: not settled so.
+/// anyone matching a word only through its rest can.
 async fn rank_on_names<C: ConnectionTrait>(
     db: &C,
     tenant: &str,
     plans: &[WordPlan],
     words: &[TextWord],
     n: usize,
-) -> Result<Option<Vec<Ranked>>, ApiError> {
-    if n == 0 || words.iter().any(|word| word.phone_prefix.is_some()) {
-        return Ok(None);
-    }
+) -> Result<NamePairs, ApiError> {
+    let mut every_pair = Some(BTreeSet::new());
     let mut shortest: Option<BTreeSet<String>> = None;
     for (i, first) in words.iter().enumerate() {
         for second in &words[i + 1..] {
             let pair = pair_branches_of(first, second);
             let Some(people) = contacts_of_branches(db, tenant, &pair, CANDIDATE_POSTINGS).await?
             else {
+                every_pair = None;
                 continue;
             };
+            if let Some(every_pair) = every_pair.as_mut() {
+                every_pair.extend(people.iter().cloned());
+            }
             if shortest.as_ref().is_none_or(|s| people.len() < s.len()) {
                 shortest = Some(people);
             }
         }
     }
-    let Some(people) = shortest else {
-        return Ok(None);
+    let Some(scored) = shortest else {
+        return Ok(NamePairs::Open {
+            people: every_pair,
+            scored: BTreeSet::new(),
+            ranked: Vec::new(),
+        });
     };
-    let mut ranked = score_people(db, tenant, &people, plans).await?;
+    let mut ranked = score_people(db, tenant, &scored, plans).await?;
     sort_ranked(&mut ranked);
-    if ranked.len() >= n && ranked[n - 1].score > best_with_a_rest(words) {
+    if n > 0 && ranked.len() >= n && ranked[n - 1].score > best_with_a_rest(words) {
         ranked.truncate(n);
-        return Ok(Some(ranked));
+        return Ok(NamePairs::Settled(ranked));
     }
-    Ok(None)
+    Ok(NamePairs::Open {
+        people: every_pair,
+        scored,
+        ranked,
+    })
 }
 
 /// The contacts with a posting in `left` and one in `right` (lists of (term, field)),
@@ -648,36 +665,43 @@ async fn rank_text_words<C: ConnectionTrait>(
     words: &[TextWord],
     n: usize,
 ) -> Result<Option<Vec<Ranked>>, ApiError> {
-    let pairs = pair_branches(words);
-    // Everyone scored so far, and those of them matching every word.
-    let mut scored = BTreeSet::new();
-    let mut ranked = Vec::new();
-    if let [a, b] = words {
+    // The candidates, everyone of them scored so far, and those of them matching
+    // every word.
+    let (people, scored, mut ranked) = if let [a, b] = words {
         // A contact whose best match of both words is on two name words has the score
         // of that pair's branch; one missing from the first `n` of its branch has `n`
         // others ahead of it there. So the first `n` of each pair, scored exactly, hold
         // the top `n` of everyone but those matching a word only outside the pairs.
-        scored = first_contacts_of_branches(db, tenant, &pairs, n).await?;
-        ranked = score_people(db, tenant, &scored, plans).await?;
+        let pairs = pair_branches_of(a, b);
+        let scored = first_contacts_of_branches(db, tenant, &pairs, n).await?;
+        let mut ranked = score_people(db, tenant, &scored, plans).await?;
         sort_ranked(&mut ranked);
         let outside_pairs = (a.best_rest + b.best).max(a.best + b.best_rest);
-        if ranked.len() >= n && ranked[n - 1].score > outside_pairs {
+        if n > 0 && ranked.len() >= n && ranked[n - 1].score > outside_pairs {
             ranked.truncate(n);
             return Ok(Some(ranked));
         }
-    }
-    if words.len() > 2
-        && let Some(ranked) = rank_on_names(db, tenant, plans, words, n).await?
-    {
-        return Ok(Some(ranked));
-    }
-    let Some(mut people) = contacts_of_branches(db, tenant, &pairs, CANDIDATE_POSTINGS).await?
-    else {
+        if has_phone_prefix(words) {
+            return Ok(None);
+        }
+        let people = contacts_of_branches(db, tenant, &pairs, CANDIDATE_POSTINGS).await?;
+        (people, scored, ranked)
+    } else {
+        if has_phone_prefix(words) {
+            return Ok(None);
+        }
+        match rank_on_names(db, tenant, plans, words, n).await? {
+            NamePairs::Settled(ranked) => return Ok(Some(ranked)),
+            NamePairs::Open {
+                people,
+                scored,
+                ranked,
+            } => (people, scored, ranked),
+        }
+    };
+    let Some(mut people) = people else {
         return Ok(None);
     };
-    if words.iter().any(|word| word.phone_prefix.is_some()) {
-        return Ok(None);
-    }
     if let [a, b] = words {
         // A contact outside the pairs matches one of the words through its rest.
         for (left, right) in [(&a.rest, &b.all), (&a.all, &b.rest)] {
