@@ -8,11 +8,12 @@
 //!   `n` others ahead of it there), so each branch is read only to `n` rows, by the
 //!   index order, and the best branches first.
 //! - Two to four words: a contact matching them all has two of them on two name words,
-//!   and so a name-pair term ("anna muller"), or matches all but one of them through
-//!   their other postings (email words, tags, weaker completions). The pair lists'
-//!   people, and those the database finds in two words' other postings at once, are
-//!   scored exactly from their terms; for two words the first `n` of each pair list
-//!   often settle the page alone (see `rank_text_words`).
+//!   and so a name-pair term ("anna muller"), or matches one of them only through its
+//!   other postings (email words, tags, weaker completions). A pair list's people, and
+//!   those the database finds in a word's other postings and another word's at once,
+//!   are scored exactly from their terms; the first `n` of the pair lists (two words)
+//!   or the shortest pair list (three or four) often settle the page alone (see
+//!   `rank_text_words`).
 //!
 //! Both give the ranking `SearchApi::rank_with` gives; `None` means "read everything"
 //! (the caller falls back to it).
@@ -522,13 +523,15 @@ fn best_with_a_rest(words: &[TextWord]) -> f64 {
 enum NamePairs {
     /// The top `n`, made of the shortest pair's people.
     Settled(Vec<Ranked>),
-    /// Not settled: every pair's people (a pair list was cut: `None`), and the
-    /// shortest pair's people with their exact scores, so neither is read again.
+    /// Not settled: the two words of the shortest pair list, and its people with their
+    /// exact scores, so that they are not read again.
     Open {
-        people: Option<BTreeSet<String>>,
+        pair: (usize, usize),
         scored: BTreeSet<String>,
         ranked: Vec<Ranked>,
     },
+    /// Every pair list was longer than CANDIDATE_POSTINGS.
+    Cut,
 }
 
 /// The top `n` for three or four words when it is made of people with every word on a
@@ -544,30 +547,24 @@ async fn rank_on_names<C: ConnectionTrait>(
     words: &[TextWord],
     n: usize,
 ) -> Result<NamePairs, ApiError> {
-    let mut every_pair = Some(BTreeSet::new());
-    let mut shortest: Option<BTreeSet<String>> = None;
+    let mut shortest: Option<((usize, usize), BTreeSet<String>)> = None;
     for (i, first) in words.iter().enumerate() {
-        for second in &words[i + 1..] {
+        for (j, second) in words.iter().enumerate().skip(i + 1) {
             let pair = pair_branches_of(first, second);
             let Some(people) = contacts_of_branches(db, tenant, &pair, CANDIDATE_POSTINGS).await?
             else {
-                every_pair = None;
                 continue;
             };
-            if let Some(every_pair) = every_pair.as_mut() {
-                every_pair.extend(people.iter().cloned());
-            }
-            if shortest.as_ref().is_none_or(|s| people.len() < s.len()) {
-                shortest = Some(people);
+            if shortest
+                .as_ref()
+                .is_none_or(|(_, s)| people.len() < s.len())
+            {
+                shortest = Some(((i, j), people));
             }
         }
     }
-    let Some(scored) = shortest else {
-        return Ok(NamePairs::Open {
-            people: every_pair,
-            scored: BTreeSet::new(),
-            ranked: Vec::new(),
-        });
+    let Some((pair, scored)) = shortest else {
+        return Ok(NamePairs::Cut);
     };
     let mut ranked = score_people(db, tenant, &scored, plans).await?;
     sort_ranked(&mut ranked);
@@ -576,10 +573,31 @@ async fn rank_on_names<C: ConnectionTrait>(
         return Ok(NamePairs::Settled(ranked));
     }
     Ok(NamePairs::Open {
-        people: every_pair,
+        pair,
         scored,
         ranked,
     })
+}
+
+/// The people in word `w`'s rest who have a posting of another word, found through the
+/// first other word whose lists the database can intersect with it; `None` when none
+/// can be. `others` orders the other words, the likeliest short first.
+async fn rest_with_another<C: ConnectionTrait>(
+    db: &C,
+    tenant: &str,
+    words: &[TextWord],
+    w: usize,
+    others: &[usize],
+) -> Result<Option<BTreeSet<String>>, ApiError> {
+    if words[w].rest.is_empty() {
+        return Ok(Some(BTreeSet::new()));
+    }
+    for &other in others {
+        if let Some(found) = people_in_both(db, tenant, &words[w].rest, &words[other].all).await? {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
 }
 
 /// The contacts with a posting in `left` and one in `right` (lists of (term, field)),
@@ -651,13 +669,13 @@ async fn any_longer_than<C: ConnectionTrait>(
 
 /// The top `n` for two to four text words. A contact matching them all either has
 /// two of them on two different name words (and so a pair term of their paired
-/// completions) or matches all but one of them through their rests:
+/// completions) or matches one of them only through its rest:
 /// - two words: the people of the pairs, scored exactly, are the top `n` when the
 ///   `n`-th scores above the best a contact matching a word only through its rest can
 ///   score; else those in one word's rest and any posting of the other are added;
-/// - three or four words: the people of the shortest pair when they settle the page
-///   (`rank_on_names`); else the pairs' people and those in the rests of two of the
-///   words (a contact outside the pairs matches all words but one through the rests).
+/// - three or four words: the people of the shortest pair list when they settle the
+///   page (`rank_on_names`); else those people and, for each of that pair's two words,
+///   the people in its rest with a posting of another word.
 async fn rank_text_words<C: ConnectionTrait>(
     db: &C,
     tenant: &str,
@@ -665,9 +683,8 @@ async fn rank_text_words<C: ConnectionTrait>(
     words: &[TextWord],
     n: usize,
 ) -> Result<Option<Vec<Ranked>>, ApiError> {
-    // The candidates, everyone of them scored so far, and those of them matching
-    // every word.
-    let (people, scored, mut ranked) = if let [a, b] = words {
+    // Every candidate, those of them scored so far, and their scores.
+    let (mut people, scored, mut ranked) = if let [a, b] = words {
         // A contact whose best match of both words is on two name words has the score
         // of that pair's branch; one missing from the first `n` of its branch has `n`
         // others ahead of it there. So the first `n` of each pair, scored exactly, hold
@@ -684,25 +701,10 @@ async fn rank_text_words<C: ConnectionTrait>(
         if has_phone_prefix(words) {
             return Ok(None);
         }
-        let people = contacts_of_branches(db, tenant, &pairs, CANDIDATE_POSTINGS).await?;
-        (people, scored, ranked)
-    } else {
-        if has_phone_prefix(words) {
+        let Some(mut people) = contacts_of_branches(db, tenant, &pairs, CANDIDATE_POSTINGS).await?
+        else {
             return Ok(None);
-        }
-        match rank_on_names(db, tenant, plans, words, n).await? {
-            NamePairs::Settled(ranked) => return Ok(Some(ranked)),
-            NamePairs::Open {
-                people,
-                scored,
-                ranked,
-            } => (people, scored, ranked),
-        }
-    };
-    let Some(mut people) = people else {
-        return Ok(None);
-    };
-    if let [a, b] = words {
+        };
         // A contact outside the pairs matches one of the words through its rest.
         for (left, right) in [(&a.rest, &b.all), (&a.all, &b.rest)] {
             let Some(found) = people_in_both(db, tenant, left, right).await? else {
@@ -710,23 +712,40 @@ async fn rank_text_words<C: ConnectionTrait>(
             };
             people.extend(found);
         }
+        (people, scored, ranked)
     } else {
-        // Three or four words: a contact outside the pairs matches all but one of them
-        // through their rests, so it is in the intersection of two rests.
-        for (i, u) in words.iter().enumerate() {
-            for v in &words[i + 1..] {
-                let Some(found) = people_in_both(db, tenant, &u.rest, &v.rest).await? else {
-                    return Ok(None);
-                };
-                people.extend(found);
-            }
+        if has_phone_prefix(words) {
+            return Ok(None);
         }
-    }
+        let (pair, scored, ranked) = match rank_on_names(db, tenant, plans, words, n).await? {
+            NamePairs::Settled(ranked) => return Ok(Some(ranked)),
+            NamePairs::Cut => return Ok(None),
+            NamePairs::Open {
+                pair,
+                scored,
+                ranked,
+            } => (pair, scored, ranked),
+        };
+        // Someone outside the shortest pair's list has one of its two words off a
+        // paired name word, so in that word's rest, and a posting of every other word.
+        let mut people = scored.clone();
+        let (a, b) = pair;
+        for (w, partner) in [(a, b), (b, a)] {
+            let others: Vec<usize> = std::iter::once(partner)
+                .chain((0..words.len()).filter(|&o| o != a && o != b))
+                .collect();
+            let Some(found) = rest_with_another(db, tenant, words, w, &others).await? else {
+                return Ok(None);
+            };
+            people.extend(found);
+        }
+        (people, scored, ranked)
+    };
     if people.len() > CANDIDATE_POSTINGS {
         return Ok(None);
     }
-    let unscored: BTreeSet<String> = people.difference(&scored).cloned().collect();
-    ranked.extend(score_people(db, tenant, &unscored, plans).await?);
+    people.retain(|id| !scored.contains(id));
+    ranked.extend(score_people(db, tenant, &people, plans).await?);
     sort_ranked(&mut ranked);
     ranked.truncate(n);
     Ok(Some(ranked))

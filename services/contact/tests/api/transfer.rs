@@ -34,14 +34,14 @@ fn person(given: &str, address: &str) -> Contact {
     }
 }
 
-fn row(row_id: &str, contact: Contact) -> ImportRow {
+pub(crate) fn row(row_id: &str, contact: Contact) -> ImportRow {
     ImportRow {
         row_id: row_id.into(),
         contact: Some(contact),
     }
 }
 
-fn options(mode: ImportMode) -> ImportOptions {
+pub(crate) fn options(mode: ImportMode) -> ImportOptions {
     ImportOptions {
         mode: mode as i32,
         ..Default::default()
@@ -50,7 +50,7 @@ fn options(mode: ImportMode) -> ImportOptions {
 
 /// Sends the options and the messages' rows, and collects every row result and the
 /// summary.
-async fn import(
+pub(crate) async fn import(
     client: &mut Client,
     token: &str,
     options: ImportOptions,
