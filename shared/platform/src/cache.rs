@@ -344,7 +344,30 @@ pub fn from_config(config: &CacheConfig) -> Result<Arc<dyn Cache>, CacheError> {
     })
 }
 
-type Flight = Arc<tokio::sync::OnceCell<Option<CachedValue>>>;
+/// A load in progress, as its followers see it: `None` until the leader sends what it
+/// loaded; the leader dropping its sender (a failed or cancelled load) ends the wait.
+type Flight = tokio::sync::watch::Receiver<Option<Option<CachedValue>>>;
+
+/// How long a follower waits for the leader before loading itself.
+const FOLLOW_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The leader's hold on its key's flight: dropped, however the load ends (value,
+/// error, or the call cancelled), it takes the flight off the map, so that the next
+/// miss starts a new one instead of waiting on a load nobody runs.
+struct Leading<'a> {
+    flights: &'a Mutex<HashMap<String, Flight>>,
+    key: &'a str,
+    sender: tokio::sync::watch::Sender<Option<Option<CachedValue>>>,
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        self.flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(self.key);
+    }
+}
 
 /// The cache as services use it: failures are misses, concurrent misses of one key load
 /// once, and a value older than a write this process made is never returned.
@@ -417,48 +440,48 @@ impl CacheHandle {
         if let Some(value) = self.cached(key).await {
             return Ok(Some(value));
         }
-        let (flight, leader) = {
+        let follower = {
             let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
             match flights.get(key) {
-                Some(flight) => (flight.clone(), false),
+                Some(flight) => Ok(flight.clone()),
                 None => {
-                    let flight = Flight::default();
-                    flights.insert(key.to_owned(), flight.clone());
-                    (flight, true)
+                    let (sender, flight) = tokio::sync::watch::channel(None);
+                    flights.insert(key.to_owned(), flight);
+                    Err(sender)
                 }
             }
         };
-        if !leader {
-            // Wait for the leader; if it failed or its value predates our writes, load
-            // ourselves.
-            let waited = tokio::time::timeout(Duration::from_secs(5), async {
-                loop {
-                    if let Some(value) = flight.get() {
-                        return value.clone();
-                    }
-                    if Arc::strong_count(&flight) == 1 {
-                        return None;
-                    }
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+        match follower {
+            Ok(mut flight) => {
+                // Woken by the leader, not polling: thousands of waiters on one hot key
+                // would otherwise spend the CPU the leader needs.
+                let waited = tokio::time::timeout(FOLLOW_TIMEOUT, flight.wait_for(Option::is_some))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .and_then(|sent| sent.clone())
+                    .flatten();
+                // The leader failed, took too long, or loaded a value older than our
+                // writes: load ourselves.
+                if let Some(value) = self.fresh(key, waited) {
+                    return Ok(Some(value));
                 }
-            })
-            .await
-            .ok()
-            .flatten();
-            if let Some(value) = self.fresh(key, waited) {
-                return Ok(Some(value));
+                self.load_and_store(key, &load).await
             }
-            return self.load_and_store(key, &load).await;
+            Err(sender) => {
+                let leading = Leading {
+                    flights: &self.flights,
+                    key,
+                    sender,
+                };
+                let result = self.load_and_store(key, &load).await;
+                if let Ok(value) = &result {
+                    leading.sender.send_replace(Some(value.clone()));
+                }
+                drop(leading);
+                result
+            }
         }
-        let result = self.load_and_store(key, &load).await;
-        if let Ok(value) = &result {
-            let _ = flight.set(value.clone());
-        }
-        self.flights
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
-        result
     }
 
     async fn load_and_store<E, F, Fut>(&self, key: &str, load: &F) -> Result<Option<CachedValue>, E>
@@ -572,6 +595,81 @@ mod tests {
             assert_eq!(task.await.unwrap().unwrap().unwrap().bytes.as_ref(), b"v");
         }
         assert_eq!(loads.load(Ordering::SeqCst), 1);
+    }
+
+    /// A leader whose load fails does not hold its followers for the follow timeout:
+    /// they load themselves at once (on tokio's paused clock, which would otherwise
+    /// jump to FOLLOW_TIMEOUT).
+    #[tokio::test(start_paused = true)]
+    async fn followers_of_a_failed_load_load_themselves() {
+        let handle = CacheHandle::new(Arc::new(NoCache), Duration::from_secs(60));
+        let started = tokio::time::Instant::now();
+        let loads = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..5 {
+            let handle = handle.clone();
+            let loads = loads.clone();
+            tasks.push(tokio::spawn(async move {
+                handle
+                    .get_or_load("k", || {
+                        let loads = loads.clone();
+                        async move {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            // The first load (the leader's) fails.
+                            match loads.fetch_add(1, Ordering::SeqCst) {
+                                0 => Err("database unavailable"),
+                                _ => Ok(Some((1, b"v".to_vec()))),
+                            }
+                        }
+                    })
+                    .await
+            }));
+        }
+        let mut failed = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(value) => assert_eq!(value.unwrap().bytes.as_ref(), b"v"),
+                Err(_) => failed += 1,
+            }
+        }
+        assert_eq!(failed, 1, "only the leader's own call fails");
+        assert_eq!(loads.load(Ordering::SeqCst), 5);
+        assert!(
+            started.elapsed() < FOLLOW_TIMEOUT,
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(handle.flights.lock().unwrap().is_empty());
+    }
+
+    /// A leader cancelled mid-load (its caller went away) leaves no flight behind: the
+    /// next miss of the key loads at once instead of waiting on a load nobody runs.
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_load_leaves_no_flight() {
+        let handle = CacheHandle::new(Arc::new(NoCache), Duration::from_secs(60));
+        let leader = {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                handle
+                    .get_or_load("k", || async {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        Ok::<_, ()>(None)
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(handle.flights.lock().unwrap().len(), 1);
+        leader.abort();
+        assert!(leader.await.unwrap_err().is_cancelled());
+        assert!(handle.flights.lock().unwrap().is_empty());
+        let started = tokio::time::Instant::now();
+        let value = handle
+            .get_or_load("k", || async { Ok::<_, ()>(Some((1, b"v".to_vec()))) })
+            .await
+            .unwrap();
+        assert_eq!(value.unwrap().version, 1);
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 
     #[tokio::test]

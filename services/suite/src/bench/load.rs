@@ -204,12 +204,21 @@ pub async fn open(
     let start = Instant::now();
     let in_flight = Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1)));
     let (results, mut received) = tokio::sync::mpsc::unbounded_channel::<(CallResult, Duration)>();
-    let mut outcome = Outcome::new();
+    // Results are recorded as they arrive, so that a long run holds histograms, not
+    // every call's result until its end.
+    let recorder = tokio::spawn(async move {
+        let mut outcome = Outcome::new();
+        while let Some((result, latency)) = received.recv().await {
+            outcome.record(result, latency);
+        }
+        outcome
+    });
+    let mut overruns = Outcome::new();
     for seq in 0..total_calls {
         let scheduled = start + interval.mul_f64(seq as f64);
         tokio::time::sleep_until(scheduled.into()).await;
         let Ok(permit) = in_flight.clone().try_acquire_owned() else {
-            outcome.record(Err("overrun".into()), scheduled.elapsed());
+            overruns.record(Err("overrun".into()), scheduled.elapsed());
             continue;
         };
         let workload = workload.clone();
@@ -221,9 +230,8 @@ pub async fn open(
         });
     }
     drop(results);
-    while let Some((result, latency)) = received.recv().await {
-        outcome.record(result, latency);
-    }
+    let mut outcome = recorder.await.unwrap_or_else(|_| Outcome::new());
+    outcome.merge(overruns);
     outcome.elapsed = start.elapsed().max(duration);
     outcome
 }
