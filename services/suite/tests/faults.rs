@@ -750,6 +750,78 @@ async fn overload_is_shed_quickly_and_memory_stays_bounded() {
     assert!(service.alive());
 }
 
+/// Many connections, each far below its own limit, together past the process's
+/// `server.concurrency_limit`: the excess is refused at once with `RESOURCE_EXHAUSTED`
+/// (reason `OVERLOADED`, a retry delay), and health checks, exempt, keep answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_connections_are_bounded_by_the_process_limit() {
+    let _serial = SERIAL.lock().await;
+    let postgres = PrivatePostgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let env = ServiceEnv::new(dir.path(), &postgres.url())
+        .set("CRM__SERVER__CONCURRENCY_LIMIT", "16")
+        .set("CRM__DATABASE__MAX_CONNECTIONS", "2");
+    let mut service = Service::start(&env);
+    service
+        .wait_health(ServingStatus::Serving, Duration::from_secs(60))
+        .await;
+    let token = admin("acme");
+    const BOUND: Duration = Duration::from_secs(10);
+
+    let mut calls = Vec::new();
+    for _connection in 0..8 {
+        let client = service.client().await;
+        for _call in 0..40 {
+            let (mut client, token) = (client.clone(), token.clone());
+            calls.push(tokio::spawn(async move {
+                let request = crm_proto::contact::ListContactsRequest {
+                    page_size: 50,
+                    ..Default::default()
+                };
+                timed(
+                    BOUND + Duration::from_secs(2),
+                    client.list_contacts(authed(request, &token, BOUND)),
+                )
+                .await
+            }));
+        }
+    }
+    let mut health = Vec::new();
+    for _ in 0..5 {
+        health.push(service.health("").await);
+    }
+    let (mut admitted, mut refused, mut wrong) = (0, 0, Vec::new());
+    for call in calls {
+        let listed = call.await.unwrap();
+        match &listed.result {
+            Ok(_) => admitted += 1,
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                use tonic_types::StatusExt as _;
+                let details = status.get_error_details();
+                let reason = details.error_info().map(|info| info.reason.clone());
+                if reason.as_deref() == Some("OVERLOADED") && details.retry_info().is_some() {
+                    refused += 1;
+                } else {
+                    wrong.push(format!("{status:?}"));
+                }
+            }
+            Err(status) => wrong.push(format!("{status:?}")),
+        }
+        if listed.took >= BOUND {
+            wrong.push(format!("a call took {:?}", listed.took));
+        }
+    }
+    println!("admitted {admitted}, refused {refused}; health during the burst {health:?}");
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert!(admitted > 0, "admitted calls succeed");
+    assert!(refused > 0, "calls past the process limit are refused");
+    assert!(
+        health.iter().all(|h| *h == Some(ServingStatus::Serving)),
+        "health checks are never refused: {health:?}"
+    );
+    assert!(service.alive(), "{}", service.log_tail());
+}
+
 // ---------------------------------------------------------------------------------
 // 5. SIGTERM under load: zero failed calls, exit 0.
 // ---------------------------------------------------------------------------------

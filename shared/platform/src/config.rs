@@ -29,6 +29,10 @@ pub struct ServerConfig {
     pub request_timeout_ms: u64,
     /// Concurrent requests per connection; excess requests are shed with RESOURCE_EXHAUSTED.
     pub concurrency_limit_per_connection: usize,
+    /// Concurrent requests in the whole process, over all connections; excess requests
+    /// are shed with RESOURCE_EXHAUSTED before authentication. Bounds the queue a burst
+    /// can build, so that admitted calls keep their latency.
+    pub concurrency_limit: usize,
     /// Largest request or response message.
     pub max_message_bytes: usize,
     /// Connections are asked to reconnect after this long (GOAWAY), so clients re-spread
@@ -186,6 +190,7 @@ impl Default for ServerConfig {
             addr: "127.0.0.1:50051".into(),
             request_timeout_ms: 30_000,
             concurrency_limit_per_connection: 256,
+            concurrency_limit: 256,
             max_message_bytes: 4 * 1024 * 1024,
             max_connection_age_s: 300,
             max_connection_age_grace_s: 30,
@@ -326,6 +331,11 @@ impl Config {
         if self.server.max_message_bytes < 1024 {
             return Err(ConfigError(
                 "server.max_message_bytes must be at least 1024".into(),
+            ));
+        }
+        if self.server.concurrency_limit == 0 || self.server.concurrency_limit_per_connection == 0 {
+            return Err(ConfigError(
+                "server.concurrency_limit and server.concurrency_limit_per_connection must be at least 1".into(),
             ));
         }
         if self.database.max_connections == 0 {

@@ -2,6 +2,7 @@
 //! authentication, errors, database, cache, events, filters, page tokens, the server
 //! stack, TLS and outbound clients. Each concern lives in its own module.
 
+pub mod admission;
 pub mod auth;
 pub mod bulk;
 pub mod cache;

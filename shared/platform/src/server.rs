@@ -21,6 +21,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower::ServiceExt as _;
 
+use crate::admission::ProcessLimitLayer;
 use crate::auth::{AuthLayer, Authenticator, RoleTable, is_open_path};
 use crate::config::ServerConfig;
 use crate::db::DatabaseProbe;
@@ -410,7 +411,11 @@ pub async fn serve(
             .max_connection_age(age)
             .max_connection_age_grace(Duration::from_secs(config.max_connection_age_grace_s));
     }
+    // Outermost, so that a refused call costs no authentication or span. tonic applies
+    // user layers once and clones the result into every connection, so all of them
+    // share its permits.
     let builder = builder
+        .layer(ProcessLimitLayer::new(config.concurrency_limit))
         .layer(tower::util::option_layer(
             config.grpc_web.then(tonic_web::GrpcWebLayer::new),
         ))
