@@ -567,15 +567,20 @@ mod tests {
         assert!(cache.lock().len() <= 10);
     }
 
-    #[tokio::test]
-    async fn concurrent_misses_load_once() {
-        let handle = CacheHandle::new(
-            Arc::new(MemoryCache::new(Duration::from_secs(60), 100)),
-            Duration::from_secs(60),
-        );
+    /// What a test's load gives: `(version, bytes)`, or no record.
+    type Loaded<E> = Result<Option<(i64, Vec<u8>)>, E>;
+
+    /// `count` concurrent misses of one key; the n-th load to run (from 0) takes
+    /// `load_ms` and gives `answer(n)`. The calls' results, and how many loads ran.
+    async fn concurrent_misses<E: Send + 'static>(
+        handle: &CacheHandle,
+        count: usize,
+        load_ms: u64,
+        answer: fn(usize) -> Loaded<E>,
+    ) -> (Vec<Result<Option<CachedValue>, E>>, usize) {
         let loads = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
-        for _ in 0..20 {
+        for _ in 0..count {
             let handle = handle.clone();
             let loads = loads.clone();
             tasks.push(tokio::spawn(async move {
@@ -583,18 +588,33 @@ mod tests {
                     .get_or_load("k", || {
                         let loads = loads.clone();
                         async move {
-                            loads.fetch_add(1, Ordering::SeqCst);
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            Ok::<_, ()>(Some((1, b"v".to_vec())))
+                            let n = loads.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(load_ms)).await;
+                            answer(n)
                         }
                     })
                     .await
             }));
         }
+        let mut results = Vec::new();
         for task in tasks {
-            assert_eq!(task.await.unwrap().unwrap().unwrap().bytes.as_ref(), b"v");
+            results.push(task.await.unwrap());
         }
-        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        (results, loads.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_load_once() {
+        let handle = CacheHandle::new(
+            Arc::new(MemoryCache::new(Duration::from_secs(60), 100)),
+            Duration::from_secs(60),
+        );
+        let (results, loads) =
+            concurrent_misses(&handle, 20, 50, |_| Ok::<_, ()>(Some((1, b"v".to_vec())))).await;
+        for result in results {
+            assert_eq!(result.unwrap().unwrap().bytes.as_ref(), b"v");
+        }
+        assert_eq!(loads, 1);
     }
 
     /// A leader whose load fails does not hold its followers for the follow timeout:
@@ -604,36 +624,21 @@ mod tests {
     async fn followers_of_a_failed_load_load_themselves() {
         let handle = CacheHandle::new(Arc::new(NoCache), Duration::from_secs(60));
         let started = tokio::time::Instant::now();
-        let loads = Arc::new(AtomicUsize::new(0));
-        let mut tasks = Vec::new();
-        for _ in 0..5 {
-            let handle = handle.clone();
-            let loads = loads.clone();
-            tasks.push(tokio::spawn(async move {
-                handle
-                    .get_or_load("k", || {
-                        let loads = loads.clone();
-                        async move {
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                            // The first load (the leader's) fails.
-                            match loads.fetch_add(1, Ordering::SeqCst) {
-                                0 => Err("database unavailable"),
-                                _ => Ok(Some((1, b"v".to_vec()))),
-                            }
-                        }
-                    })
-                    .await
-            }));
-        }
+        // The first load (the leader's) fails.
+        let (results, loads) = concurrent_misses(&handle, 5, 10, |n| match n {
+            0 => Err("database unavailable"),
+            _ => Ok(Some((1, b"v".to_vec()))),
+        })
+        .await;
         let mut failed = 0;
-        for task in tasks {
-            match task.await.unwrap() {
+        for result in results {
+            match result {
                 Ok(value) => assert_eq!(value.unwrap().bytes.as_ref(), b"v"),
                 Err(_) => failed += 1,
             }
         }
         assert_eq!(failed, 1, "only the leader's own call fails");
-        assert_eq!(loads.load(Ordering::SeqCst), 5);
+        assert_eq!(loads, 5);
         assert!(
             started.elapsed() < FOLLOW_TIMEOUT,
             "{:?}",
