@@ -751,8 +751,10 @@ async fn overload_is_shed_quickly_and_memory_stays_bounded() {
 }
 
 /// Many connections, each far below its own limit, together past the process's
-/// `server.concurrency_limit`: the excess is refused at once with `RESOURCE_EXHAUSTED`
-/// (reason `OVERLOADED`, a retry delay), and health checks, exempt, keep answering.
+/// `server.concurrency_limit`: with no admission wait the excess is refused at once
+/// with `RESOURCE_EXHAUSTED` (reason `OVERLOADED`, a retry delay), and health checks,
+/// exempt, keep answering. (The bounded wait itself is covered by the unit tests of
+/// `crm_platform::admission`, on a paused clock.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_connections_are_bounded_by_the_process_limit() {
     let _serial = SERIAL.lock().await;
@@ -760,6 +762,7 @@ async fn many_connections_are_bounded_by_the_process_limit() {
     let dir = tempfile::tempdir().unwrap();
     let env = ServiceEnv::new(dir.path(), &postgres.url())
         .set("CRM__SERVER__CONCURRENCY_LIMIT", "16")
+        .set("CRM__SERVER__ADMISSION_WAIT_MS", "0")
         .set("CRM__DATABASE__MAX_CONNECTIONS", "2");
     let mut service = Service::start(&env);
     service

@@ -33,6 +33,12 @@ pub struct ServerConfig {
     /// are shed with RESOURCE_EXHAUSTED before authentication. Bounds the queue a burst
     /// can build, so that admitted calls keep their latency.
     pub concurrency_limit: usize,
+    /// How long a call past `concurrency_limit` waits for a place before it is shed;
+    /// 0 sheds at once. Absorbs short stalls of the machine without refusing calls,
+    /// while a sustained overload is still shed after at most this long.
+    pub admission_wait_ms: u64,
+    /// Calls that may wait for a place at once; past that they are shed at once.
+    pub admission_queue: usize,
     /// Largest request or response message.
     pub max_message_bytes: usize,
     /// Connections are asked to reconnect after this long (GOAWAY), so clients re-spread
@@ -191,6 +197,8 @@ impl Default for ServerConfig {
             request_timeout_ms: 30_000,
             concurrency_limit_per_connection: 256,
             concurrency_limit: 256,
+            admission_wait_ms: 100,
+            admission_queue: 1024,
             max_message_bytes: 4 * 1024 * 1024,
             max_connection_age_s: 300,
             max_connection_age_grace_s: 30,

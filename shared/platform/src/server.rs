@@ -21,7 +21,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower::ServiceExt as _;
 
-use crate::admission::ProcessLimitLayer;
+use crate::admission::{Admission, ProcessLimitLayer};
 use crate::auth::{AuthLayer, Authenticator, RoleTable, is_open_path};
 use crate::config::ServerConfig;
 use crate::db::DatabaseProbe;
@@ -415,7 +415,11 @@ pub async fn serve(
     // user layers once and clones the result into every connection, so all of them
     // share its permits.
     let builder = builder
-        .layer(ProcessLimitLayer::new(config.concurrency_limit))
+        .layer(ProcessLimitLayer::new(Admission {
+            limit: config.concurrency_limit,
+            queue: config.admission_queue,
+            wait: Duration::from_millis(config.admission_wait_ms),
+        }))
         .layer(tower::util::option_layer(
             config.grpc_web.then(tonic_web::GrpcWebLayer::new),
         ))
