@@ -11,8 +11,8 @@ use prost_types::FieldMask;
 
 use crm_proto::common::WatchEventsRequest;
 use crm_proto::contact::{
-    Contact, CreateContactRequest, GetContactRequest, ListContactsRequest, SearchContactsRequest,
-    UpdateContactRequest, contact_service_client::ContactServiceClient,
+    Contact, CreateContactRequest, FindDuplicatesRequest, GetContactRequest, ListContactsRequest, SearchContactsRequest,
+    UpdateContactRequest, contact_service_client::ContactServiceClient, find_duplicates_request,
 };
 
 use super::client::Authorised;
@@ -26,6 +26,7 @@ pub const SCENARIOS: &[&str] = &[
     "update_contact",
     "list_contacts",
     "search_contacts",
+    "find_duplicates",
     "import_contacts",
     "watch_lag",
 ];
@@ -137,6 +138,21 @@ pub fn workload(name: &str, fixture: &Fixture) -> Option<Arc<dyn Workload>> {
                 client
                     .search_contacts(SearchContactsRequest {
                         query,
+                        page_size: 20,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| 1)
+                    .map_err(code)
+            })
+        }),
+        "find_duplicates" => Arc::new(move |worker: usize, seq: u64| -> Call {
+            let mut client = f.cached[worker % f.cached.len()].clone();
+            let contact = f.pick_name(worker, seq);
+            Box::pin(async move {
+                client
+                    .find_duplicates(FindDuplicatesRequest {
+                        target: Some(find_duplicates_request::Target::Contact(contact)),
                         page_size: 20,
                         ..Default::default()
                     })
