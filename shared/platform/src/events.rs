@@ -592,36 +592,80 @@ impl EventFeed {
 
     async fn prune(&self) -> Result<(), DbErr> {
         let cutoff = now_micros() - (self.config.retention_hours as i64) * 3_600_000_000;
-        let txn = begin_write(&self.db).await?;
-        let newest_expired: Option<i64> = outbox::Entity::find()
-            .select_only()
-            .column_as(outbox::Column::Position.max(), "max")
-            .filter(outbox::Column::EventTimeUs.lt(cutoff))
-            .filter(outbox::Column::Position.is_not_null())
-            .into_tuple::<Option<i64>>()
-            .one(&txn)
-            .await?
-            .flatten();
-        if let Some(through) = newest_expired {
-            outbox::Entity::delete_many()
-                .filter(outbox::Column::Position.lte(through))
-                .exec(&txn)
+        let pruned = self.prune_before(cutoff).await?;
+        if pruned > 0 {
+            tracing::info!(service = self.service, pruned, "outbox pruned");
+        }
+        Ok(())
+    }
+
+    /// Deletes the oldest stamped events written before `cutoff` (µs since the epoch),
+    /// in position order, and moves `pruned_through` past them; returns how many.
+    ///
+    /// It walks the position index from `pruned_through` a batch at a time and stops at
+    /// the first event that is not yet old enough, so a pass with nothing to prune
+    /// costs one index probe whatever the outbox's size (it used to take the maximum
+    /// position of all expired rows, a scan of the whole outbox every minute: 0.5–1.4 s
+    /// at a million events, with the relay's stamping held up behind it). An event
+    /// stamped after a newer one (its transaction committed late) waits for that one.
+    pub async fn prune_before(&self, cutoff: i64) -> Result<u64, DbErr> {
+        const BATCH: u64 = 1000;
+        /// Bounds one pass; the rest waits for the next one.
+        const MAX_BATCHES: usize = 100;
+        let mut pruned = 0;
+        for _ in 0..MAX_BATCHES {
+            let txn = begin_write(&self.db).await?;
+            let backend = self.db.get_database_backend();
+            if backend == DbBackend::Postgres {
+                // One pruner at a time per service, so that `pruned_through` only grows.
+                txn.execute_raw(Statement::from_sql_and_values(
+                    backend,
+                    "SELECT pg_advisory_xact_lock($1)",
+                    [advisory_key(&format!("outbox-prune:{}", self.service)).into()],
+                ))
                 .await?;
+            }
+            let (_, through) = read_state(&txn).await?;
+            let oldest: Vec<(i64, i64)> = outbox::Entity::find()
+                .select_only()
+                .column(outbox::Column::Position)
+                .column(outbox::Column::EventTimeUs)
+                .filter(outbox::Column::Position.gt(through))
+                .order_by_asc(outbox::Column::Position)
+                .limit(BATCH)
+                .into_tuple()
+                .all(&txn)
+                .await?;
+            let expired = oldest
+                .iter()
+                .take_while(|(_, event_time)| *event_time < cutoff)
+                .count();
+            let Some(&(new_through, _)) = expired.checked_sub(1).and_then(|last| oldest.get(last))
+            else {
+                txn.rollback().await?;
+                break;
+            };
+            let deleted = outbox::Entity::delete_many()
+                .filter(outbox::Column::Position.gt(through))
+                .filter(outbox::Column::Position.lte(new_through))
+                .exec(&txn)
+                .await?
+                .rows_affected;
             txn.execute(
                 &Query::update()
                     .table(FeedState::Table)
-                    .value(FeedState::PrunedThrough, through)
+                    .value(FeedState::PrunedThrough, new_through)
                     .and_where(Expr::col(FeedState::Id).eq(1))
                     .to_owned(),
             )
             .await?;
-            tracing::info!(
-                service = self.service,
-                pruned_through = through,
-                "outbox pruned"
-            );
+            txn.commit().await?;
+            pruned += deleted;
+            if expired < oldest.len() || (oldest.len() as u64) < BATCH {
+                break;
+            }
         }
-        txn.commit().await
+        Ok(pruned)
     }
 
     /// Serves `WatchEvents` for `caller`: the tenant's events (every tenant's for the
@@ -912,4 +956,140 @@ where
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sea_orm_migration::SchemaManager;
+
+    fn caller() -> Caller {
+        Caller {
+            subject: "relay-test".into(),
+            tenant: "acme".into(),
+            roles: vec![Role::System],
+            token: Arc::from(""),
+        }
+    }
+
+    fn event_at(time_us: i64) -> outbox::ActiveModel {
+        outbox_row(
+            &caller(),
+            NewEvent {
+                event_type: "crm.test.v1.Happened",
+                resource_name: "things/1".into(),
+                changes: Vec::new(),
+                payload: None,
+                request_id: String::new(),
+            },
+            time_us,
+        )
+    }
+
+    async fn feed() -> (EventFeed, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/feed.db?mode=rwc", dir.path().display());
+        let db = sea_orm::Database::connect(url).await.unwrap();
+        let schema = SchemaManager::new(&db);
+        OutboxMigration.up(&schema).await.unwrap();
+        OutboxAuditColumnsMigration.up(&schema).await.unwrap();
+        OutboxUnstampedIndexMigration.up(&schema).await.unwrap();
+        (EventFeed::new(db, "test", EventsConfig::default()), dir)
+    }
+
+    async fn insert(feed: &EventFeed, times: impl IntoIterator<Item = i64>) {
+        let rows: Vec<_> = times.into_iter().map(event_at).collect();
+        outbox::Entity::insert_many(rows)
+            .exec_without_returning(&feed.db)
+            .await
+            .unwrap();
+    }
+
+    async fn stamp_all(feed: &EventFeed) {
+        while feed.stamp().await.unwrap() > 0 {}
+    }
+
+    /// (position, event time) of every row left, stamped or not.
+    async fn left(feed: &EventFeed) -> Vec<(Option<i64>, i64)> {
+        outbox::Entity::find()
+            .select_only()
+            .column(outbox::Column::Position)
+            .column(outbox::Column::EventTimeUs)
+            .order_by_asc(outbox::Column::EventTimeUs)
+            .into_tuple()
+            .all(&feed.db)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn pruning_takes_the_oldest_run_in_position_order() {
+        let (feed, _dir) = feed().await;
+        insert(&feed, [100, 200, 300, 400, 500]).await;
+        stamp_all(&feed).await;
+        // Committed late: stamped after newer events, though written before them.
+        insert(&feed, [50]).await;
+        stamp_all(&feed).await;
+        // Not committed yet when the relay passed: never pruned before it is stamped.
+        insert(&feed, [10]).await;
+
+        assert_eq!(feed.prune_before(350).await.unwrap(), 3);
+        assert_eq!(read_state(&feed.db).await.unwrap(), (6, 3));
+        assert_eq!(
+            left(&feed).await,
+            vec![(None, 10), (Some(6), 50), (Some(4), 400), (Some(5), 500)]
+        );
+        // Nothing more is old enough before position 4.
+        assert_eq!(feed.prune_before(350).await.unwrap(), 0);
+        assert_eq!(read_state(&feed.db).await.unwrap(), (6, 3));
+
+        assert_eq!(feed.prune_before(1_000).await.unwrap(), 3);
+        assert_eq!(read_state(&feed.db).await.unwrap(), (6, 6));
+        assert_eq!(left(&feed).await, vec![(None, 10)]);
+
+        // A consumer whose checkpoint is behind what was pruned must re-sync.
+        let behind = feed
+            .watch(
+                &caller(),
+                WatchEventsRequest {
+                    after_position: 2,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect_err("behind the retention");
+        assert!(
+            matches!(
+                behind,
+                ApiError::FailedPrecondition {
+                    reason: "CHECKPOINT_EXPIRED",
+                    ..
+                }
+            ),
+            "{behind:?}"
+        );
+        assert!(
+            feed.watch(
+                &caller(),
+                WatchEventsRequest {
+                    after_position: 6,
+                    ..Default::default()
+                },
+            )
+            .await
+            .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn pruning_goes_on_past_one_batch() {
+        let (feed, _dir) = feed().await;
+        insert(&feed, 1..=2_500).await;
+        stamp_all(&feed).await;
+        insert(&feed, [5_000]).await;
+        stamp_all(&feed).await;
+        assert_eq!(feed.prune_before(4_000).await.unwrap(), 2_500);
+        assert_eq!(read_state(&feed.db).await.unwrap(), (2_501, 2_500));
+        assert_eq!(left(&feed).await, vec![(Some(2_501), 5_000)]);
+    }
 }

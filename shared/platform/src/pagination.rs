@@ -180,8 +180,49 @@ pub struct KeysetColumn {
 
 /// The rows strictly after the last row of a page, for an order over columns
 /// c1..cn: (c1 > v1) OR (c1 = v1 AND c2 > v2) OR …, with `<` for descending columns.
+///
+/// It is written so that an index in the order can seek to the first row of the next
+/// page instead of reading every row before it: the leading columns that sort the same
+/// way are compared as one row value, `(c1, c2) > (v1, v2)`, which Postgres and SQLite
+/// use as an index range bound (the expanded `OR` is not, and made each page cost a
+/// scan of the rows before it: ~450 ms a page 1 M rows deep). When every column sorts
+/// the same way that comparison is the whole condition; otherwise it bounds the
+/// expansion, non-strictly, from below.
 pub fn keyset_after(columns: &[KeysetColumn]) -> sea_query::Condition {
     use sea_query::ExprTrait as _;
+    let Some(first) = columns.first() else {
+        // No order: no row is after another.
+        return sea_query::Condition::all();
+    };
+    let run = columns
+        .iter()
+        .take_while(|key| key.descending == first.descending)
+        .count();
+    let row = |keys: &[KeysetColumn]| -> (sea_query::Expr, sea_query::Expr) {
+        if let [key] = keys {
+            return (key.column.clone(), sea_query::Expr::val(key.value.clone()));
+        }
+        (
+            sea_query::Expr::tuple(keys.iter().map(|key| key.column.clone())),
+            sea_query::Expr::tuple(
+                keys.iter()
+                    .map(|key| sea_query::Expr::val(key.value.clone())),
+            ),
+        )
+    };
+    let (lead, lead_values) = row(&columns[..run]);
+    if run == columns.len() {
+        return sea_query::Condition::all().add(if first.descending {
+            lead.lt(lead_values)
+        } else {
+            lead.gt(lead_values)
+        });
+    }
+    let bound = if first.descending {
+        lead.lte(lead_values)
+    } else {
+        lead.gte(lead_values)
+    };
     let mut any = sea_query::Condition::any();
     for i in 0..columns.len() {
         let mut all = sea_query::Condition::all();
@@ -198,7 +239,7 @@ pub fn keyset_after(columns: &[KeysetColumn]) -> sea_query::Condition {
         }
         any = any.add(all);
     }
-    any
+    sea_query::Condition::all().add(bound).add(any)
 }
 
 #[cfg(test)]
@@ -236,5 +277,124 @@ mod tests {
         assert_eq!(page_size(0, 50, 1000).unwrap(), 50);
         assert_eq!(page_size(5000, 50, 1000).unwrap(), 1000);
         assert!(page_size(-1, 50, 1000).is_err());
+    }
+
+    fn key(column: &str, descending: bool, value: impl Into<sea_query::Value>) -> KeysetColumn {
+        KeysetColumn {
+            column: sea_query::Expr::col(sea_query::Alias::new(column)),
+            descending,
+            value: value.into(),
+        }
+    }
+
+    fn where_sql(condition: sea_query::Condition) -> String {
+        let sql = sea_query::Query::select()
+            .column(sea_query::Alias::new("id"))
+            .from(sea_query::Alias::new("t"))
+            .cond_where(condition)
+            .to_string(sea_query::PostgresQueryBuilder);
+        sql.split_once(" WHERE ")
+            .map(|(_, w)| w.to_owned())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn keysets_of_one_direction_are_one_row_comparison() {
+        assert_eq!(
+            where_sql(keyset_after(&[
+                key("time", false, 5i64),
+                key("id", false, "b")
+            ])),
+            r#"("time", "id") > (5, 'b')"#
+        );
+        assert_eq!(
+            where_sql(keyset_after(&[
+                key("time", true, 5i64),
+                key("id", true, "b")
+            ])),
+            r#"("time", "id") < (5, 'b')"#
+        );
+        assert_eq!(
+            where_sql(keyset_after(&[key("id", false, "b")])),
+            r#""id" > 'b'"#
+        );
+    }
+
+    #[test]
+    fn mixed_keysets_are_bounded_by_their_leading_run() {
+        assert_eq!(
+            where_sql(keyset_after(&[
+                key("stage", true, 3i64),
+                key("name", false, "m"),
+                key("id", false, "b"),
+            ])),
+            r#""stage" <= 3 AND ("stage" < 3 OR ("stage" = 3 AND "name" > 'm') OR ("stage" = 3 AND "name" = 'm' AND "id" > 'b'))"#
+        );
+    }
+
+    /// The row comparison selects exactly the rows the expansion does, on SQLite.
+    #[tokio::test]
+    async fn keysets_select_the_rows_after_the_key() {
+        use sea_orm::{ConnectionTrait as _, Database};
+        use sea_query::ExprTrait as _;
+        let db = Database::connect("sqlite::memory:").await.unwrap();
+        db.execute_unprepared(
+            "CREATE TABLE t (a INTEGER NOT NULL, b TEXT NOT NULL, id TEXT NOT NULL)",
+        )
+        .await
+        .unwrap();
+        let mut rows = Vec::new();
+        for a in 0..4i64 {
+            for b in ["x", "y"] {
+                for id in ["1", "2", "3"] {
+                    rows.push((a, b, id));
+                }
+            }
+        }
+        let values: Vec<String> = rows
+            .iter()
+            .map(|(a, b, id)| format!("({a}, '{b}', '{id}')"))
+            .collect();
+        db.execute_unprepared(&format!("INSERT INTO t VALUES {}", values.join(", ")))
+            .await
+            .unwrap();
+        for directions in [
+            [false, false, false],
+            [true, true, true],
+            [true, false, false],
+            [false, true, false],
+        ] {
+            for &(a, b, id) in &rows {
+                let condition = keyset_after(&[
+                    key("a", directions[0], a),
+                    key("b", directions[1], b),
+                    key("id", directions[2], id),
+                ]);
+                let sql = sea_query::Query::select()
+                    .expr(sea_query::Expr::col(sea_query::Alias::new("a")).count())
+                    .from(sea_query::Alias::new("t"))
+                    .cond_where(condition)
+                    .to_string(sea_query::SqliteQueryBuilder);
+                let found: i64 = db
+                    .query_one_raw(sea_orm::Statement::from_string(
+                        db.get_database_backend(),
+                        sql,
+                    ))
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .try_get_by_index(0)
+                    .unwrap();
+                let after = |&(x, y, z): &(i64, &str, &str)| {
+                    let order = |d: bool, o: std::cmp::Ordering| if d { o.reverse() } else { o };
+                    order(directions[0], x.cmp(&a))
+                        .then(order(directions[1], y.cmp(b)))
+                        .then(order(directions[2], z.cmp(id)))
+                        == std::cmp::Ordering::Greater
+                };
+                let expected = rows.iter().filter(|r| after(r)).count() as i64;
+                assert_eq!(found, expected, "after {a} {b} {id} with {directions:?}");
+            }
+        }
     }
 }

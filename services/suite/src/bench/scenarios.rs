@@ -11,8 +11,9 @@ use prost_types::FieldMask;
 
 use crm_proto::common::WatchEventsRequest;
 use crm_proto::contact::{
-    Contact, CreateContactRequest, FindDuplicatesRequest, GetContactRequest, ListContactsRequest, SearchContactsRequest,
-    UpdateContactRequest, contact_service_client::ContactServiceClient, find_duplicates_request,
+    Contact, CreateContactRequest, FindDuplicatesRequest, GetContactRequest, ListContactsRequest,
+    SearchContactsRequest, UpdateContactRequest, contact_service_client::ContactServiceClient,
+    find_duplicates_request,
 };
 
 use super::client::Authorised;
