@@ -501,6 +501,19 @@ pub async fn run_bench(
             ));
             continue;
         }
+        if name == "export_contacts" {
+            let Some(workload) = scenarios::workload(name, &fixture) else {
+                continue;
+            };
+            eprintln!("measuring export_contacts: the whole tenant, one stream");
+            let outcome = load::fixed(workload, 1, 1).await;
+            report.scenarios.push(Line::from_outcome(
+                name,
+                "1 stream × the tenant".to_owned(),
+                &outcome,
+            ));
+            continue;
+        }
         let Some(workload) = scenarios::workload(name, &fixture) else {
             eprintln!(
                 "skipping {name}: it needs --uncached-target (a service with cache.backend = \"none\")"
