@@ -3,11 +3,13 @@
 //!
 //! By default the crate compiles `shared/platform/src/filter.rs` and
 //! `shared/platform/src/pagination.rs` themselves (the same source files, not copies)
-//! next to a stand-in for the one thing they take from the rest of crm-platform, the
-//! `ApiError` type. That keeps the instrumented build to a handful of small crates. With
-//! the `service` feature the targets use crm-platform and the contact service's
-//! whitelists instead.
+//! next to stand-ins for the two things they take from the rest of crm-platform, the
+//! `ApiError` and `DbBackend` types. That keeps the instrumented build to a handful of
+//! small crates. With the `service` feature the targets use crm-platform and the
+//! contact service's whitelists instead.
 
+#[cfg(not(feature = "service"))]
+pub mod db;
 #[cfg(not(feature = "service"))]
 pub mod errors;
 #[cfg(not(feature = "service"))]
@@ -18,6 +20,6 @@ pub mod filter;
 pub mod pagination;
 
 #[cfg(feature = "service")]
-pub use crm_platform::{filter, pagination};
+pub use crm_platform::{db, filter, pagination};
 
 pub mod schema;

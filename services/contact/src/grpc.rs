@@ -130,12 +130,13 @@ pub const CONTACT_FILTER_FIELDS: &[FilterField] = &[
     },
 ];
 
-/// A ListContacts filter as a condition on the contacts table (also used by segments,
-/// search and export).
-pub(crate) fn contact_filter(
+/// A ListContacts filter (AIP-160) as a condition on the contacts table for `backend`
+/// (also used by segments, search and export); `None` when it is empty.
+pub fn contact_filter(
     filter: &str,
+    backend: sea_orm::DbBackend,
 ) -> Result<Option<sea_orm::sea_query::Condition>, ApiError> {
-    filter::condition(filter, CONTACT_FILTER_FIELDS)
+    filter::condition(filter, CONTACT_FILTER_FIELDS, backend)
 }
 
 fn parse_stage(name: &str) -> Option<i32> {
@@ -526,7 +527,7 @@ impl ContactService for ContactApi {
         let request = request.into_inner();
         let limit = pagination::page_size(request.page_size, 50, 1000)?;
         let order = parse_order(&request.order_by)?;
-        let condition = contact_filter(&request.filter)?;
+        let condition = contact_filter(&request.filter, self.db.get_database_backend())?;
         let fingerprint = PageTokens::fingerprint(&[
             &request.filter,
             &request.order_by,

@@ -24,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(crm_platform::events::OutboxUnstampedIndexMigration),
             Box::new(crate::index::migration::NamePairTerms),
             Box::new(crate::index::migration::TermsByContactCovering),
+            Box::new(ListElementIndexes),
         ]
     }
 }
@@ -191,5 +192,42 @@ impl MigrationTrait for ContactsByStage {
                     .to_owned(),
             )
             .await
+    }
+}
+
+/// On Postgres, GIN indexes on the elements of the list columns that filters compare
+/// (`email`, `phone` and `tags` of contacts, `tags` of accounts), so that `email:
+/// "ana@example.com"` finds its contact through the index instead of testing every
+/// contact of the tenant (`crm_platform::filter::FieldKind::List`). SQLite compares
+/// the lists with `LIKE` and has no such index.
+struct ListElementIndexes;
+
+impl MigrationName for ListElementIndexes {
+    fn name(&self) -> &str {
+        "m0012_list_element_indexes"
+    }
+}
+
+/// (index, table, list column) of each GIN index.
+const LIST_ELEMENT_INDEXES: &[(&str, &str, &str)] = &[
+    ("contacts_emails_elements", "contacts", "emails_index"),
+    ("contacts_phones_elements", "contacts", "phones_index"),
+    ("contacts_tags_elements", "contacts", "tags_index"),
+    ("accounts_tags_elements", "accounts", "tags_index"),
+];
+
+#[async_trait::async_trait]
+impl MigrationTrait for ListElementIndexes {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        if manager.get_database_backend() != sea_orm::DbBackend::Postgres {
+            return Ok(());
+        }
+        for (name, table, column) in LIST_ELEMENT_INDEXES {
+            manager
+                .get_connection()
+                .execute_unprepared(&crm_platform::filter::list_index_sql(name, table, column))
+                .await?;
+        }
+        Ok(())
     }
 }

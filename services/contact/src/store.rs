@@ -641,6 +641,11 @@ impl ContactStore {
         })
     }
 
+    /// The database the store keeps its contacts in.
+    pub fn backend(&self) -> sea_orm::DbBackend {
+        self.db.get_database_backend()
+    }
+
     fn listing(
         &self,
         tenant: &str,

@@ -7,10 +7,12 @@
 
 use std::time::Duration;
 
+/// Which database a connection speaks to; what filters and key lookups are written for.
+pub use sea_orm::DbBackend;
 use sea_orm::sea_query::{Alias, Expr, Query, SelectStatement};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, QueryResult,
-    Statement, TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, QueryResult, Statement,
+    TransactionTrait,
 };
 use sea_orm_migration::MigratorTrait;
 

@@ -8,6 +8,7 @@
 
 use sea_query::{Condition, Expr as SqlExpr, ExprTrait, LikeExpr, SimpleExpr};
 
+use crate::db::DbBackend;
 use crate::errors::ApiError;
 
 /// Filters longer than this are refused before parsing.
@@ -330,6 +331,9 @@ pub enum FieldKind {
     /// An enum stored as its number; values are its names, with or without prefix.
     Enum(fn(&str) -> Option<i32>),
     /// A list stored as `|a|b|c|` text; only `:` (has) and `=` (has exactly this) apply.
+    /// On Postgres the comparison is `string_to_array(column, '|') @> ARRAY[value]`,
+    /// which a GIN index on that expression answers (a migration of the table must
+    /// create it); elsewhere `column LIKE '%|value|%'`.
     List,
     /// A boolean column.
     Bool,
@@ -399,6 +403,7 @@ fn translate_compare(
     op: Op,
     value: &Value,
     position: usize,
+    backend: DbBackend,
 ) -> Result<SimpleExpr, ApiError> {
     let name = spec.name;
     let raw = value.as_str();
@@ -465,34 +470,66 @@ fn translate_compare(
             if raw.contains('|') {
                 return Err(value_error(position, name, "value may not contain '|'"));
             }
-            let element = format!("%|{}|%", escape_like(&raw.to_lowercase()));
+            // No list holds an empty element; said here so that every backend agrees.
+            if raw.is_empty() {
+                return Err(value_error(position, name, "value may not be empty"));
+            }
+            let element = raw.to_lowercase();
+            let has = if backend == DbBackend::Postgres {
+                list_contains(spec.column, element)
+            } else {
+                SqlExpr::col(spec.column).like(like(format!("%|{}|%", escape_like(&element))))
+            };
             match op {
-                Op::Has | Op::Eq => Ok(SqlExpr::col(spec.column).like(like(element))),
-                Op::Ne => Ok(SqlExpr::col(spec.column).not_like(like(element))),
+                Op::Has | Op::Eq => Ok(has),
+                Op::Ne => Ok(has.not()),
                 _ => Err(unsupported()),
             }
         }
     }
 }
 
-/// Translates a parsed filter over `fields` into a condition.
-pub fn to_condition(expr: &Expr, fields: &[FilterField]) -> Result<Condition, ApiError> {
+/// `string_to_array(column, '|') @> string_to_array(element, '|')`: the list column
+/// holds `element` (which has no `|` and is not empty, so the right side is the
+/// one-element array of it). The left side is the expression the GIN indexes of list
+/// columns are built on ([`list_index_sql`]), so that Postgres answers it from them.
+fn list_contains(column: &'static str, element: String) -> SimpleExpr {
+    SqlExpr::cust_with_exprs(
+        "string_to_array($1, '|') @> string_to_array($2, '|')",
+        [SqlExpr::col(column), SqlExpr::val(element)],
+    )
+}
+
+/// The Postgres statement that creates the GIN index `name` on the elements of the
+/// list column `column` of `table`, for `FieldKind::List` filters.
+pub fn list_index_sql(name: &str, table: &str, column: &str) -> String {
+    format!(
+        "CREATE INDEX IF NOT EXISTS \"{name}\" ON \"{table}\" USING gin (string_to_array(\"{column}\", '|'))"
+    )
+}
+
+/// Translates a parsed filter over `fields` into a condition for `backend`.
+pub fn to_condition(
+    expr: &Expr,
+    fields: &[FilterField],
+    backend: DbBackend,
+) -> Result<Condition, ApiError> {
     Ok(match expr {
         Expr::And(terms) => {
             let mut condition = Condition::all();
             for term in terms {
-                condition = condition.add(to_condition(term, fields)?);
+                condition = condition.add(to_condition(term, fields, backend)?);
             }
             condition
         }
         Expr::Or(terms) => {
             let mut condition = Condition::any();
             for term in terms {
-                condition = condition.add(to_condition(term, fields)?);
+                condition = condition.add(to_condition(term, fields, backend)?);
             }
             condition
         }
-        Expr::Not(inner) => to_condition(inner, fields)?.not(),
+        Expr::Not(inner) => to_condition(inner, fields, backend)?.not(),
         Expr::Compare {
             field,
             op,
@@ -526,15 +563,19 @@ pub fn to_condition(expr: &Expr, fields: &[FilterField]) -> Result<Condition, Ap
                     ),
                 )
             })?;
-            Condition::all().add(translate_compare(spec, *op, value, *position)?)
+            Condition::all().add(translate_compare(spec, *op, value, *position, backend)?)
         }
     })
 }
 
 /// Parses and translates in one step; `None` for an empty filter.
-pub fn condition(filter: &str, fields: &[FilterField]) -> Result<Option<Condition>, ApiError> {
+pub fn condition(
+    filter: &str,
+    fields: &[FilterField],
+    backend: DbBackend,
+) -> Result<Option<Condition>, ApiError> {
     parse(filter)?
-        .map(|expr| to_condition(&expr, fields))
+        .map(|expr| to_condition(&expr, fields, backend))
         .transpose()
 }
 
@@ -576,7 +617,9 @@ mod tests {
     ];
 
     fn sql(filter: &str) -> String {
-        let condition = condition(filter, FIELDS).unwrap().unwrap();
+        let condition = condition(filter, FIELDS, DbBackend::Sqlite)
+            .unwrap()
+            .unwrap();
         Query::select()
             .column("id")
             .from("t")
@@ -585,7 +628,7 @@ mod tests {
     }
 
     fn error(filter: &str) -> String {
-        match condition(filter, FIELDS) {
+        match condition(filter, FIELDS, DbBackend::Sqlite) {
             Err(ApiError::InvalidArgument(v)) => v[0].description.clone(),
             other => panic!(
                 "expected an error for {filter:?}, got {other:?}",
@@ -615,6 +658,48 @@ mod tests {
     }
 
     #[test]
+    fn lists_on_postgres_are_array_containment() {
+        let on_postgres = |filter: &str| {
+            let condition = condition(filter, FIELDS, DbBackend::Postgres)
+                .unwrap()
+                .unwrap();
+            Query::select()
+                .column("id")
+                .from("t")
+                .cond_where(condition)
+                .to_string(sea_query::PostgresQueryBuilder)
+        };
+        assert_eq!(
+            on_postgres(r#"email: "A@X.io""#),
+            r#"SELECT "id" FROM "t" WHERE string_to_array("emails_index", '|') @> string_to_array('a@x.io', '|')"#
+        );
+        // No wildcard: `%` and `_` are characters of the element.
+        assert!(on_postgres(r#"email = "a%_@x.io""#).contains("string_to_array('a%_@x.io', '|')"));
+        let negated = on_postgres(r#"email != "a@x.io""#);
+        assert!(
+            negated.contains(
+                r#"NOT (string_to_array("emails_index", '|') @> string_to_array('a@x.io', '|'))"#
+            ),
+            "{negated}"
+        );
+        // The value stays a bound value.
+        let condition = condition(r#"email = "x' OR 1=1 --""#, FIELDS, DbBackend::Postgres)
+            .unwrap()
+            .unwrap();
+        let (sql, values) = Query::select()
+            .column("id")
+            .from("t")
+            .cond_where(condition)
+            .build(sea_query::PostgresQueryBuilder);
+        assert!(sql.ends_with(r#"@> string_to_array($1, '|')"#), "{sql}");
+        assert_eq!(values.0, vec![sea_query::Value::from("x' or 1=1 --")]);
+        assert_eq!(
+            list_index_sql("contacts_emails_elements", "contacts", "emails_index"),
+            r#"CREATE INDEX IF NOT EXISTS "contacts_emails_elements" ON "contacts" USING gin (string_to_array("emails_index", '|'))"#
+        );
+    }
+
+    #[test]
     fn injection_stays_a_value() {
         let out = sql(r#"given_name = "x' OR 1=1 --""#);
         assert!(out.contains(r#""given_name" = 'x'' OR 1=1 --'"#), "{out}");
@@ -631,6 +716,7 @@ mod tests {
         assert!(error("stage = PROSPECT").contains("unknown value"));
         assert!(error("age = 1 )").contains("trailing"));
         assert!(error("age # 1").contains("unexpected character"));
+        assert!(error(r#"email: """#).contains("email: value may not be empty"));
         let deep = format!("{}age = 1{}", "(".repeat(100), ")".repeat(100));
         assert!(error(&deep).contains("nested too deeply"));
     }
@@ -644,11 +730,15 @@ mod tests {
         assert!(sql(r#"given_name = "\"x""#).contains(r#"'"x'"#));
         assert!(error("given_name = \"\\").contains("dangling escape"));
         let crash = "given_ne ma= \"'\\\\' g\u{fffd}'\\\u{fffd}\"";
-        assert!(condition(crash, FIELDS).is_err());
+        assert!(condition(crash, FIELDS, DbBackend::Sqlite).is_err());
     }
 
     #[test]
     fn blank_filter_matches_all() {
-        assert!(condition("   ", FIELDS).unwrap().is_none());
+        assert!(
+            condition("   ", FIELDS, DbBackend::Sqlite)
+                .unwrap()
+                .is_none()
+        );
     }
 }

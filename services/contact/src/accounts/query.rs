@@ -85,8 +85,11 @@ pub const ACCOUNT_FILTER_FIELDS: &[FilterField] = &[
 ];
 
 /// A ListAccounts filter as a condition on the accounts table.
-pub fn account_filter(filter: &str) -> Result<Option<sea_orm::sea_query::Condition>, ApiError> {
-    filter::condition(filter, ACCOUNT_FILTER_FIELDS)
+pub fn account_filter(
+    filter: &str,
+    backend: sea_orm::DbBackend,
+) -> Result<Option<sea_orm::sea_query::Condition>, ApiError> {
+    filter::condition(filter, ACCOUNT_FILTER_FIELDS, backend)
 }
 
 /// "STRATEGIC" or "ACCOUNT_TIER_STRATEGIC".

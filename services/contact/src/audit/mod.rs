@@ -106,7 +106,11 @@ impl AuditApi {
     ) -> Result<(Vec<AuditEvent>, String, i64), ApiError> {
         let limit = pagination::page_size(listing.page_size, 50, 1000)?;
         let descending = query::parse_order(listing.order_by)?;
-        let condition = filter::condition(listing.filter, listing.fields)?;
+        let condition = filter::condition(
+            listing.filter,
+            listing.fields,
+            self.ctx.db.get_database_backend(),
+        )?;
         let fingerprint = PageTokens::fingerprint(&[
             listing.kind,
             listing.resource_name.as_deref().unwrap_or_default(),

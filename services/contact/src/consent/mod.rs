@@ -372,7 +372,11 @@ impl ConsentApi {
                 0
             }
         };
-        let condition = match filter::condition(&request.filter, CONSENT_FILTER_FIELDS) {
+        let condition = match filter::condition(
+            &request.filter,
+            CONSENT_FILTER_FIELDS,
+            self.ctx.db.get_database_backend(),
+        ) {
             Ok(condition) => condition,
             Err(ApiError::InvalidArgument(found)) => {
                 found
@@ -560,11 +564,19 @@ mod tests {
         assert!(
             filter::condition(
                 "channel = \"EMAIL\" AND status = \"OPTED_IN\"",
-                CONSENT_FILTER_FIELDS
+                CONSENT_FILTER_FIELDS,
+                sea_orm::DbBackend::Sqlite,
             )
             .is_ok()
         );
-        assert!(filter::condition("evidence = \"x\"", CONSENT_FILTER_FIELDS).is_err());
+        assert!(
+            filter::condition(
+                "evidence = \"x\"",
+                CONSENT_FILTER_FIELDS,
+                sea_orm::DbBackend::Sqlite
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -111,11 +111,15 @@ impl SegmentsApi {
     }
 
     /// The condition on the contacts table that selects the segment's members.
-    fn members_condition(tenant: &str, row: &segment_row::Model) -> Result<Condition, ApiError> {
+    fn members_condition(
+        &self,
+        tenant: &str,
+        row: &segment_row::Model,
+    ) -> Result<Condition, ApiError> {
         if row.segment_type == SegmentType::Static as i32 {
             return Ok(store::static_members(tenant, &row.id));
         }
-        match crate::grpc::contact_filter(&row.filter) {
+        match crate::grpc::contact_filter(&row.filter, self.ctx.db.get_database_backend()) {
             Ok(Some(condition)) => Ok(condition),
             // A dynamic segment always has a filter; an empty one would select everyone.
             Ok(None) | Err(_) => Err(ApiError::FailedPrecondition {
@@ -131,7 +135,7 @@ impl SegmentsApi {
     /// The segment with its member count (soft-deleted and merged contacts excluded).
     async fn counted(&self, tenant: &str, row: &segment_row::Model) -> Result<Segment, ApiError> {
         let mut segment = to_proto(row);
-        let condition = Self::members_condition(tenant, row);
+        let condition = self.members_condition(tenant, row);
         segment.member_count = match condition {
             Ok(condition) => {
                 self.ctx
@@ -228,7 +232,11 @@ impl SegmentsApi {
         let request = request.into_inner();
         let limit = pagination::page_size(request.page_size, 50, 1000)?;
         let order = store::parse_order(&request.order_by)?;
-        let condition = filter::condition(&request.filter, SEGMENT_FILTER_FIELDS)?;
+        let condition = filter::condition(
+            &request.filter,
+            SEGMENT_FILTER_FIELDS,
+            self.ctx.db.get_database_backend(),
+        )?;
         let fingerprint =
             PageTokens::fingerprint(&["segments", &request.filter, &request.order_by]);
         let (after, total) =
@@ -348,13 +356,14 @@ impl SegmentsApi {
         let id = parse_name("segment", &request.segment)?;
         let limit = pagination::page_size(request.page_size, 50, 1000)?;
         let order = crate::grpc::parse_order(&request.order_by)?;
-        let extra = crate::grpc::contact_filter(&request.filter)?;
+        let extra =
+            crate::grpc::contact_filter(&request.filter, self.ctx.db.get_database_backend())?;
         let row = self
             .store
             .get(&caller.tenant, &id)
             .await?
             .ok_or_else(|| ApiError::not_found(store::segment_name(&id)))?;
-        let mut condition = Condition::all().add(Self::members_condition(&caller.tenant, &row)?);
+        let mut condition = Condition::all().add(self.members_condition(&caller.tenant, &row)?);
         if let Some(extra) = extra {
             condition = condition.add(extra);
         }

@@ -49,7 +49,11 @@ pub fn segment(violations: &mut Violations, prefix: &str, segment: &Segment) {
         Ok(SegmentType::Dynamic) => {
             if segment.filter.trim().is_empty() {
                 violations.add(filter_path, "is required for DYNAMIC segments");
-            } else if let Err(err) = crate::grpc::contact_filter(&segment.filter) {
+            } else if let Err(err) = crate::grpc::contact_filter(
+                &segment.filter,
+                // Only whether the filter reads is asked here, the same on every backend.
+                sea_orm::DbBackend::Sqlite,
+            ) {
                 match err {
                     ApiError::InvalidArgument(found) => found
                         .into_iter()

@@ -285,7 +285,8 @@ impl TimelineApi {
                 );
             }
         };
-        let filter = query::interaction_filter(&request.filter)?;
+        let filter =
+            query::interaction_filter(&request.filter, self.ctx.db.get_database_backend())?;
         let order = query::order(
             &request.order_by,
             &[
@@ -484,7 +485,7 @@ impl TimelineApi {
         let caller = Caller::from_request(&request)?;
         let request = request.into_inner();
         let limit = pagination::page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)?;
-        let filter = query::episode_filter(&request.filter)?;
+        let filter = query::episode_filter(&request.filter, self.ctx.db.get_database_backend())?;
         let order = query::order(
             &request.order_by,
             &[

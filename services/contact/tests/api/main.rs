@@ -18,6 +18,7 @@ mod cache;
 mod consent;
 mod contacts;
 mod duplicates;
+mod list_filters;
 mod listing;
 mod outbox;
 mod privacy;

@@ -11,9 +11,9 @@ use prost_types::FieldMask;
 
 use crm_proto::common::WatchEventsRequest;
 use crm_proto::contact::{
-    Contact, CreateContactRequest, ExportContactsRequest, FindDuplicatesRequest, GetContactRequest, ListContactsRequest,
-    SearchContactsRequest, UpdateContactRequest, contact_service_client::ContactServiceClient,
-    find_duplicates_request,
+    Contact, CreateContactRequest, ExportContactsRequest, FindDuplicatesRequest, GetContactRequest,
+    ListContactsRequest, SearchContactsRequest, UpdateContactRequest,
+    contact_service_client::ContactServiceClient, find_duplicates_request,
 };
 
 use super::client::Authorised;
