@@ -616,15 +616,18 @@ mod tests {
         },
     ];
 
-    fn sql(filter: &str) -> String {
-        let condition = condition(filter, FIELDS, DbBackend::Sqlite)
-            .unwrap()
-            .unwrap();
+    /// `SELECT "id" FROM "t" WHERE <filter>` for `backend`.
+    fn select_where(filter: &str, backend: DbBackend) -> sea_query::SelectStatement {
+        let condition = condition(filter, FIELDS, backend).unwrap().unwrap();
         Query::select()
             .column("id")
             .from("t")
             .cond_where(condition)
-            .to_string(SqliteQueryBuilder)
+            .to_owned()
+    }
+
+    fn sql(filter: &str) -> String {
+        select_where(filter, DbBackend::Sqlite).to_string(SqliteQueryBuilder)
     }
 
     fn error(filter: &str) -> String {
@@ -660,14 +663,7 @@ mod tests {
     #[test]
     fn lists_on_postgres_are_array_containment() {
         let on_postgres = |filter: &str| {
-            let condition = condition(filter, FIELDS, DbBackend::Postgres)
-                .unwrap()
-                .unwrap();
-            Query::select()
-                .column("id")
-                .from("t")
-                .cond_where(condition)
-                .to_string(sea_query::PostgresQueryBuilder)
+            select_where(filter, DbBackend::Postgres).to_string(sea_query::PostgresQueryBuilder)
         };
         assert_eq!(
             on_postgres(r#"email: "A@X.io""#),
@@ -683,13 +679,7 @@ mod tests {
             "{negated}"
         );
         // The value stays a bound value.
-        let condition = condition(r#"email = "x' OR 1=1 --""#, FIELDS, DbBackend::Postgres)
-            .unwrap()
-            .unwrap();
-        let (sql, values) = Query::select()
-            .column("id")
-            .from("t")
-            .cond_where(condition)
+        let (sql, values) = select_where(r#"email = "x' OR 1=1 --""#, DbBackend::Postgres)
             .build(sea_query::PostgresQueryBuilder);
         assert!(sql.ends_with(r#"@> string_to_array($1, '|')"#), "{sql}");
         assert_eq!(values.0, vec![sea_query::Value::from("x' or 1=1 --")]);
