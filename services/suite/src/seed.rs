@@ -565,7 +565,7 @@ pub async fn seed(channel: Channel, token: &str, plan: &SeedPlan) -> anyhow::Res
         let client = client.clone();
         let accounts = accounts.clone();
         importers
-            .spawn(async move { import_range(client, first..last, &accounts, per_account).await });
+            .spawn(async move { import_range(client, first..last, accounts, per_account).await });
     }
     while let Some(result) = importers.join_next().await {
         let summary = result.context("import task")??;
@@ -584,39 +584,44 @@ pub async fn seed(channel: Channel, token: &str, plan: &SeedPlan) -> anyhow::Res
     Ok(report)
 }
 
-/// Imports persons `range` in one ImportContacts stream and returns its summary.
+/// Imports persons `range` in one ImportContacts stream and returns its summary. Each
+/// 1000-row message is generated when the stream takes it (HTTP/2 flow control paces
+/// it), so a range of any size holds a few messages in memory, not all of them: a
+/// 1 M seeding whose streams were built up front peaked at 1.37 GB in this client.
 pub async fn import_range(
     mut client: ContactServiceClient<Authorised>,
     range: std::ops::Range<u64>,
-    accounts: &[(String, String)],
+    accounts: std::sync::Arc<Vec<(String, String)>>,
     per_account: u64,
 ) -> anyhow::Result<contact::ImportSummary> {
-    let mut messages = Vec::new();
-    let ids: Vec<u64> = range.collect();
-    for (n, batch) in ids.chunks(1000).enumerate() {
-        let rows = batch
-            .iter()
-            .map(|&i| {
-                let company = accounts
-                    .get((i / per_account.max(1)) as usize)
-                    .filter(|_| i % 10 != 0) // one in ten is a private person
-                    .map(|(name, domain)| (name.as_str(), domain.as_str()));
-                ImportRow {
-                    row_id: i.to_string(),
-                    contact: Some(person(i, company)),
-                }
-            })
-            .collect();
-        messages.push(ImportContactsRequest {
-            options: (n == 0).then(|| ImportOptions {
-                mode: ImportMode::CreateOnly as i32,
-                summary_only: true,
-                source: "seed".into(),
-                ..Default::default()
-            }),
-            rows,
+    const ROWS_PER_MESSAGE: u64 = 1000;
+    let end = range.end;
+    let messages = range
+        .step_by(ROWS_PER_MESSAGE as usize)
+        .enumerate()
+        .map(move |(n, first)| {
+            let rows = (first..(first + ROWS_PER_MESSAGE).min(end))
+                .map(|i| {
+                    let company = accounts
+                        .get((i / per_account.max(1)) as usize)
+                        .filter(|_| i % 10 != 0) // one in ten is a private person
+                        .map(|(name, domain)| (name.as_str(), domain.as_str()));
+                    ImportRow {
+                        row_id: i.to_string(),
+                        contact: Some(person(i, company)),
+                    }
+                })
+                .collect();
+            ImportContactsRequest {
+                options: (n == 0).then(|| ImportOptions {
+                    mode: ImportMode::CreateOnly as i32,
+                    summary_only: true,
+                    source: "seed".into(),
+                    ..Default::default()
+                }),
+                rows,
+            }
         });
-    }
     let mut responses = client
         .import_contacts(tokio_stream::iter(messages))
         .await

@@ -169,9 +169,10 @@ pub fn workload(name: &str, fixture: &Fixture) -> Option<Arc<dyn Workload>> {
                 let client = f.cached[worker % f.cached.len()].clone();
                 let first = counter.fetch_add(rows, Ordering::Relaxed);
                 Box::pin(async move {
-                    let summary = crate::seed::import_range(client, first..first + rows, &[], 1)
-                        .await
-                        .map_err(|e| format!("import: {e:#}"))?;
+                    let summary =
+                        crate::seed::import_range(client, first..first + rows, Arc::default(), 1)
+                            .await
+                            .map_err(|e| format!("import: {e:#}"))?;
                     // Rows skipped as duplicates were checked and count as done; rows
                     // rejected did not import.
                     if summary.rejected > 0 {
