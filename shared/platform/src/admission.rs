@@ -91,14 +91,9 @@ impl Drop for QueuePlace<'_> {
 }
 
 impl Shared {
-    /// A place among the running calls, after a bounded wait in a bounded queue.
-    async fn admit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
-            return Some(permit);
-        }
-        if self.admission.wait.is_zero() {
-            return None;
-        }
+    /// A place among the running calls, after a bounded wait in a bounded queue (for a
+    /// call that found none free).
+    async fn wait_for_place(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let _place = QueuePlace::take(&self.waiting, self.admission.queue)?;
         // The semaphore queues its waiters in arrival order.
         tokio::time::timeout(self.admission.wait, self.permits.clone().acquire_owned())
@@ -173,6 +168,10 @@ where
                 response
             });
         }
+        if self.shared.admission.wait.is_zero() {
+            let refusal: BoxError = Box::new(overloaded(self.shared.admission.limit));
+            return Box::pin(std::future::ready(Err(refusal)));
+        }
         // The call waits for its turn: it takes the service that `poll_ready` made
         // ready, and leaves a clone for the next call (tower's pattern for a call
         // that runs later).
@@ -180,7 +179,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, ready);
         let shared = self.shared.clone();
         Box::pin(async move {
-            let Some(permit) = shared.admit().await else {
+            let Some(permit) = shared.wait_for_place().await else {
                 let refusal: BoxError = Box::new(overloaded(shared.admission.limit));
                 return Err(refusal);
             };

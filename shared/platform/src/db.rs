@@ -260,13 +260,9 @@ pub async fn migrate<M: MigratorTrait>(
             // A transaction pins one connection: the transaction-level advisory lock is
             // held on it until commit, and the migrations run on it too.
             let txn = db.begin().await.map_err(wrap)?;
-            txn.execute_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "SELECT pg_advisory_xact_lock($1)",
-                [advisory_key(&format!("migrate:{service}")).into()],
-            ))
-            .await
-            .map_err(wrap)?;
+            lock_in_transaction(&txn, &format!("migrate:{service}"))
+                .await
+                .map_err(wrap)?;
             M::up(&txn, None).await.map_err(wrap)?;
             txn.commit().await.map_err(wrap)
         }
@@ -293,6 +289,22 @@ pub async fn migrate_service<M: MigratorTrait>(
 ) -> Result<(), DbSetupError> {
     let db = connect(config, service).await?;
     migrate::<M>(&db, service).await
+}
+
+/// Takes the transaction-level advisory lock `name` on Postgres (held until the
+/// transaction ends), so that only one holder at a time runs what follows. Elsewhere it
+/// does nothing: SQLite serialises writers already.
+pub async fn lock_in_transaction<C: ConnectionTrait>(conn: &C, name: &str) -> Result<(), DbErr> {
+    if conn.get_database_backend() != DbBackend::Postgres {
+        return Ok(());
+    }
+    conn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT pg_advisory_xact_lock($1)",
+        [advisory_key(name).into()],
+    ))
+    .await
+    .map(|_| ())
 }
 
 /// A stable 63-bit key for Postgres advisory locks.

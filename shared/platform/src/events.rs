@@ -15,9 +15,9 @@ use std::time::Duration;
 use prost::Message as _;
 use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, SqliteTransactionMode, Statement,
-    TransactionOptions, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set, SqliteTransactionMode, TransactionOptions,
+    TransactionTrait,
 };
 use sea_orm_migration::prelude::*;
 use tokio::sync::{mpsc, watch};
@@ -27,7 +27,7 @@ use crm_proto::common::{Actor, Event, FieldChange, WatchEventsRequest};
 
 use crate::auth::{Caller, Role};
 use crate::config::EventsConfig;
-use crate::db::{advisory_key, micros_to_timestamp, now_micros};
+use crate::db::{lock_in_transaction, micros_to_timestamp, now_micros};
 use crate::errors::ApiError;
 
 /// The event type of heartbeats.
@@ -546,16 +546,8 @@ impl EventFeed {
     /// Stamps positions on visible unstamped rows; returns how many it stamped.
     pub async fn stamp(&self) -> Result<usize, DbErr> {
         const BATCH: u64 = 1000;
-        let backend = self.db.get_database_backend();
         let txn = begin_write(&self.db).await?;
-        if backend == DbBackend::Postgres {
-            txn.execute_raw(Statement::from_sql_and_values(
-                backend,
-                "SELECT pg_advisory_xact_lock($1)",
-                [advisory_key(&format!("outbox-relay:{}", self.service)).into()],
-            ))
-            .await?;
-        }
+        lock_in_transaction(&txn, &format!("outbox-relay:{}", self.service)).await?;
         let head = read_head(&txn).await?;
         // One statement for the whole batch: positions follow event time, then id.
         // Both numbers are ours, not a caller's, so they are written into the SQL.
@@ -615,16 +607,8 @@ impl EventFeed {
         let mut pruned = 0;
         for _ in 0..MAX_BATCHES {
             let txn = begin_write(&self.db).await?;
-            let backend = self.db.get_database_backend();
-            if backend == DbBackend::Postgres {
-                // One pruner at a time per service, so that `pruned_through` only grows.
-                txn.execute_raw(Statement::from_sql_and_values(
-                    backend,
-                    "SELECT pg_advisory_xact_lock($1)",
-                    [advisory_key(&format!("outbox-prune:{}", self.service)).into()],
-                ))
-                .await?;
-            }
+            // One pruner at a time per service, so that `pruned_through` only grows.
+            lock_in_transaction(&txn, &format!("outbox-prune:{}", self.service)).await?;
             let (_, through) = read_state(&txn).await?;
             let oldest: Vec<(i64, i64)> = outbox::Entity::find()
                 .select_only()

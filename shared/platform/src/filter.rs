@@ -331,7 +331,7 @@ pub enum FieldKind {
     /// An enum stored as its number; values are its names, with or without prefix.
     Enum(fn(&str) -> Option<i32>),
     /// A list stored as `|a|b|c|` text; only `:` (has) and `=` (has exactly this) apply.
-    /// On Postgres the comparison is `string_to_array(column, '|') @> ARRAY[value]`,
+    /// On Postgres the comparison is `string_to_array(column, '|') @> string_to_array(value, '|')`,
     /// which a GIN index on that expression answers (a migration of the table must
     /// create it); elsewhere `column LIKE '%|value|%'`.
     List,

@@ -192,7 +192,7 @@ pub fn keyset_after(columns: &[KeysetColumn]) -> sea_query::Condition {
     use sea_query::ExprTrait as _;
     let Some(first) = columns.first() else {
         // No order: no row is after another.
-        return sea_query::Condition::all();
+        return sea_query::Condition::any();
     };
     let run = columns
         .iter()

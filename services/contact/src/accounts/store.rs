@@ -8,13 +8,13 @@ use prost::Message as _;
 use sea_orm::sea_query::{Condition, Expr, Func};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Select, Statement,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Select,
 };
 
 use crate::index::{self, RecordKind};
 use crm_platform::ApiError;
 use crm_platform::auth::Caller;
-use crm_platform::db::advisory_key;
+use crm_platform::db::lock_in_transaction;
 use crm_platform::errors::from_db;
 use crm_platform::events::{self, EventFeed, NewEvent};
 use crm_platform::idempotency;
@@ -245,15 +245,9 @@ async fn check_parent<C: ConnectionTrait>(
     }
     // Serialise hierarchy changes per tenant on Postgres: two concurrent updates (A under
     // B, B under A) would each see no cycle. SQLite writers are serialised already.
-    if conn.get_database_backend() == DbBackend::Postgres {
-        conn.execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT pg_advisory_xact_lock($1)",
-            [advisory_key(&format!("accounts-hierarchy:{tenant}")).into()],
-        ))
+    lock_in_transaction(conn, &format!("accounts-hierarchy:{tenant}"))
         .await
         .map_err(|e| from_db(e, "account"))?;
-    }
     let Some(found) = find(conn, tenant, &parent_id).await? else {
         return Err(ApiError::invalid(field, "must name an existing account"));
     };
