@@ -109,6 +109,8 @@ enum WordPlan {
     /// Vocabulary terms with their match quality, in the name, email-word and tag
     /// fields; digits typed as text may also start a phone number.
     Terms {
+        /// The word as typed (folded): every match that is not a typo starts with it.
+        typed: String,
         /// Ordered, so that the same query gives the same SQL (and a cached statement).
         quality: BTreeMap<String, f64>,
         /// The terms of `quality` that matched only within a typo.
@@ -135,6 +137,7 @@ impl WordPlan {
     /// the same plan.
     fn without_typos(&self) -> Option<WordPlan> {
         let Self::Terms {
+            typed,
             quality,
             typos,
             phone_prefix,
@@ -146,6 +149,7 @@ impl WordPlan {
             return None;
         }
         Some(Self::Terms {
+            typed: typed.clone(),
             quality: quality
                 .iter()
                 .filter(|(term, _)| !typos.contains(*term))
@@ -359,6 +363,7 @@ impl SearchApi {
                 Word::Text(text) => {
                     let matched = self.matching_terms(tenant, text).await?;
                     WordPlan::Terms {
+                        typed: text.clone(),
                         typos: matched
                             .iter()
                             .filter(|(_, m)| m.typo)

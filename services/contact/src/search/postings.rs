@@ -39,7 +39,7 @@ const PAIR_TERMS: usize = 8;
 /// The most postings a multi-word query reads to find its people, and the most people
 /// it then scores; above it the query falls back to the full aggregation.
 const CANDIDATE_POSTINGS: usize = 1_000;
-/// The longest posting list the database intersects for a multi-word query.
+/// The most postings of one side the database intersects for a multi-word query.
 const REST_POSTINGS: usize = 50_000;
 /// Postings of an address or number prefix read in the index order.
 const PREFIX_POSTINGS: usize = 1_000;
@@ -407,30 +407,36 @@ fn word_branches(plan: &WordPlan) -> Vec<(String, TermField)> {
 }
 
 /// The text words of `plans`, when every plan is one, from the (term, field) branches
-/// that exist.
+/// that exist. Word `ranged`, when given, pairs every completion of the word as typed
+/// (its pair terms are read by prefix ranges, see `rank_two_words_by_ranges`); the
+/// others pair their eight best.
 fn text_words(
     plans: &[WordPlan],
     existing: &BTreeSet<(String, TermField)>,
+    ranged: Option<usize>,
 ) -> Option<Vec<TextWord>> {
     let phone_score = PREFIX_QUALITY * field_weight(TermField::Phone);
     let exists = |term: &String, field: TermField| existing.contains(&(term.clone(), field));
     let mut words = Vec::with_capacity(plans.len());
     let mut best_terms = Vec::with_capacity(plans.len());
-    for plan in plans {
-        let WordPlan::Terms { quality, .. } = plan else {
+    for (i, plan) in plans.iter().enumerate() {
+        let WordPlan::Terms { quality, typos, .. } = plan else {
             return None;
         };
+        let ranged = ranged == Some(i);
         // Completions that occur in a name, best first.
         let mut terms: Vec<(&String, f64)> = quality
             .iter()
+            .filter(|(t, _)| !(ranged && typos.contains(*t)))
             .filter(|(t, _)| NAME_FIELDS.iter().any(|f| exists(t, *f)))
             .map(|(t, q)| (t, *q))
             .collect();
         terms.sort_by(|x, y| y.1.total_cmp(&x.1).then_with(|| x.0.cmp(y.0)));
+        let take = if ranged { terms.len() } else { PAIR_TERMS };
         best_terms.push(
             terms
                 .into_iter()
-                .take(PAIR_TERMS)
+                .take(take)
                 .map(|(t, _)| t.clone())
                 .collect::<BTreeSet<String>>(),
         );
@@ -601,8 +607,9 @@ async fn rest_with_another<C: ConnectionTrait>(
 }
 
 /// The contacts with a posting in `left` and one in `right` (lists of (term, field)),
-/// when no list is longer than REST_POSTINGS and they are few. The database
-/// intersects the lists, so only the common contacts leave it.
+/// when neither side has more than REST_POSTINGS postings and they are few. The
+/// database reads each side once and intersects them, so only the common contacts
+/// leave it; a NULL row says a side was cut.
 async fn people_in_both<C: ConnectionTrait>(
     db: &C,
     tenant: &str,
@@ -613,58 +620,189 @@ async fn people_in_both<C: ConnectionTrait>(
         return Ok(Some(BTreeSet::new()));
     }
     let both: Vec<(String, TermField)> = left.iter().chain(right).cloned().collect();
-    if any_longer_than(db, tenant, &both, REST_POSTINGS).await? {
-        return Ok(None);
-    }
     let side = |first: usize, count: usize, alias: &str| {
         format!(
             "SELECT {alias}p.contact_id FROM (VALUES {}) AS {alias}(term, field) \
              CROSS JOIN LATERAL (SELECT t.contact_id FROM contact_terms t \
-             WHERE t.tenant_id = $1 AND t.term = {alias}.term AND t.field = {alias}.field) \
-             AS {alias}p",
+             WHERE t.tenant_id = $1 AND t.term = {alias}.term AND t.field = {alias}.field \
+             LIMIT $3) AS {alias}p LIMIT $3",
             values_rows(count, first, false)
         )
     };
     let sql = format!(
-        "SELECT contact_id FROM ({} INTERSECT {}) AS common LIMIT $2",
-        side(3, left.len(), "u"),
-        side(3 + 2 * left.len(), right.len(), "v"),
+        "WITH u AS MATERIALIZED ({}), v AS MATERIALIZED ({}) \
+         (SELECT contact_id FROM (SELECT contact_id FROM u INTERSECT \
+         SELECT contact_id FROM v) AS common LIMIT $2) \
+         UNION ALL (SELECT NULL::text WHERE (SELECT count(*) FROM u) >= $3 \
+         OR (SELECT count(*) FROM v) >= $3)",
+        side(4, left.len(), "u"),
+        side(4 + 2 * left.len(), right.len(), "v"),
     );
     let rows = query_branches(
         db,
         sql,
-        vec![tenant.into(), (CANDIDATE_POSTINGS as i64 + 1).into()],
+        vec![
+            tenant.into(),
+            (CANDIDATE_POSTINGS as i64 + 1).into(),
+            (REST_POSTINGS as i64 + 1).into(),
+        ],
         &both,
     )
     .await?;
-    if rows.len() > CANDIDATE_POSTINGS {
+    let mut people = BTreeSet::new();
+    for row in &rows {
+        let id: Option<String> = row.try_get_by_index(0).map_err(ApiError::internal)?;
+        match id {
+            Some(id) => people.insert(id),
+            None => return Ok(None),
+        };
+    }
+    if people.len() > CANDIDATE_POSTINGS {
+        return Ok(None);
+    }
+    Ok(Some(people))
+}
+
+/// The word of a two-word query with more completions in a name than `PAIR_TERMS`
+/// (the one with more when both have): "jonas jo", "anna mu", as a person types.
+fn ranged_word(plans: &[WordPlan], existing: &BTreeSet<(String, TermField)>) -> Option<usize> {
+    let [_, _] = plans else {
+        return None;
+    };
+    plans
+        .iter()
+        .enumerate()
+        .filter_map(|(i, plan)| {
+            let WordPlan::Terms { quality, typos, .. } = plan else {
+                return None;
+            };
+            let completions = quality
+                .keys()
+                .filter(|term| !typos.contains(*term))
+                .filter(|term| {
+                    NAME_FIELDS
+                        .iter()
+                        .any(|field| existing.contains(&((*term).clone(), *field)))
+                })
+                .count();
+            (completions > PAIR_TERMS).then_some((completions, std::cmp::Reverse(i)))
+        })
+        .max()
+        .map(|(_, std::cmp::Reverse(i))| i)
+}
+
+/// The contacts with a name-pair term starting with one of `starts`, up to `limit`;
+/// `None` when there are more.
+async fn contacts_in_pair_ranges<C: ConnectionTrait>(
+    db: &C,
+    tenant: &str,
+    starts: &[String],
+    limit: usize,
+) -> Result<Option<BTreeSet<String>>, ApiError> {
+    if starts.is_empty() {
+        return Ok(Some(BTreeSet::new()));
+    }
+    let ranges = (0..starts.len())
+        .map(|i| {
+            let at = 3 + 2 * i;
+            format!("(${at}::text, ${}::text)", at + 1)
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let pair_fields = [
+        TermField::GivenGivenPair,
+        TermField::GivenFamilyPair,
+        TermField::FamilyGivenPair,
+        TermField::FamilyFamilyPair,
+    ]
+    .map(|field| field.code().to_string())
+    .join(", ");
+    let sql = format!(
+        "SELECT p.contact_id FROM (VALUES {ranges}) AS b(start, stop) \
+         CROSS JOIN LATERAL (SELECT t.contact_id FROM contact_terms t \
+         WHERE t.tenant_id = $1 AND t.term >= b.start AND t.term < b.stop \
+         AND t.field IN ({pair_fields}) LIMIT $2) AS p LIMIT $2"
+    );
+    let mut values: Vec<sea_orm::Value> = vec![tenant.into(), (limit as i64 + 1).into()];
+    for start in starts {
+        values.push(start.as_str().into());
+        values.push(ranking::prefix_end(start).into());
+    }
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            sql,
+            values,
+        ))
+        .await
+        .map_err(db_error)?;
+    if rows.len() > limit {
         return Ok(None);
     }
     contact_ids(&rows).map(Some)
 }
 
-/// Whether a branch has more than `limit` postings.
-async fn any_longer_than<C: ConnectionTrait>(
+/// The top `n` for two text words, one of which has many completions as typed
+/// (`ranged_word`). Pairing only its eight best would leave most people with both
+/// words on two name words to the intersection of long lists ("jonas jo": every Jonas
+/// and every name starting with "jo"). Instead, the pair terms of the other word's
+/// eight best completions followed by any completion of the typed word are prefix
+/// ranges of the pair index ("jonas jo…"), read whole: everyone with both words on
+/// two name words that way is scored exactly; anyone else matches a word through its
+/// rest (typos, other fields, weaker completions of the other word, a name word both
+/// words match), which bounds them as in `rank_text_words`. `None` when no word has
+/// that many completions or the ranges hold more than CANDIDATE_POSTINGS postings.
+async fn rank_two_words_by_ranges<C: ConnectionTrait>(
     db: &C,
     tenant: &str,
-    branches: &[(String, TermField)],
-    limit: usize,
-) -> Result<bool, ApiError> {
-    let sql = format!(
-        "SELECT 1 FROM (VALUES {}) AS b(term, field) \
-         WHERE EXISTS (SELECT 1 FROM contact_terms t \
-         WHERE t.tenant_id = $1 AND t.term = b.term AND t.field = b.field \
-         ORDER BY t.contact_id OFFSET $2 LIMIT 1) LIMIT 1",
-        values_rows(branches.len(), 3, false)
-    );
-    let rows = query_branches(
-        db,
-        sql,
-        vec![tenant.into(), (limit as i64).into()],
-        branches,
-    )
-    .await?;
-    Ok(!rows.is_empty())
+    plans: &[WordPlan],
+    existing: &BTreeSet<(String, TermField)>,
+    n: usize,
+) -> Result<Option<Vec<Ranked>>, ApiError> {
+    let Some(r) = ranged_word(plans, existing) else {
+        return Ok(None);
+    };
+    let WordPlan::Terms { typed, .. } = &plans[r] else {
+        return Ok(None);
+    };
+    let Some(words) = text_words(plans, existing, Some(r)) else {
+        return Ok(None);
+    };
+    if has_phone_prefix(&words) {
+        return Ok(None);
+    }
+    let (a, b) = (&words[1 - r], &words[r]);
+    let starts: Vec<String> = a
+        .paired
+        .iter()
+        .map(|term| index::pair_term(term, typed))
+        .collect();
+    let Some(mut people) = contacts_in_pair_ranges(db, tenant, &starts, CANDIDATE_POSTINGS).await?
+    else {
+        return Ok(None);
+    };
+    let mut ranked = score_people(db, tenant, &people, plans).await?;
+    sort_ranked(&mut ranked);
+    let outside_pairs = (a.best_rest + b.best).max(a.best + b.best_rest);
+    if n > 0 && ranked.len() >= n && ranked[n - 1].score > outside_pairs {
+        ranked.truncate(n);
+        return Ok(Some(ranked));
+    }
+    let scored = people.clone();
+    for (left, right) in [(&a.rest, &b.all), (&a.all, &b.rest)] {
+        let Some(found) = people_in_both(db, tenant, left, right).await? else {
+            return Ok(None);
+        };
+        people.extend(found);
+    }
+    if people.len() > CANDIDATE_POSTINGS {
+        return Ok(None);
+    }
+    people.retain(|id| !scored.contains(id));
+    ranked.extend(score_people(db, tenant, &people, plans).await?);
+    sort_ranked(&mut ranked);
+    ranked.truncate(n);
+    Ok(Some(ranked))
 }
 
 /// The top `n` for two to four text words. A contact matching them all either has
@@ -775,6 +913,7 @@ async fn score_people<C: ConnectionTrait>(
     if people.is_empty() {
         return Ok(Vec::new());
     }
+    let backend = db.get_database_backend();
     let select = Query::select()
         .columns([
             ContactTerms::ContactId,
@@ -784,7 +923,7 @@ async fn score_people<C: ConnectionTrait>(
         .from(ContactTerms::Table)
         .and_where(Expr::col(ContactTerms::TenantId).eq(tenant))
         .and_where(any_text(
-            db.get_database_backend(),
+            backend,
             Expr::col(ContactTerms::ContactId),
             people.iter().map(String::as_str),
         ))
@@ -852,13 +991,17 @@ pub(super) async fn rank<C: ConnectionTrait>(
         }
         let branches: Vec<(String, TermField)> = plans.iter().flat_map(word_branches).collect();
         let existing = existing_branches(db, tenant, &branches).await?;
-        let Some(words) = text_words(plans, &existing) else {
-            return Ok(None);
-        };
-        let Some(ranked) = rank_text_words(db, tenant, plans, &words, n).await? else {
-            return Ok(None);
-        };
-        ranked
+        if let Some(ranked) = rank_two_words_by_ranges(db, tenant, plans, &existing, n).await? {
+            ranked
+        } else {
+            let Some(words) = text_words(plans, &existing, None) else {
+                return Ok(None);
+            };
+            let Some(ranked) = rank_text_words(db, tenant, plans, &words, n).await? else {
+                return Ok(None);
+            };
+            ranked
+        }
     };
     // The mean over the words, as `SearchApi::rank_with` gives it.
     let count = plans.len() as f64;
@@ -900,6 +1043,56 @@ mod tests {
         let words = [word(0.95, 0.7), word(1.0, 0.8), word(1.0, 0.0)];
         let bound = best_with_a_rest(&words);
         assert!((bound - (0.95 + 0.8 + 1.0)).abs() < 1e-9, "{bound}");
+    }
+
+    fn typed(word: &str, completions: &[&str], typos: &[&str]) -> WordPlan {
+        WordPlan::Terms {
+            typed: word.into(),
+            quality: completions
+                .iter()
+                .chain(typos)
+                .map(|t| ((*t).to_owned(), 0.7))
+                .collect(),
+            typos: typos.iter().map(|t| (*t).to_owned()).collect(),
+            phone_prefix: None,
+        }
+    }
+
+    #[test]
+    fn the_ranged_word_has_more_name_completions_than_pair_terms() {
+        let many: Vec<String> = (0..10).map(|i| format!("jo{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let mut existing: BTreeSet<(String, TermField)> = many
+            .iter()
+            .map(|t| ((*t).to_owned(), TermField::GivenName))
+            .collect();
+        existing.insert(("jonas".into(), TermField::FamilyName));
+        let jonas = typed("jonas", &["jonas"], &[]);
+        let jo = typed("jo", &many, &[]);
+        assert_eq!(
+            ranged_word(&[jonas.clone(), jo.clone()], &existing),
+            Some(1)
+        );
+        assert_eq!(
+            ranged_word(&[jo.clone(), jonas.clone()], &existing),
+            Some(0)
+        );
+        // Typo matches and completions outside the names do not count.
+        let few = typed("jo", &many[..PAIR_TERMS], &many[PAIR_TERMS..]);
+        assert_eq!(ranged_word(&[jonas.clone(), few], &existing), None);
+        let unnamed = typed(
+            "jo",
+            &[
+                "joa", "job", "joc", "jod", "joe", "jof", "jog", "joh", "joi",
+            ],
+            &[],
+        );
+        assert_eq!(ranged_word(&[jonas.clone(), unnamed], &existing), None);
+        // Only two-word queries.
+        assert_eq!(
+            ranged_word(&[jonas.clone(), jo.clone(), jonas], &existing),
+            None
+        );
     }
 
     #[test]

@@ -688,3 +688,53 @@ async fn name_pairs_of_stored_contacts_are_backfilled(backend: Backend) {
     server.finish().await;
 }
 on_both_backends!(name_pairs_of_stored_contacts_are_backfilled);
+
+/// People whose given names start alike ("jo": more completions than a word pairs one
+/// by one), some with the words also in their addresses, one family named like a
+/// given name: a two-word query with such a prefix reads its pair terms by prefix
+/// ranges on Postgres and must still give the full ranking on every page.
+async fn seed_typing_crowd(client: &mut Client, token: &str) {
+    let given = [
+        "Jo", "Joan", "Joana", "Joe", "Joel", "Johan", "John", "Jonas", "Jordan", "Jorge", "Josef",
+        "Joshua",
+    ];
+    let family = ["Johansson", "Jonas", "Smith", "Meier"];
+    let mut i = 0;
+    for round in 0..2 {
+        for g in given {
+            for f in family {
+                i += 1;
+                let local = match i % 4 {
+                    0 => format!("jonas.{i}"),
+                    1 => format!("jo{i}"),
+                    _ => format!("p{i}"),
+                };
+                let mut contact = person(g, f, &format!("{local}@t{round}.example"));
+                if i % 9 == 0 {
+                    contact.tags.push("jonas".into());
+                }
+                create(client, token, contact).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_word_being_typed_beside_another_ranks_as_the_full_ranking() {
+    postgres_ranks_as_sqlite(
+        async |client: &mut Client, token: &str| seed_typing_crowd(client, token).await,
+        &[
+            "smith jo",
+            "jo smith",
+            "jonas jo",
+            "jo jonas",
+            "meier jo",
+            "jo johansson",
+            "joh jo",
+            "jo jo",
+            "jonas jon",
+            "josef jo",
+        ],
+    )
+    .await;
+}
