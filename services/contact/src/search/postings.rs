@@ -39,7 +39,7 @@ const PAIR_TERMS: usize = 8;
 /// The most postings a multi-word query reads to find its people, and the most people
 /// it then scores; above it the query falls back to the full aggregation.
 const CANDIDATE_POSTINGS: usize = 1_000;
-/// The most postings of one side the database intersects for a multi-word query.
+/// The longest posting list the database intersects for a multi-word query.
 const REST_POSTINGS: usize = 50_000;
 /// Postings of an address or number prefix read in the index order.
 const PREFIX_POSTINGS: usize = 1_000;
@@ -451,14 +451,16 @@ fn text_words(
             return None;
         };
         // Two words on one name word ("ann anna") have no pair term: such a term is
-        // looked up as the rest of both.
+        // looked up as the rest of both, unless a word is ranged (its caller reads the
+        // term's people as a branch of both words at once).
         let paired: BTreeSet<String> = best_terms[i]
             .iter()
             .filter(|term| {
-                !best_terms
-                    .iter()
-                    .enumerate()
-                    .any(|(j, other)| j != i && other.contains(*term))
+                ranged.is_some()
+                    || !best_terms
+                        .iter()
+                        .enumerate()
+                        .any(|(j, other)| j != i && other.contains(*term))
             })
             .cloned()
             .collect();
@@ -607,9 +609,8 @@ async fn rest_with_another<C: ConnectionTrait>(
 }
 
 /// The contacts with a posting in `left` and one in `right` (lists of (term, field)),
-/// when neither side has more than REST_POSTINGS postings and they are few. The
-/// database reads each side once and intersects them, so only the common contacts
-/// leave it; a NULL row says a side was cut.
+/// when no list is longer than REST_POSTINGS and they are few. The database
+/// intersects the lists, so only the common contacts leave it.
 async fn people_in_both<C: ConnectionTrait>(
     db: &C,
     tenant: &str,
@@ -620,47 +621,58 @@ async fn people_in_both<C: ConnectionTrait>(
         return Ok(Some(BTreeSet::new()));
     }
     let both: Vec<(String, TermField)> = left.iter().chain(right).cloned().collect();
+    if any_longer_than(db, tenant, &both, REST_POSTINGS).await? {
+        return Ok(None);
+    }
     let side = |first: usize, count: usize, alias: &str| {
         format!(
             "SELECT {alias}p.contact_id FROM (VALUES {}) AS {alias}(term, field) \
              CROSS JOIN LATERAL (SELECT t.contact_id FROM contact_terms t \
-             WHERE t.tenant_id = $1 AND t.term = {alias}.term AND t.field = {alias}.field \
-             LIMIT $3) AS {alias}p LIMIT $3",
+             WHERE t.tenant_id = $1 AND t.term = {alias}.term AND t.field = {alias}.field) \
+             AS {alias}p",
             values_rows(count, first, false)
         )
     };
     let sql = format!(
-        "WITH u AS MATERIALIZED ({}), v AS MATERIALIZED ({}) \
-         (SELECT contact_id FROM (SELECT contact_id FROM u INTERSECT \
-         SELECT contact_id FROM v) AS common LIMIT $2) \
-         UNION ALL (SELECT NULL::text WHERE (SELECT count(*) FROM u) >= $3 \
-         OR (SELECT count(*) FROM v) >= $3)",
-        side(4, left.len(), "u"),
-        side(4 + 2 * left.len(), right.len(), "v"),
+        "SELECT contact_id FROM ({} INTERSECT {}) AS common LIMIT $2",
+        side(3, left.len(), "u"),
+        side(3 + 2 * left.len(), right.len(), "v"),
     );
     let rows = query_branches(
         db,
         sql,
-        vec![
-            tenant.into(),
-            (CANDIDATE_POSTINGS as i64 + 1).into(),
-            (REST_POSTINGS as i64 + 1).into(),
-        ],
+        vec![tenant.into(), (CANDIDATE_POSTINGS as i64 + 1).into()],
         &both,
     )
     .await?;
-    let mut people = BTreeSet::new();
-    for row in &rows {
-        let id: Option<String> = row.try_get_by_index(0).map_err(ApiError::internal)?;
-        match id {
-            Some(id) => people.insert(id),
-            None => return Ok(None),
-        };
-    }
-    if people.len() > CANDIDATE_POSTINGS {
+    if rows.len() > CANDIDATE_POSTINGS {
         return Ok(None);
     }
-    Ok(Some(people))
+    contact_ids(&rows).map(Some)
+}
+
+/// Whether a branch has more than `limit` postings.
+async fn any_longer_than<C: ConnectionTrait>(
+    db: &C,
+    tenant: &str,
+    branches: &[(String, TermField)],
+    limit: usize,
+) -> Result<bool, ApiError> {
+    let sql = format!(
+        "SELECT 1 FROM (VALUES {}) AS b(term, field) \
+         WHERE EXISTS (SELECT 1 FROM contact_terms t \
+         WHERE t.tenant_id = $1 AND t.term = b.term AND t.field = b.field \
+         ORDER BY t.contact_id OFFSET $2 LIMIT 1) LIMIT 1",
+        values_rows(branches.len(), 3, false)
+    );
+    let rows = query_branches(
+        db,
+        sql,
+        vec![tenant.into(), (limit as i64).into()],
+        branches,
+    )
+    .await?;
+    Ok(!rows.is_empty())
 }
 
 /// The word of a two-word query with more completions in a name than `PAIR_TERMS`
@@ -748,10 +760,11 @@ async fn contacts_in_pair_ranges<C: ConnectionTrait>(
 /// and every name starting with "jo"). Instead, the pair terms of the other word's
 /// eight best completions followed by any completion of the typed word are prefix
 /// ranges of the pair index ("jonas jo…"), read whole: everyone with both words on
-/// two name words that way is scored exactly; anyone else matches a word through its
-/// rest (typos, other fields, weaker completions of the other word, a name word both
-/// words match), which bounds them as in `rank_text_words`. `None` when no word has
-/// that many completions or the ranges hold more than CANDIDATE_POSTINGS postings.
+/// two name words that way is scored exactly, and so are the first `n` of each name
+/// word both words match ("jamal" for "jamal ja"); anyone else matches a word through
+/// its rest (typos, other fields, weaker completions of the other word), which bounds
+/// them as in `rank_text_words`. `None` when no word has that many completions or the
+/// ranges hold more than CANDIDATE_POSTINGS postings.
 async fn rank_two_words_by_ranges<C: ConnectionTrait>(
     db: &C,
     tenant: &str,
@@ -781,6 +794,25 @@ async fn rank_two_words_by_ranges<C: ConnectionTrait>(
     else {
         return Ok(None);
     };
+    // A paired completion of both words ("jamal" for "jamal ja") matches both on one
+    // name word: each (term, name field) is a branch of fixed score, whose first `n`
+    // contacts by id hold its share of the top `n` (as for one word).
+    let (WordPlan::Terms { quality: qa, .. }, WordPlan::Terms { quality: qb, .. }) =
+        (&plans[1 - r], &plans[r])
+    else {
+        return Ok(None);
+    };
+    let shared: Vec<(String, TermField)> = a
+        .paired
+        .intersection(&b.paired)
+        .flat_map(|term| NAME_FIELDS.map(|field| (term.clone(), field)))
+        .filter(|branch| existing.contains(branch))
+        .filter(|(term, _)| qa.contains_key(term) && qb.contains_key(term))
+        .collect();
+    people.extend(first_contacts_of_branches(db, tenant, &shared, n).await?);
+    if people.len() > CANDIDATE_POSTINGS {
+        return Ok(None);
+    }
     let mut ranked = score_people(db, tenant, &people, plans).await?;
     sort_ranked(&mut ranked);
     let outside_pairs = (a.best_rest + b.best).max(a.best + b.best_rest);
