@@ -675,20 +675,20 @@ async fn any_longer_than<C: ConnectionTrait>(
     Ok(!rows.is_empty())
 }
 
-/// The word of a two-word query with more completions in a name than `PAIR_TERMS`
-/// (the one with more when both have): "jonas jo", "anna mu", as a person types.
+/// The word of a two-word query whose name pairs are read by prefix ranges: the one
+/// with more completions in a name (not typos), when one has more than `PAIR_TERMS`
+/// ("jonas jo", "anna mu", as a person types) or the two share one ("jamal ja": every
+/// Jamal matches both words on one name word, which pairs cannot find).
 fn ranged_word(plans: &[WordPlan], existing: &BTreeSet<(String, TermField)>) -> Option<usize> {
-    let [_, _] = plans else {
+    let [first, second] = plans else {
         return None;
     };
-    plans
-        .iter()
-        .enumerate()
-        .filter_map(|(i, plan)| {
-            let WordPlan::Terms { quality, typos, .. } = plan else {
-                return None;
-            };
-            let completions = quality
+    let in_names = |plan: &WordPlan| -> Option<BTreeSet<String>> {
+        let WordPlan::Terms { quality, typos, .. } = plan else {
+            return None;
+        };
+        Some(
+            quality
                 .keys()
                 .filter(|term| !typos.contains(*term))
                 .filter(|term| {
@@ -696,11 +696,14 @@ fn ranged_word(plans: &[WordPlan], existing: &BTreeSet<(String, TermField)>) -> 
                         .iter()
                         .any(|field| existing.contains(&((*term).clone(), *field)))
                 })
-                .count();
-            (completions > PAIR_TERMS).then_some((completions, std::cmp::Reverse(i)))
-        })
-        .max()
-        .map(|(_, std::cmp::Reverse(i))| i)
+                .cloned()
+                .collect(),
+        )
+    };
+    let (first, second) = (in_names(first)?, in_names(second)?);
+    let many = first.len().max(second.len()) > PAIR_TERMS;
+    let shared = !first.is_disjoint(&second);
+    (many || shared).then_some(if second.len() > first.len() { 1 } else { 0 })
 }
 
 /// The contacts with a name-pair term starting with one of `starts`, up to `limit`;
@@ -1091,7 +1094,7 @@ mod tests {
     }
 
     #[test]
-    fn the_ranged_word_has_more_name_completions_than_pair_terms() {
+    fn the_ranged_word_has_many_name_completions_or_shares_one() {
         let many: Vec<String> = (0..10).map(|i| format!("jo{i}")).collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
         let mut existing: BTreeSet<(String, TermField)> = many
@@ -1120,6 +1123,14 @@ mod tests {
             &[],
         );
         assert_eq!(ranged_word(&[jonas.clone(), unnamed], &existing), None);
+        // A completion both words share.
+        existing.insert(("jamal".into(), TermField::GivenName));
+        existing.insert(("janssen".into(), TermField::FamilyName));
+        let jamal = typed("jamal", &["jamal"], &[]);
+        let ja = typed("ja", &["jamal", "janssen"], &[]);
+        assert_eq!(ranged_word(&[jamal.clone(), ja], &existing), Some(1));
+        let janssen = typed("janssen", &["janssen"], &[]);
+        assert_eq!(ranged_word(&[jamal, janssen], &existing), None);
         // Only two-word queries.
         assert_eq!(
             ranged_word(&[jonas.clone(), jo.clone(), jonas], &existing),

@@ -734,6 +734,9 @@ async fn a_word_being_typed_beside_another_ranks_as_the_full_ranking() {
             "jo jo",
             "jonas jon",
             "josef jo",
+            // Few completions, one of them shared: "joel" matches both words.
+            "joel joe",
+            "johan joh",
         ],
     )
     .await;
