@@ -105,6 +105,21 @@ fn values_rows(count: usize, first: usize, with_score: bool) -> String {
         .join(", ")
 }
 
+/// Runs a Postgres statement with its parameters.
+async fn query_postgres<C: ConnectionTrait>(
+    db: &C,
+    sql: String,
+    values: Vec<sea_orm::Value>,
+) -> Result<Vec<sea_orm::QueryResult>, ApiError> {
+    db.query_all_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        sql,
+        values,
+    ))
+    .await
+    .map_err(db_error)
+}
+
 /// Runs a statement whose parameters are `leading`, then each branch's term and field.
 async fn query_branches<C: ConnectionTrait>(
     db: &C,
@@ -117,13 +132,19 @@ async fn query_branches<C: ConnectionTrait>(
         values.push(term.as_str().into());
         values.push(field.code().into());
     }
-    db.query_all_raw(Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        sql,
-        values,
-    ))
-    .await
-    .map_err(db_error)
+    query_postgres(db, sql, values).await
+}
+
+/// The contact ids of the rows' first column, or `None` when there are more than
+/// `limit` (a statement asks for one more row than it wants).
+fn contact_ids_up_to(
+    rows: &[sea_orm::QueryResult],
+    limit: usize,
+) -> Result<Option<BTreeSet<String>>, ApiError> {
+    if rows.len() > limit {
+        return Ok(None);
+    }
+    contact_ids(rows).map(Some)
 }
 
 /// The contact ids of the rows' first column.
@@ -160,14 +181,7 @@ async fn best_of_branches<C: ConnectionTrait>(
         values.push(branch.field.code().into());
         values.push(branch.score.into());
     }
-    let rows = db
-        .query_all_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            sql,
-            values,
-        ))
-        .await
-        .map_err(db_error)?;
+    let rows = query_postgres(db, sql, values).await?;
     rows.iter()
         .map(|row| {
             Ok(Ranked {
@@ -203,10 +217,7 @@ async fn contacts_of_branches<C: ConnectionTrait>(
         branches,
     )
     .await?;
-    if rows.len() > limit {
-        return Ok(None);
-    }
-    contact_ids(&rows).map(Some)
+    contact_ids_up_to(&rows, limit)
 }
 
 /// The (term, field) branches that have a posting at all: bounds computed from the
@@ -576,9 +587,8 @@ async fn rank_on_names<C: ConnectionTrait>(
     };
     let mut ranked = score_people(db, tenant, &scored, plans).await?;
     sort_ranked(&mut ranked);
-    if n > 0 && ranked.len() >= n && ranked[n - 1].score > best_with_a_rest(words) {
-        ranked.truncate(n);
-        return Ok(NamePairs::Settled(ranked));
+    if let Some(top) = top_if_settled(&ranked, n, best_with_a_rest(words)) {
+        return Ok(NamePairs::Settled(top));
     }
     Ok(NamePairs::Open {
         pair,
@@ -645,10 +655,7 @@ async fn people_in_both<C: ConnectionTrait>(
         &both,
     )
     .await?;
-    if rows.len() > CANDIDATE_POSTINGS {
-        return Ok(None);
-    }
-    contact_ids(&rows).map(Some)
+    contact_ids_up_to(&rows, CANDIDATE_POSTINGS)
 }
 
 /// Whether a branch has more than `limit` postings.
@@ -673,6 +680,56 @@ async fn any_longer_than<C: ConnectionTrait>(
     )
     .await?;
     Ok(!rows.is_empty())
+}
+
+/// The best score of a contact matching one of two words only through its rest.
+fn outside_pairs(a: &TextWord, b: &TextWord) -> f64 {
+    (a.best_rest + b.best).max(a.best + b.best_rest)
+}
+
+/// The top `n` of `ranked` (best first) when its `n`-th scores above `bound`, the best
+/// anyone not ranked can score.
+fn top_if_settled(ranked: &[Ranked], n: usize, bound: f64) -> Option<Vec<Ranked>> {
+    (n > 0 && ranked.len() >= n && ranked[n - 1].score > bound).then(|| ranked[..n].to_vec())
+}
+
+/// Adds the people in one of two words' rest with any posting of the other; `false`
+/// when a list is too long to intersect.
+async fn add_rest_matches<C: ConnectionTrait>(
+    db: &C,
+    tenant: &str,
+    a: &TextWord,
+    b: &TextWord,
+    people: &mut BTreeSet<String>,
+) -> Result<bool, ApiError> {
+    for (left, right) in [(&a.rest, &b.all), (&a.all, &b.rest)] {
+        let Some(found) = people_in_both(db, tenant, left, right).await? else {
+            return Ok(false);
+        };
+        people.extend(found);
+    }
+    Ok(true)
+}
+
+/// `ranked` (the exact scores of `scored`) with every other candidate of `people`
+/// scored, the top `n`; `None` when the candidates are too many.
+async fn complete_ranking<C: ConnectionTrait>(
+    db: &C,
+    tenant: &str,
+    plans: &[WordPlan],
+    mut people: BTreeSet<String>,
+    scored: &BTreeSet<String>,
+    mut ranked: Vec<Ranked>,
+    n: usize,
+) -> Result<Option<Vec<Ranked>>, ApiError> {
+    if people.len() > CANDIDATE_POSTINGS {
+        return Ok(None);
+    }
+    people.retain(|id| !scored.contains(id));
+    ranked.extend(score_people(db, tenant, &people, plans).await?);
+    sort_ranked(&mut ranked);
+    ranked.truncate(n);
+    Ok(Some(ranked))
 }
 
 /// The word of a two-word query whose name pairs are read by prefix ranges: the one
@@ -743,18 +800,8 @@ async fn contacts_in_pair_ranges<C: ConnectionTrait>(
         values.push(start.as_str().into());
         values.push(ranking::prefix_end(start).into());
     }
-    let rows = db
-        .query_all_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            sql,
-            values,
-        ))
-        .await
-        .map_err(db_error)?;
-    if rows.len() > limit {
-        return Ok(None);
-    }
-    contact_ids(&rows).map(Some)
+    let rows = query_postgres(db, sql, values).await?;
+    contact_ids_up_to(&rows, limit)
 }
 
 /// The top `n` for two text words, one of which has many completions as typed
@@ -818,26 +865,14 @@ async fn rank_two_words_by_ranges<C: ConnectionTrait>(
     }
     let mut ranked = score_people(db, tenant, &people, plans).await?;
     sort_ranked(&mut ranked);
-    let outside_pairs = (a.best_rest + b.best).max(a.best + b.best_rest);
-    if n > 0 && ranked.len() >= n && ranked[n - 1].score > outside_pairs {
-        ranked.truncate(n);
-        return Ok(Some(ranked));
+    if let Some(top) = top_if_settled(&ranked, n, outside_pairs(a, b)) {
+        return Ok(Some(top));
     }
     let scored = people.clone();
-    for (left, right) in [(&a.rest, &b.all), (&a.all, &b.rest)] {
-        let Some(found) = people_in_both(db, tenant, left, right).await? else {
-            return Ok(None);
-        };
-        people.extend(found);
-    }
-    if people.len() > CANDIDATE_POSTINGS {
+    if !add_rest_matches(db, tenant, a, b, &mut people).await? {
         return Ok(None);
     }
-    people.retain(|id| !scored.contains(id));
-    ranked.extend(score_people(db, tenant, &people, plans).await?);
-    sort_ranked(&mut ranked);
-    ranked.truncate(n);
-    Ok(Some(ranked))
+    complete_ranking(db, tenant, plans, people, &scored, ranked, n).await
 }
 
 /// The top `n` for two to four text words. A contact matching them all either has
@@ -857,7 +892,7 @@ async fn rank_text_words<C: ConnectionTrait>(
     n: usize,
 ) -> Result<Option<Vec<Ranked>>, ApiError> {
     // Every candidate, those of them scored so far, and their scores.
-    let (mut people, scored, mut ranked) = if let [a, b] = words {
+    let (people, scored, ranked) = if let [a, b] = words {
         // A contact whose best match of both words is on two name words has the score
         // of that pair's branch; one missing from the first `n` of its branch has `n`
         // others ahead of it there. So the first `n` of each pair, scored exactly, hold
@@ -866,10 +901,8 @@ async fn rank_text_words<C: ConnectionTrait>(
         let scored = first_contacts_of_branches(db, tenant, &pairs, n).await?;
         let mut ranked = score_people(db, tenant, &scored, plans).await?;
         sort_ranked(&mut ranked);
-        let outside_pairs = (a.best_rest + b.best).max(a.best + b.best_rest);
-        if n > 0 && ranked.len() >= n && ranked[n - 1].score > outside_pairs {
-            ranked.truncate(n);
-            return Ok(Some(ranked));
+        if let Some(top) = top_if_settled(&ranked, n, outside_pairs(a, b)) {
+            return Ok(Some(top));
         }
         if has_phone_prefix(words) {
             return Ok(None);
@@ -879,11 +912,8 @@ async fn rank_text_words<C: ConnectionTrait>(
             return Ok(None);
         };
         // A contact outside the pairs matches one of the words through its rest.
-        for (left, right) in [(&a.rest, &b.all), (&a.all, &b.rest)] {
-            let Some(found) = people_in_both(db, tenant, left, right).await? else {
-                return Ok(None);
-            };
-            people.extend(found);
+        if !add_rest_matches(db, tenant, a, b, &mut people).await? {
+            return Ok(None);
         }
         (people, scored, ranked)
     } else {
@@ -914,14 +944,7 @@ async fn rank_text_words<C: ConnectionTrait>(
         }
         (people, scored, ranked)
     };
-    if people.len() > CANDIDATE_POSTINGS {
-        return Ok(None);
-    }
-    people.retain(|id| !scored.contains(id));
-    ranked.extend(score_people(db, tenant, &people, plans).await?);
-    sort_ranked(&mut ranked);
-    ranked.truncate(n);
-    Ok(Some(ranked))
+    complete_ranking(db, tenant, plans, people, &scored, ranked, n).await
 }
 
 /// Every contact matching a prefix word, when they are few.
