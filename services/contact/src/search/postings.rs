@@ -417,6 +417,28 @@ fn word_branches(plan: &WordPlan) -> Vec<(String, TermField)> {
     }
 }
 
+/// A word's completions that occur in a name, best first; without its typo matches
+/// when `as_typed`.
+fn name_completions<'q>(
+    quality: &'q BTreeMap<String, f64>,
+    typos: &BTreeSet<String>,
+    existing: &BTreeSet<(String, TermField)>,
+    as_typed: bool,
+) -> Vec<&'q String> {
+    let mut terms: Vec<(&String, f64)> = quality
+        .iter()
+        .filter(|(term, _)| !(as_typed && typos.contains(*term)))
+        .filter(|(term, _)| {
+            NAME_FIELDS
+                .iter()
+                .any(|field| existing.contains(&((*term).clone(), *field)))
+        })
+        .map(|(term, q)| (term, *q))
+        .collect();
+    terms.sort_by(|x, y| y.1.total_cmp(&x.1).then_with(|| x.0.cmp(y.0)));
+    terms.into_iter().map(|(term, _)| term).collect()
+}
+
 /// The text words of `plans`, when every plan is one, from the (term, field) branches
 /// that exist. Word `ranged`, when given, pairs every completion of the word as typed
 /// (its pair terms are read by prefix ranges, see `rank_two_words_by_ranges`); the
@@ -429,28 +451,15 @@ fn text_words(
     let phone_score = PREFIX_QUALITY * field_weight(TermField::Phone);
     let exists = |term: &String, field: TermField| existing.contains(&(term.clone(), field));
     let mut words = Vec::with_capacity(plans.len());
-    let mut best_terms = Vec::with_capacity(plans.len());
+    let mut best_terms: Vec<BTreeSet<String>> = Vec::with_capacity(plans.len());
     for (i, plan) in plans.iter().enumerate() {
         let WordPlan::Terms { quality, typos, .. } = plan else {
             return None;
         };
         let ranged = ranged == Some(i);
-        // Completions that occur in a name, best first.
-        let mut terms: Vec<(&String, f64)> = quality
-            .iter()
-            .filter(|(t, _)| !(ranged && typos.contains(*t)))
-            .filter(|(t, _)| NAME_FIELDS.iter().any(|f| exists(t, *f)))
-            .map(|(t, q)| (t, *q))
-            .collect();
-        terms.sort_by(|x, y| y.1.total_cmp(&x.1).then_with(|| x.0.cmp(y.0)));
+        let terms = name_completions(quality, typos, existing, ranged);
         let take = if ranged { terms.len() } else { PAIR_TERMS };
-        best_terms.push(
-            terms
-                .into_iter()
-                .take(take)
-                .map(|(t, _)| t.clone())
-                .collect::<BTreeSet<String>>(),
-        );
+        best_terms.push(terms.into_iter().take(take).cloned().collect());
     }
     for (i, plan) in plans.iter().enumerate() {
         let WordPlan::Terms {
@@ -745,14 +754,8 @@ fn ranged_word(plans: &[WordPlan], existing: &BTreeSet<(String, TermField)>) -> 
             return None;
         };
         Some(
-            quality
-                .keys()
-                .filter(|term| !typos.contains(*term))
-                .filter(|term| {
-                    NAME_FIELDS
-                        .iter()
-                        .any(|field| existing.contains(&((*term).clone(), *field)))
-                })
+            name_completions(quality, typos, existing, true)
+                .into_iter()
                 .cloned()
                 .collect(),
         )
@@ -781,14 +784,16 @@ async fn contacts_in_pair_ranges<C: ConnectionTrait>(
         })
         .collect::<Vec<_>>()
         .join(", ");
-    let pair_fields = [
-        TermField::GivenGivenPair,
-        TermField::GivenFamilyPair,
-        TermField::FamilyGivenPair,
-        TermField::FamilyFamilyPair,
-    ]
-    .map(|field| field.code().to_string())
-    .join(", ");
+    let pair_fields = NAME_FIELDS
+        .iter()
+        .flat_map(|first| {
+            NAME_FIELDS
+                .iter()
+                .filter_map(|second| TermField::name_pair(*first, *second))
+        })
+        .map(|field| field.code().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
     let sql = format!(
         "SELECT p.contact_id FROM (VALUES {ranges}) AS b(start, stop) \
          CROSS JOIN LATERAL (SELECT t.contact_id FROM contact_terms t \
@@ -804,17 +809,17 @@ async fn contacts_in_pair_ranges<C: ConnectionTrait>(
     contact_ids_up_to(&rows, limit)
 }
 
-/// The top `n` for two text words, one of which has many completions as typed
-/// (`ranged_word`). Pairing only its eight best would leave most people with both
-/// words on two name words to the intersection of long lists ("jonas jo": every Jonas
-/// and every name starting with "jo"). Instead, the pair terms of the other word's
+/// The top `n` for two text words, one of which is read by ranges (`ranged_word`).
+/// Pairing only eight completions would leave most people with both words on two name
+/// words to the intersection of long lists ("jonas jo": every Jonas and every name
+/// starting with "jo"), and a name word both words match has no pair term. Instead, the pair terms of the other word's
 /// eight best completions followed by any completion of the typed word are prefix
 /// ranges of the pair index ("jonas jo…"), read whole: everyone with both words on
 /// two name words that way is scored exactly, and so are the first `n` of each name
 /// word both words match ("jamal" for "jamal ja"); anyone else matches a word through
 /// its rest (typos, other fields, weaker completions of the other word), which bounds
-/// them as in `rank_text_words`. `None` when no word has that many completions or the
-/// ranges hold more than CANDIDATE_POSTINGS postings.
+/// them as in `rank_text_words`. `None` when no word is ranged or the candidates are
+/// more than CANDIDATE_POSTINGS.
 async fn rank_two_words_by_ranges<C: ConnectionTrait>(
     db: &C,
     tenant: &str,
@@ -847,17 +852,11 @@ async fn rank_two_words_by_ranges<C: ConnectionTrait>(
     // A paired completion of both words ("jamal" for "jamal ja") matches both on one
     // name word: each (term, name field) is a branch of fixed score, whose first `n`
     // contacts by id hold its share of the top `n` (as for one word).
-    let (WordPlan::Terms { quality: qa, .. }, WordPlan::Terms { quality: qb, .. }) =
-        (&plans[1 - r], &plans[r])
-    else {
-        return Ok(None);
-    };
     let shared: Vec<(String, TermField)> = a
         .paired
         .intersection(&b.paired)
         .flat_map(|term| NAME_FIELDS.map(|field| (term.clone(), field)))
         .filter(|branch| existing.contains(branch))
-        .filter(|(term, _)| qa.contains_key(term) && qb.contains_key(term))
         .collect();
     people.extend(first_contacts_of_branches(db, tenant, &shared, n).await?);
     if people.len() > CANDIDATE_POSTINGS {
@@ -971,7 +970,6 @@ async fn score_people<C: ConnectionTrait>(
     if people.is_empty() {
         return Ok(Vec::new());
     }
-    let backend = db.get_database_backend();
     let select = Query::select()
         .columns([
             ContactTerms::ContactId,
@@ -981,7 +979,7 @@ async fn score_people<C: ConnectionTrait>(
         .from(ContactTerms::Table)
         .and_where(Expr::col(ContactTerms::TenantId).eq(tenant))
         .and_where(any_text(
-            backend,
+            db.get_database_backend(),
             Expr::col(ContactTerms::ContactId),
             people.iter().map(String::as_str),
         ))
