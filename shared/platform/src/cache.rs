@@ -184,23 +184,37 @@ impl RedisCache {
         let timeout = Duration::from_millis(config.timeout_ms.max(1));
         let connection = if config.redis_cluster {
             let urls: Vec<&str> = config.redis_url.split(',').map(str::trim).collect();
-            let client = redis::cluster::ClusterClient::builder(urls)
+            let mut builder = redis::cluster::ClusterClient::builder(urls)
                 .connection_timeout(timeout)
-                .response_timeout(timeout)
-                .build()
-                .map_err(|e| CacheError(e.to_string()))?;
+                .response_timeout(timeout);
+            if let Some(local) = local_cache(config) {
+                builder = builder
+                    .use_protocol(redis::ProtocolVersion::RESP3)
+                    .cache_config(local);
+            }
+            let client = builder.build().map_err(|e| CacheError(e.to_string()))?;
             RedisConnection::Cluster(Box::new(ClusterState {
                 client,
                 connection: tokio::sync::OnceCell::new(),
             }))
         } else {
-            let client = redis::Client::open(config.redis_url.as_str())
-                .map_err(|e| CacheError(e.to_string()))?;
-            let manager_config = redis::aio::ConnectionManagerConfig::new()
+            let mut info =
+                redis::IntoConnectionInfo::into_connection_info(config.redis_url.as_str())
+                    .map_err(|e| CacheError(e.to_string()))?;
+            let mut manager_config = redis::aio::ConnectionManagerConfig::new()
                 .set_response_timeout(Some(timeout))
                 .set_connection_timeout(Some(timeout))
                 .set_number_of_retries(1)
                 .set_max_delay(Duration::from_secs(1));
+            if let Some(local) = local_cache(config) {
+                let settings = info
+                    .redis_settings()
+                    .clone()
+                    .set_protocol(redis::ProtocolVersion::RESP3);
+                info = info.set_redis_settings(settings);
+                manager_config = manager_config.set_cache_config(local);
+            }
+            let client = redis::Client::open(info).map_err(|e| CacheError(e.to_string()))?;
             // Lazy: a Redis that is down at start does not stop the service.
             let manager =
                 redis::aio::ConnectionManager::new_lazy_with_config(client, manager_config)
@@ -213,6 +227,17 @@ impl RedisCache {
             timeout,
             put_script: redis::Script::new(PUT_IF_NEWER),
         })
+    }
+
+    /// Reads answered by the process-side cache since start, when it is on (single
+    /// node; a cluster connection keeps its statistics per node).
+    pub fn local_hits(&self) -> Option<u64> {
+        match &self.connection {
+            RedisConnection::Single(manager) => {
+                manager.get_cache_statistics().map(|stats| stats.hit as u64)
+            }
+            RedisConnection::Cluster(_) => None,
+        }
     }
 
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, CacheError>
@@ -238,6 +263,26 @@ impl RedisCache {
             Err(_) => Err(CacheError("timed out".into())),
         }
     }
+}
+
+/// The longest a value is answered from the process without asking Redis again. Redis
+/// drops a local value when anyone changes it, and a reconnection drops them all; this
+/// bounds the one case neither covers, a connection that goes silent without closing.
+const LOCAL_LIFETIME: Duration = Duration::from_secs(10);
+
+/// The process-side cache of Redis values, when configured: Redis tracks the keys this
+/// connection read (RESP3 client tracking, opt-in per GET) and pushes their
+/// invalidation when anyone changes them, so a hit costs no round trip and a value
+/// another process replaced is dropped within the push's delay. This process's own
+/// writes are guarded, as before, by [`CacheHandle`]'s written versions.
+fn local_cache(config: &CacheConfig) -> Option<redis::caching::CacheConfig> {
+    let entries = std::num::NonZeroUsize::new(config.redis_local_entries)?;
+    Some(
+        redis::caching::CacheConfig::new()
+            .set_mode(redis::caching::CacheMode::OptIn)
+            .set_size(entries)
+            .set_default_client_ttl(LOCAL_LIFETIME.min(Duration::from_secs(config.ttl_s.max(1)))),
+    )
 }
 
 /// One connection handle of either kind, usable by redis commands.
@@ -286,7 +331,12 @@ impl Cache for RedisCache {
     async fn get(&self, key: &str) -> Result<Option<CachedValue>, CacheError> {
         let key = key.to_owned();
         let raw: Option<Vec<u8>> = self
-            .run(|mut conn| async move { redis::cmd("GET").arg(&key).query_async(&mut conn).await })
+            .run(|mut conn| async move {
+                let mut get = redis::cmd("GET");
+                get.arg(&key)
+                    .set_cache_config(redis::CommandCacheConfig::new().set_enable_cache(true));
+                get.query_async(&mut conn).await
+            })
             .await?;
         let Some(raw) = raw else { return Ok(None) };
         if raw.len() < VERSION_WIDTH {

@@ -103,6 +103,10 @@ pub struct CacheConfig {
     pub timeout_ms: u64,
     /// Capacity of the in-memory cache, in entries.
     pub memory_max_entries: usize,
+    /// With the Redis backend: values kept in the process as well, up to this many,
+    /// and dropped when Redis reports a change to them (server-assisted client-side
+    /// caching over RESP3). 0 reads every value from Redis.
+    pub redis_local_entries: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -236,6 +240,7 @@ impl Default for CacheConfig {
             ttl_s: 300,
             timeout_ms: 50,
             memory_max_entries: 100_000,
+            redis_local_entries: 10_000,
         }
     }
 }
