@@ -15,9 +15,9 @@ use std::time::Duration;
 use prost::Message as _;
 use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, Set, SqliteTransactionMode, TransactionOptions,
-    TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, SqliteTransactionMode, Statement,
+    TransactionOptions, TransactionTrait,
 };
 use sea_orm_migration::prelude::*;
 use tokio::sync::{mpsc, watch};
@@ -549,13 +549,23 @@ impl EventFeed {
         let txn = begin_write(&self.db).await?;
         lock_in_transaction(&txn, &format!("outbox-relay:{}", self.service)).await?;
         let head = read_head(&txn).await?;
-        // One statement for the whole batch: positions follow event time, then id.
-        // Both numbers are ours, not a caller's, so they are written into the SQL.
+        // One statement for the whole batch: positions follow event time, then id. It
+        // runs after nearly every write, so it is a prepared statement whose plan the
+        // connection keeps, not text parsed and planned on each pass.
+        let backend = txn.get_database_backend();
+        let (head_param, batch_param) = match backend {
+            DbBackend::Postgres => ("$1", "$2"),
+            _ => ("?1", "?2"),
+        };
         let stamped = txn
-            .execute_unprepared(&format!(
-                "WITH next AS (SELECT id, ROW_NUMBER() OVER (ORDER BY event_time_us, id) AS n \
-                 FROM outbox WHERE position IS NULL ORDER BY event_time_us, id LIMIT {BATCH}) \
-                 UPDATE outbox SET position = {head} + next.n FROM next WHERE outbox.id = next.id"
+            .execute_raw(Statement::from_sql_and_values(
+                backend,
+                format!(
+                    "WITH next AS (SELECT id, ROW_NUMBER() OVER (ORDER BY event_time_us, id) AS n \
+                     FROM outbox WHERE position IS NULL ORDER BY event_time_us, id LIMIT {batch_param}) \
+                     UPDATE outbox SET position = {head_param} + next.n FROM next WHERE outbox.id = next.id"
+                ),
+                [head.into(), (BATCH as i64).into()],
             ))
             .await?
             .rows_affected();
