@@ -702,22 +702,24 @@ fn top_if_settled(ranked: &[Ranked], n: usize, bound: f64) -> Option<Vec<Ranked>
     (n > 0 && ranked.len() >= n && ranked[n - 1].score > bound).then(|| ranked[..n].to_vec())
 }
 
-/// Adds the people in one of two words' rest with any posting of the other; `false`
-/// when a list is too long to intersect.
-async fn add_rest_matches<C: ConnectionTrait>(
+/// The people in one of two words' rest with any posting of the other; `None` when a
+/// list is too long to intersect. The two intersections are independent, so they run
+/// at once, each on its own connection: this is the slow end of a search, and it
+/// waits for the longer of them rather than for both.
+async fn rest_matches<C: ConnectionTrait>(
     db: &C,
     tenant: &str,
     a: &TextWord,
     b: &TextWord,
-    people: &mut BTreeSet<String>,
-) -> Result<bool, ApiError> {
-    for (left, right) in [(&a.rest, &b.all), (&a.all, &b.rest)] {
-        let Some(found) = people_in_both(db, tenant, left, right).await? else {
-            return Ok(false);
-        };
-        people.extend(found);
-    }
-    Ok(true)
+) -> Result<Option<BTreeSet<String>>, ApiError> {
+    let (a_rest, b_rest) = futures::try_join!(
+        people_in_both(db, tenant, &a.rest, &b.all),
+        people_in_both(db, tenant, &a.all, &b.rest),
+    )?;
+    Ok(a_rest.zip(b_rest).map(|(mut people, more)| {
+        people.extend(more);
+        people
+    }))
 }
 
 /// `ranked` (the exact scores of `scored`) with every other candidate of `people`
@@ -845,10 +847,6 @@ async fn rank_two_words_by_ranges<C: ConnectionTrait>(
         .iter()
         .map(|term| index::pair_term(term, typed))
         .collect();
-    let Some(mut people) = contacts_in_pair_ranges(db, tenant, &starts, CANDIDATE_POSTINGS).await?
-    else {
-        return Ok(None);
-    };
     // A paired completion of both words ("jamal" for "jamal ja") matches both on one
     // name word: each (term, name field) is a branch of fixed score, whose first `n`
     // contacts by id hold its share of the top `n` (as for one word).
@@ -858,7 +856,15 @@ async fn rank_two_words_by_ranges<C: ConnectionTrait>(
         .flat_map(|term| NAME_FIELDS.map(|field| (term.clone(), field)))
         .filter(|branch| existing.contains(branch))
         .collect();
-    people.extend(first_contacts_of_branches(db, tenant, &shared, n).await?);
+    // Independent reads, at once on two connections.
+    let (in_ranges, of_shared) = futures::try_join!(
+        contacts_in_pair_ranges(db, tenant, &starts, CANDIDATE_POSTINGS),
+        first_contacts_of_branches(db, tenant, &shared, n),
+    )?;
+    let Some(mut people) = in_ranges else {
+        return Ok(None);
+    };
+    people.extend(of_shared);
     if people.len() > CANDIDATE_POSTINGS {
         return Ok(None);
     }
@@ -868,9 +874,10 @@ async fn rank_two_words_by_ranges<C: ConnectionTrait>(
         return Ok(Some(top));
     }
     let scored = people.clone();
-    if !add_rest_matches(db, tenant, a, b, &mut people).await? {
+    let Some(in_rest) = rest_matches(db, tenant, a, b).await? else {
         return Ok(None);
-    }
+    };
+    people.extend(in_rest);
     complete_ranking(db, tenant, plans, people, &scored, ranked, n).await
 }
 
@@ -906,14 +913,15 @@ async fn rank_text_words<C: ConnectionTrait>(
         if has_phone_prefix(words) {
             return Ok(None);
         }
-        let Some(mut people) = contacts_of_branches(db, tenant, &pairs, CANDIDATE_POSTINGS).await?
-        else {
+        // A contact outside the pairs matches one of the words through its rest.
+        let (in_pairs, in_rest) = futures::try_join!(
+            contacts_of_branches(db, tenant, &pairs, CANDIDATE_POSTINGS),
+            rest_matches(db, tenant, a, b),
+        )?;
+        let (Some(mut people), Some(in_rest)) = (in_pairs, in_rest) else {
             return Ok(None);
         };
-        // A contact outside the pairs matches one of the words through its rest.
-        if !add_rest_matches(db, tenant, a, b, &mut people).await? {
-            return Ok(None);
-        }
+        people.extend(in_rest);
         (people, scored, ranked)
     } else {
         if has_phone_prefix(words) {
@@ -930,17 +938,23 @@ async fn rank_text_words<C: ConnectionTrait>(
         };
         // Someone outside the shortest pair's list has one of its two words off a
         // paired name word, so in that word's rest, and a posting of every other word.
-        let mut people = scored.clone();
         let (a, b) = pair;
-        for (w, partner) in [(a, b), (b, a)] {
-            let others: Vec<usize> = std::iter::once(partner)
+        let others = |partner: usize| -> Vec<usize> {
+            std::iter::once(partner)
                 .chain((0..words.len()).filter(|&o| o != a && o != b))
-                .collect();
-            let Some(found) = rest_with_another(db, tenant, words, w, &others).await? else {
-                return Ok(None);
-            };
-            people.extend(found);
-        }
+                .collect()
+        };
+        let (others_of_a, others_of_b) = (others(b), others(a));
+        let (a_rest, b_rest) = futures::try_join!(
+            rest_with_another(db, tenant, words, a, &others_of_a),
+            rest_with_another(db, tenant, words, b, &others_of_b),
+        )?;
+        let (Some(a_rest), Some(b_rest)) = (a_rest, b_rest) else {
+            return Ok(None);
+        };
+        let mut people = scored.clone();
+        people.extend(a_rest);
+        people.extend(b_rest);
         (people, scored, ranked)
     };
     complete_ranking(db, tenant, plans, people, &scored, ranked, n).await
