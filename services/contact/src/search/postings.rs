@@ -628,8 +628,7 @@ async fn rest_with_another<C: ConnectionTrait>(
 }
 
 /// The contacts with a posting in `left` and one in `right` (lists of (term, field)),
-/// when no list is longer than REST_POSTINGS and they are few. The database
-/// intersects the lists, so only the common contacts leave it.
+/// when no list is longer than REST_POSTINGS and they are few.
 async fn people_in_both<C: ConnectionTrait>(
     db: &C,
     tenant: &str,
@@ -643,6 +642,22 @@ async fn people_in_both<C: ConnectionTrait>(
     if any_longer_than(db, tenant, &both, REST_POSTINGS).await? {
         return Ok(None);
     }
+    intersection(db, tenant, left, right).await
+}
+
+/// The contacts with a posting in `left` and one in `right`, when they are few; the
+/// lists' lengths are the caller's to check. The database intersects the lists, so
+/// only the common contacts leave it.
+async fn intersection<C: ConnectionTrait>(
+    db: &C,
+    tenant: &str,
+    left: &[(String, TermField)],
+    right: &[(String, TermField)],
+) -> Result<Option<BTreeSet<String>>, ApiError> {
+    if left.is_empty() || right.is_empty() {
+        return Ok(Some(BTreeSet::new()));
+    }
+    let both: Vec<(String, TermField)> = left.iter().chain(right).cloned().collect();
     let side = |first: usize, count: usize, alias: &str| {
         format!(
             "SELECT {alias}p.contact_id FROM (VALUES {}) AS {alias}(term, field) \
@@ -703,18 +718,30 @@ fn top_if_settled(ranked: &[Ranked], n: usize, bound: f64) -> Option<Vec<Ranked>
 }
 
 /// The people in one of two words' rest with any posting of the other; `None` when a
-/// list is too long to intersect. The two intersections are independent, so they run
-/// at once, each on its own connection: this is the slow end of a search, and it
-/// waits for the longer of them rather than for both.
+/// list is too long to intersect. The lists of both intersections are checked in one
+/// statement (they share most branches), then the two run at once, each on its own
+/// connection: this is the slow end of a search, and it waits for the longer of them
+/// rather than for both.
 async fn rest_matches<C: ConnectionTrait>(
     db: &C,
     tenant: &str,
     a: &TextWord,
     b: &TextWord,
 ) -> Result<Option<BTreeSet<String>>, ApiError> {
+    let sides = [(&a.rest, &b.all), (&a.all, &b.rest)];
+    let checked: BTreeSet<&(String, TermField)> = sides
+        .iter()
+        .filter(|(left, right)| !left.is_empty() && !right.is_empty())
+        .flat_map(|(left, right)| left.iter().chain(right.iter()))
+        .collect();
+    let checked: Vec<(String, TermField)> = checked.into_iter().cloned().collect();
+    if !checked.is_empty() && any_longer_than(db, tenant, &checked, REST_POSTINGS).await? {
+        return Ok(None);
+    }
+    let [(a_rest, b_all), (a_all, b_rest)] = sides;
     let (a_rest, b_rest) = futures::try_join!(
-        people_in_both(db, tenant, &a.rest, &b.all),
-        people_in_both(db, tenant, &a.all, &b.rest),
+        intersection(db, tenant, a_rest, b_all),
+        intersection(db, tenant, a_all, b_rest),
     )?;
     Ok(a_rest.zip(b_rest).map(|(mut people, more)| {
         people.extend(more);
