@@ -11,6 +11,7 @@ use sea_orm::{
 
 use crm_platform::ApiError;
 use crm_platform::auth::Caller;
+use crm_platform::bulk;
 use crm_platform::db::{micros_to_timestamp, now_micros};
 use crm_platform::errors::from_db;
 use crm_platform::events::{self, EventFeed, NewEvent};
@@ -513,13 +514,9 @@ impl ContactStore {
             .await
             .map_err(|e| from_db(e, "request"))?;
         }
-        Contacts::insert(active_model(&caller.tenant, &id, 1, &contact))
-            .exec_without_returning(&txn)
-            .await
-            .map_err(|e| from_db(e, &contact.name))?;
-        after_insert(&txn, &caller.tenant, &[&contact]).await?;
-        events::append(
-            &txn,
+        // The row, its index rows and its event in one statement where the database
+        // allows: one round trip instead of four.
+        let event = events::outbox_row(
             caller,
             NewEvent {
                 event_type: "crm.contact.v1.ContactCreated",
@@ -528,10 +525,17 @@ impl ContactStore {
                 payload: Some(payload(&contact)),
                 request_id: request_id.to_owned(),
             },
-        )
-        .await
-        .map_err(|e| from_db(e, "event"))?;
-        txn.commit().await.map_err(|e| from_db(e, &contact.name))?;
+            now_micros(),
+        );
+        let stored = |e| from_db(e, &contact.name);
+        let mut tables = vec![
+            bulk::Rows::of_models([active_model(&caller.tenant, &id, 1, &contact)])
+                .map_err(stored)?,
+        ];
+        tables.extend(crate::index::new_rows(&caller.tenant, &[&contact]));
+        tables.push(bulk::Rows::of_models([event]).map_err(stored)?);
+        bulk::insert_all(&txn, tables).await.map_err(stored)?;
+        txn.commit().await.map_err(stored)?;
         self.feed.committed();
         Ok(StoredContact {
             contact,

@@ -96,14 +96,7 @@ pub async fn insert<C: ConnectionTrait>(conn: &C, mut rows: Rows) -> Result<(), 
     if rows.rows.is_empty() {
         return Ok(());
     }
-    if let Some(row) = rows.rows.iter().find(|r| r.len() != rows.columns.len()) {
-        return Err(DbErr::Custom(format!(
-            "bulk insert into {}: a row has {} values for {} columns",
-            rows.table,
-            row.len(),
-            rows.columns.len()
-        )));
-    }
+    check_widths(&rows)?;
     match conn.get_database_backend() {
         DbBackend::Postgres => {
             // The values move into the column arrays: a batch's payloads are not copied.
@@ -189,7 +182,90 @@ fn quoted(iden: &DynIden) -> String {
 /// `INSERT INTO t (a, b) SELECT c0, CASE WHEN n1 THEN NULL ELSE c1 END FROM
 /// unnest($1::text[], $2::int8[], $3::bool[]) AS bulk_rows(c0, c1, n1)`: a column
 /// with NULLs gets a bool array of null flags beside its values.
+fn check_widths(rows: &Rows) -> Result<(), DbErr> {
+    match rows.rows.iter().find(|r| r.len() != rows.columns.len()) {
+        Some(row) => Err(DbErr::Custom(format!(
+            "bulk insert into {}: a row has {} values for {} columns",
+            rows.table,
+            row.len(),
+            rows.columns.len()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Inserts rows into several tables, in order. On Postgres, when each table's rows fit
+/// one statement, that is one statement: the inserts before the last are its
+/// data-modifying `WITH` clauses, so a write of a few rows into each of several tables
+/// (a contact, its search terms and its event) costs one round trip instead of one per
+/// table. Otherwise, and on SQLite, the tables are inserted one after the other.
+pub async fn insert_all<C: ConnectionTrait>(conn: &C, tables: Vec<Rows>) -> Result<(), DbErr> {
+    let tables: Vec<Rows> = tables.into_iter().filter(|t| !t.is_empty()).collect();
+    for table in &tables {
+        check_widths(table)?;
+    }
+    let together = conn.get_database_backend() == DbBackend::Postgres
+        && tables.len() > 1
+        && tables
+            .iter()
+            .all(|t| t.rows.len() <= POSTGRES_ROWS_PER_STATEMENT);
+    if !together {
+        for table in tables {
+            insert(conn, table).await?;
+        }
+        return Ok(());
+    }
+    conn.execute_raw(together_statement(tables)?).await?;
+    Ok(())
+}
+
+/// One Postgres statement inserting every table's rows (each table's fitting one
+/// statement): `WITH w0 AS (INSERT …), … INSERT …`, parameters numbered across them.
+fn together_statement(mut tables: Vec<Rows>) -> Result<Statement, DbErr> {
+    let mut clauses: Vec<String> = Vec::with_capacity(tables.len());
+    let mut values: Vec<Value> = Vec::new();
+    for table in &mut tables {
+        let chunk = std::mem::take(&mut table.rows);
+        let (sql, more) = unnest_insert(table, chunk, values.len() + 1)?;
+        clauses.push(sql);
+        values.extend(more);
+    }
+    let Some(last) = clauses.pop() else {
+        return Err(DbErr::Custom("bulk insert: no tables".into()));
+    };
+    let sql = if clauses.is_empty() {
+        last
+    } else {
+        let with: Vec<String> = clauses
+            .iter()
+            .enumerate()
+            .map(|(i, sql)| format!("w{i} AS ({sql})"))
+            .collect();
+        format!("WITH {} {last}", with.join(", "))
+    };
+    Ok(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        sql,
+        values,
+    ))
+}
+
 fn unnest_statement(rows: &Rows, chunk: Vec<Vec<Value>>) -> Result<Statement, DbErr> {
+    let (sql, values) = unnest_insert(rows, chunk, 1)?;
+    Ok(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        sql,
+        values,
+    ))
+}
+
+/// The `INSERT … SELECT … FROM unnest(…)` of a chunk and its values, its parameters
+/// numbered from `$first`.
+fn unnest_insert(
+    rows: &Rows,
+    chunk: Vec<Vec<Value>>,
+    first: usize,
+) -> Result<(String, Vec<Value>), DbErr> {
     let Some(first_row) = chunk.first() else {
         return Err(DbErr::Custom("bulk insert: no rows".into()));
     };
@@ -240,11 +316,11 @@ fn unnest_statement(rows: &Rows, chunk: Vec<Vec<Value>>) -> Result<Statement, Db
         .enumerate()
     {
         values.push(Value::Array(ty, Some(Box::new(column))));
-        arrays.push(format!("${}::{element}[]", values.len()));
+        arrays.push(format!("${}::{element}[]", first - 1 + values.len()));
         names.push(format!("c{index}"));
         if nullable {
             values.push(Value::Array(ArrayType::Bool, Some(Box::new(column_nulls))));
-            arrays.push(format!("${}::bool[]", values.len()));
+            arrays.push(format!("${}::bool[]", first - 1 + values.len()));
             names.push(format!("n{index}"));
             selected.push(format!("CASE WHEN n{index} THEN NULL ELSE c{index} END"));
         } else {
@@ -264,11 +340,7 @@ fn unnest_statement(rows: &Rows, chunk: Vec<Vec<Value>>) -> Result<Statement, Db
         let keys: Vec<String> = rows.skip_conflicts_on.iter().map(quoted).collect();
         sql.push_str(&format!(" ON CONFLICT ({}) DO NOTHING", keys.join(", ")));
     }
-    Ok(Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        sql,
-        values,
-    ))
+    Ok((sql, values))
 }
 
 #[cfg(test)]
@@ -286,6 +358,22 @@ mod tests {
         rows.push(vec!["anna".into(), 1i16.into(), Value::String(None)]);
         rows.push(vec!["bob".into(), 2i16.into(), "x".into()]);
         rows
+    }
+
+    #[test]
+    fn tables_inserted_together_are_one_statement_numbering_parameters_across_them() {
+        let mut events = Rows::new(iden("events"), [iden("id")]);
+        events.push(vec!["e1".into()]);
+        let statement = together_statement(vec![sample(), events]).unwrap();
+        assert_eq!(
+            statement.sql,
+            "WITH w0 AS (INSERT INTO \"terms\" (\"term\", \"field\", \"note\") SELECT c0, c1, \
+             CASE WHEN n2 THEN NULL ELSE c2 END FROM unnest($1::text[], $2::int2[], \
+             $3::text[], $4::bool[]) AS bulk_rows(c0, c1, c2, n2) \
+             ON CONFLICT (\"term\", \"field\") DO NOTHING) \
+             INSERT INTO \"events\" (\"id\") SELECT c0 FROM unnest($5::text[]) AS bulk_rows(c0)"
+        );
+        assert_eq!(statement.values.unwrap().0.len(), 5);
     }
 
     #[test]

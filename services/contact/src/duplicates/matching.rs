@@ -7,7 +7,9 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use sea_orm::sea_query::{Condition, Expr, ExprTrait, Query};
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QuerySelect, Statement,
+};
 
 use crm_platform::ApiError;
 use crm_platform::errors::from_db;
@@ -337,38 +339,7 @@ pub async fn candidates_for_batch<C: ConnectionTrait>(
     if wanted.is_empty() {
         return Ok(vec![Vec::new(); probes.len()]);
     }
-    let mut any = Condition::any();
-    let mut by_field: HashMap<i16, Vec<&str>> = HashMap::new();
-    for (field, term) in wanted.keys() {
-        by_field.entry(*field).or_default().push(term.as_str());
-    }
-    for (field, terms) in by_field {
-        any = any.add(
-            Condition::all()
-                .add(Expr::col(ContactTerms::Field).eq(field))
-                .add(any_text(
-                    conn.get_database_backend(),
-                    Expr::col(ContactTerms::Term),
-                    terms,
-                )),
-        );
-    }
-    let rows = conn
-        .query_all(
-            &Query::select()
-                .columns([
-                    ContactTerms::Field,
-                    ContactTerms::Term,
-                    ContactTerms::ContactId,
-                ])
-                .from(ContactTerms::Table)
-                .and_where(Expr::col(ContactTerms::TenantId).eq(tenant))
-                .cond_where(any)
-                .limit(MAX_GROUP * 50)
-                .to_owned(),
-        )
-        .await
-        .map_err(|e| from_db(e, "contacts"))?;
+    let rows = holders_of_keys(conn, tenant, wanted.keys()).await?;
     let mut per_probe: Vec<BTreeSet<String>> = vec![BTreeSet::new(); probes.len()];
     let mut ids = HashSet::new();
     for row in &rows {
@@ -411,6 +382,67 @@ pub async fn candidates_for_batch<C: ConnectionTrait>(
             found
         })
         .collect())
+}
+
+/// The (field, term, contact id) rows of the stored contacts holding any of the keys,
+/// at most `MAX_GROUP * 50` in all.
+async fn holders_of_keys<'k, C: ConnectionTrait>(
+    conn: &C,
+    tenant: &str,
+    keys: impl Iterator<Item = &'k (i16, String)>,
+) -> Result<Vec<sea_orm::QueryResult>, ApiError> {
+    let limit = MAX_GROUP * 50;
+    let backend = conn.get_database_backend();
+    let query = if backend == DbBackend::Postgres {
+        // One statement text whatever the keys, each looked up by the primary key: its
+        // plan is made once per connection, not at every call (planning the OR of
+        // per-field lists cost more than running it).
+        let (fields, terms): (Vec<i16>, Vec<String>) =
+            keys.map(|(field, term)| (*field, term.clone())).unzip();
+        Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT k.field, k.term, t.contact_id \
+             FROM unnest($2::int2[], $3::text[]) AS k(field, term) \
+             CROSS JOIN LATERAL (SELECT c.contact_id FROM contact_terms c \
+             WHERE c.tenant_id = $1 AND c.term = k.term AND c.field = k.field LIMIT $4) AS t \
+             LIMIT $4",
+            [
+                tenant.into(),
+                fields.into(),
+                terms.into(),
+                (limit as i64).into(),
+            ],
+        )
+    } else {
+        let mut by_field: HashMap<i16, Vec<&str>> = HashMap::new();
+        for (field, term) in keys {
+            by_field.entry(*field).or_default().push(term.as_str());
+        }
+        let mut any = Condition::any();
+        for (field, terms) in by_field {
+            any = any.add(
+                Condition::all()
+                    .add(Expr::col(ContactTerms::Field).eq(field))
+                    .add(any_text(backend, Expr::col(ContactTerms::Term), terms)),
+            );
+        }
+        backend.build(
+            &Query::select()
+                .columns([
+                    ContactTerms::Field,
+                    ContactTerms::Term,
+                    ContactTerms::ContactId,
+                ])
+                .from(ContactTerms::Table)
+                .and_where(Expr::col(ContactTerms::TenantId).eq(tenant))
+                .cond_where(any)
+                .limit(limit)
+                .to_owned(),
+        )
+    };
+    conn.query_all_raw(query)
+        .await
+        .map_err(|e| from_db(e, "contacts"))
 }
 
 /// A likely duplicate pair of a tenant scan: the older contact first.

@@ -8,6 +8,7 @@
 //! score per contact from `contact_terms` and joins the words, so only the top ids
 //! leave it, however many people share a common name.
 
+mod lengths;
 mod postings;
 pub mod ranking;
 
@@ -44,6 +45,8 @@ const TERMS_PER_WORD: usize = 64;
 
 pub struct SearchApi {
     ctx: Context,
+    /// Posting-list lengths counted lately, shared by this process's searches.
+    lengths: lengths::ListLengths,
 }
 
 /// A ranked contact.
@@ -285,7 +288,10 @@ fn prefix_condition(prefix: &str, field: TermField) -> Condition {
 
 impl SearchApi {
     pub fn new(ctx: Context) -> Self {
-        Self { ctx }
+        Self {
+            ctx,
+            lengths: lengths::ListLengths::new(),
+        }
     }
 
     /// Vocabulary terms that match `word`, best first.
@@ -394,7 +400,8 @@ impl SearchApi {
         wanted: usize,
     ) -> Result<(Vec<Ranked>, Vec<WordPlan>), ApiError> {
         if self.ctx.db.get_database_backend() == DbBackend::Postgres
-            && let Some(found) = postings::rank(&self.ctx.db, tenant, &plans, wanted).await?
+            && let Some(found) =
+                postings::rank(&self.ctx.db, &self.lengths, tenant, &plans, wanted).await?
         {
             return Ok((found, plans));
         }

@@ -27,6 +27,7 @@ use crm_platform::ApiError;
 use crm_platform::errors::from_db;
 use crm_platform::lookup::any_text;
 
+use super::lengths::ListLengths;
 use super::{PREFIX_QUALITY, Ranked, TEXT_FIELDS, WordPlan, field_weight, ranking};
 use crate::index::migration::ContactTerms;
 use crate::index::{self, TermField};
@@ -611,6 +612,7 @@ async fn rank_on_names<C: ConnectionTrait>(
 /// can be. `others` orders the other words, the likeliest short first.
 async fn rest_with_another<C: ConnectionTrait>(
     db: &C,
+    lengths: &ListLengths,
     tenant: &str,
     words: &[TextWord],
     w: usize,
@@ -620,7 +622,9 @@ async fn rest_with_another<C: ConnectionTrait>(
         return Ok(Some(BTreeSet::new()));
     }
     for &other in others {
-        if let Some(found) = people_in_both(db, tenant, &words[w].rest, &words[other].all).await? {
+        if let Some(found) =
+            people_in_both(db, lengths, tenant, &words[w].rest, &words[other].all).await?
+        {
             return Ok(Some(found));
         }
     }
@@ -631,6 +635,7 @@ async fn rest_with_another<C: ConnectionTrait>(
 /// when no list is longer than REST_POSTINGS and they are few.
 async fn people_in_both<C: ConnectionTrait>(
     db: &C,
+    lengths: &ListLengths,
     tenant: &str,
     left: &[(String, TermField)],
     right: &[(String, TermField)],
@@ -639,7 +644,7 @@ async fn people_in_both<C: ConnectionTrait>(
         return Ok(Some(BTreeSet::new()));
     }
     let both: Vec<(String, TermField)> = left.iter().chain(right).cloned().collect();
-    if any_longer_than(db, tenant, &both, REST_POSTINGS).await? {
+    if any_longer_than(db, lengths, tenant, &both, REST_POSTINGS).await? {
         return Ok(None);
     }
     intersection(db, tenant, left, right).await
@@ -682,28 +687,55 @@ async fn intersection<C: ConnectionTrait>(
     contact_ids_up_to(&rows, CANDIDATE_POSTINGS)
 }
 
-/// Whether a branch has more than `limit` postings.
+/// Whether a branch has more than `limit` postings. A length counted lately is taken
+/// from `lengths`; the others are counted, each up to `limit + 1`, and kept there.
 async fn any_longer_than<C: ConnectionTrait>(
     db: &C,
+    lengths: &ListLengths,
     tenant: &str,
     branches: &[(String, TermField)],
     limit: usize,
 ) -> Result<bool, ApiError> {
+    let mut unknown: Vec<(String, TermField)> = Vec::new();
+    for (term, field) in branches {
+        match lengths.known(tenant, term, *field) {
+            Some(length) if length > limit => return Ok(true),
+            Some(_) => {}
+            None => unknown.push((term.clone(), *field)),
+        }
+    }
+    if unknown.is_empty() {
+        return Ok(false);
+    }
     let sql = format!(
-        "SELECT 1 FROM (VALUES {}) AS b(term, field) \
-         WHERE EXISTS (SELECT 1 FROM contact_terms t \
-         WHERE t.tenant_id = $1 AND t.term = b.term AND t.field = b.field \
-         ORDER BY t.contact_id OFFSET $2 LIMIT 1) LIMIT 1",
-        values_rows(branches.len(), 3, false)
+        "SELECT b.term, b.field, (SELECT count(*) FROM (SELECT 1 FROM contact_terms t \
+         WHERE t.tenant_id = $1 AND t.term = b.term AND t.field = b.field LIMIT $2) AS p) \
+         FROM (VALUES {}) AS b(term, field)",
+        values_rows(unknown.len(), 3, false)
     );
     let rows = query_branches(
         db,
         sql,
-        vec![tenant.into(), (limit as i64).into()],
-        branches,
+        vec![tenant.into(), (limit as i64 + 1).into()],
+        &unknown,
     )
     .await?;
-    Ok(!rows.is_empty())
+    let mut counted: Vec<(String, TermField, usize)> = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let term: String = row.try_get_by_index(0).map_err(ApiError::internal)?;
+        let code: i16 = row.try_get_by_index(1).map_err(ApiError::internal)?;
+        let length: i64 = row.try_get_by_index(2).map_err(ApiError::internal)?;
+        if let Some(field) = TermField::from_code(code) {
+            counted.push((term, field, usize::try_from(length).unwrap_or(usize::MAX)));
+        }
+    }
+    lengths.remember(
+        tenant,
+        counted
+            .iter()
+            .map(|(term, field, length)| (term.as_str(), *field, *length)),
+    );
+    Ok(counted.iter().any(|(_, _, length)| *length > limit))
 }
 
 /// The best score of a contact matching one of two words only through its rest.
@@ -724,6 +756,7 @@ fn top_if_settled(ranked: &[Ranked], n: usize, bound: f64) -> Option<Vec<Ranked>
 /// rather than for both.
 async fn rest_matches<C: ConnectionTrait>(
     db: &C,
+    lengths: &ListLengths,
     tenant: &str,
     a: &TextWord,
     b: &TextWord,
@@ -735,7 +768,7 @@ async fn rest_matches<C: ConnectionTrait>(
         .flat_map(|(left, right)| left.iter().chain(right.iter()))
         .collect();
     let checked: Vec<(String, TermField)> = checked.into_iter().cloned().collect();
-    if !checked.is_empty() && any_longer_than(db, tenant, &checked, REST_POSTINGS).await? {
+    if !checked.is_empty() && any_longer_than(db, lengths, tenant, &checked, REST_POSTINGS).await? {
         return Ok(None);
     }
     let [(a_rest, b_all), (a_all, b_rest)] = sides;
@@ -851,6 +884,7 @@ async fn contacts_in_pair_ranges<C: ConnectionTrait>(
 /// more than CANDIDATE_POSTINGS.
 async fn rank_two_words_by_ranges<C: ConnectionTrait>(
     db: &C,
+    lengths: &ListLengths,
     tenant: &str,
     plans: &[WordPlan],
     existing: &BTreeSet<(String, TermField)>,
@@ -901,7 +935,7 @@ async fn rank_two_words_by_ranges<C: ConnectionTrait>(
         return Ok(Some(top));
     }
     let scored = people.clone();
-    let Some(in_rest) = rest_matches(db, tenant, a, b).await? else {
+    let Some(in_rest) = rest_matches(db, lengths, tenant, a, b).await? else {
         return Ok(None);
     };
     people.extend(in_rest);
@@ -919,6 +953,7 @@ async fn rank_two_words_by_ranges<C: ConnectionTrait>(
 ///   the people in its rest with a posting of another word.
 async fn rank_text_words<C: ConnectionTrait>(
     db: &C,
+    lengths: &ListLengths,
     tenant: &str,
     plans: &[WordPlan],
     words: &[TextWord],
@@ -943,7 +978,7 @@ async fn rank_text_words<C: ConnectionTrait>(
         // A contact outside the pairs matches one of the words through its rest.
         let (in_pairs, in_rest) = futures::try_join!(
             contacts_of_branches(db, tenant, &pairs, CANDIDATE_POSTINGS),
-            rest_matches(db, tenant, a, b),
+            rest_matches(db, lengths, tenant, a, b),
         )?;
         let (Some(mut people), Some(in_rest)) = (in_pairs, in_rest) else {
             return Ok(None);
@@ -973,8 +1008,8 @@ async fn rank_text_words<C: ConnectionTrait>(
         };
         let (others_of_a, others_of_b) = (others(b), others(a));
         let (a_rest, b_rest) = futures::try_join!(
-            rest_with_another(db, tenant, words, a, &others_of_a),
-            rest_with_another(db, tenant, words, b, &others_of_b),
+            rest_with_another(db, lengths, tenant, words, a, &others_of_a),
+            rest_with_another(db, lengths, tenant, words, b, &others_of_b),
         )?;
         let (Some(a_rest), Some(b_rest)) = (a_rest, b_rest) else {
             return Ok(None);
@@ -1060,6 +1095,7 @@ async fn score_people<C: ConnectionTrait>(
 /// this would read too many postings.
 pub(super) async fn rank<C: ConnectionTrait>(
     db: &C,
+    lengths: &ListLengths,
     tenant: &str,
     plans: &[WordPlan],
     n: usize,
@@ -1088,13 +1124,15 @@ pub(super) async fn rank<C: ConnectionTrait>(
         }
         let branches: Vec<(String, TermField)> = plans.iter().flat_map(word_branches).collect();
         let existing = existing_branches(db, tenant, &branches).await?;
-        if let Some(ranked) = rank_two_words_by_ranges(db, tenant, plans, &existing, n).await? {
+        if let Some(ranked) =
+            rank_two_words_by_ranges(db, lengths, tenant, plans, &existing, n).await?
+        {
             ranked
         } else {
             let Some(words) = text_words(plans, &existing, None) else {
                 return Ok(None);
             };
-            let Some(ranked) = rank_text_words(db, tenant, plans, &words, n).await? else {
+            let Some(ranked) = rank_text_words(db, lengths, tenant, plans, &words, n).await? else {
                 return Ok(None);
             };
             ranked
