@@ -397,7 +397,11 @@ struct TextWord {
     paired: BTreeSet<String>,
     /// Every (term, field) of the word that has postings.
     all: Vec<(String, TermField)>,
+    /// The score each of `all` gives the word.
+    all_scores: Vec<f64>,
     rest: Vec<(String, TermField)>,
+    /// The score each of `rest` gives the word.
+    rest_scores: Vec<f64>,
     phone_prefix: Option<String>,
     /// The best score any posting of the word can give.
     best: f64,
@@ -488,7 +492,9 @@ fn text_words(
         let mut word = TextWord {
             paired,
             all: Vec::new(),
+            all_scores: Vec::new(),
             rest: Vec::new(),
+            rest_scores: Vec::new(),
             phone_prefix: phone_prefix.clone(),
             best: 0.0,
             best_rest: 0.0,
@@ -505,8 +511,10 @@ fn text_words(
                 let score = q * field_weight(field);
                 word.best = word.best.max(score);
                 word.all.push((term.clone(), field));
+                word.all_scores.push(score);
                 if !(NAME_FIELDS.contains(&field) && word.paired.contains(term)) {
                     word.rest.push((term.clone(), field));
+                    word.rest_scores.push(score);
                     word.best_rest = word.best_rest.max(score);
                 }
             }
@@ -749,8 +757,9 @@ fn top_if_settled(ranked: &[Ranked], n: usize, bound: f64) -> Option<Vec<Ranked>
     (n > 0 && ranked.len() >= n && ranked[n - 1].score > bound).then(|| ranked[..n].to_vec())
 }
 
-/// The people in one of two words' rest with any posting of the other; `None` when a
-/// list is too long to intersect. The lists of both intersections are checked in one
+/// The people in one of two words' rest with any posting of the other, among those
+/// who can score at least `floor` (the `n`-th score already known, or -∞); `None` when
+/// a list is too long to intersect. The lists of both intersections are checked in one
 /// statement (they share most branches), then the two run at once, each on its own
 /// connection: this is the slow end of a search, and it waits for the longer of them
 /// rather than for both.
@@ -760,8 +769,17 @@ async fn rest_matches<C: ConnectionTrait>(
     tenant: &str,
     a: &TextWord,
     b: &TextWord,
+    floor: f64,
 ) -> Result<Option<BTreeSet<String>>, ApiError> {
-    let sides = [(&a.rest, &b.all), (&a.all, &b.rest)];
+    // Someone matching `a` only through its rest scores at most their best rest
+    // posting of `a` plus `b.best`, and their best posting of `b` plus `a.best_rest`:
+    // a posting that cannot reach the floor either way is not read (a weak typo's
+    // completion beside a page of exact name pairs).
+    let a_rest = reaching(&a.rest, &a.rest_scores, b.best, floor);
+    let b_all = reaching(&b.all, &b.all_scores, a.best_rest, floor);
+    let a_all = reaching(&a.all, &a.all_scores, b.best_rest, floor);
+    let b_rest = reaching(&b.rest, &b.rest_scores, a.best, floor);
+    let sides = [(&a_rest, &b_all), (&a_all, &b_rest)];
     let checked: BTreeSet<&(String, TermField)> = sides
         .iter()
         .filter(|(left, right)| !left.is_empty() && !right.is_empty())
@@ -780,6 +798,31 @@ async fn rest_matches<C: ConnectionTrait>(
         people.extend(more);
         people
     }))
+}
+
+/// The branches whose score, plus at most `others` from the other word, reaches
+/// `floor`. Scores are sums of products of the same constants, so a small tolerance
+/// keeps a tie at the floor.
+fn reaching(
+    branches: &[(String, TermField)],
+    scores: &[f64],
+    others: f64,
+    floor: f64,
+) -> Vec<(String, TermField)> {
+    branches
+        .iter()
+        .zip(scores)
+        .filter(|(_, score)| **score + others >= floor - 1e-9)
+        .map(|(branch, _)| branch.clone())
+        .collect()
+}
+
+/// The `n`-th best score of `ranked` (sorted best first), or -∞ when it has fewer.
+fn nth_score(ranked: &[Ranked], n: usize) -> f64 {
+    match n.checked_sub(1).and_then(|i| ranked.get(i)) {
+        Some(r) => r.score,
+        None => f64::NEG_INFINITY,
+    }
 }
 
 /// `ranked` (the exact scores of `scored`) with every other candidate of `people`
@@ -935,7 +978,8 @@ async fn rank_two_words_by_ranges<C: ConnectionTrait>(
         return Ok(Some(top));
     }
     let scored = people.clone();
-    let Some(in_rest) = rest_matches(db, lengths, tenant, a, b).await? else {
+    let floor = nth_score(&ranked, n);
+    let Some(in_rest) = rest_matches(db, lengths, tenant, a, b, floor).await? else {
         return Ok(None);
     };
     people.extend(in_rest);
@@ -978,7 +1022,7 @@ async fn rank_text_words<C: ConnectionTrait>(
         // A contact outside the pairs matches one of the words through its rest.
         let (in_pairs, in_rest) = futures::try_join!(
             contacts_of_branches(db, tenant, &pairs, CANDIDATE_POSTINGS),
-            rest_matches(db, lengths, tenant, a, b),
+            rest_matches(db, lengths, tenant, a, b, nth_score(&ranked, n)),
         )?;
         let (Some(mut people), Some(in_rest)) = (in_pairs, in_rest) else {
             return Ok(None);
@@ -1165,11 +1209,47 @@ mod tests {
         TextWord {
             paired: BTreeSet::new(),
             all: Vec::new(),
+            all_scores: Vec::new(),
             rest: Vec::new(),
+            rest_scores: Vec::new(),
             phone_prefix: None,
             best,
             best_rest,
         }
+    }
+
+    #[test]
+    fn only_postings_that_can_reach_the_floor_are_read() {
+        let branches = vec![
+            ("vera".to_owned(), TermField::EmailWord),
+            ("vertex".to_owned(), TermField::EmailWord),
+            ("verena".to_owned(), TermField::Tag),
+        ];
+        let scores = [0.9, 0.45, 0.95];
+        // With the other word at best 1.0, a floor of 1.9 keeps 0.9 (a tie) and 0.95.
+        let kept = reaching(&branches, &scores, 1.0, 1.9);
+        assert_eq!(kept, vec![branches[0].clone(), branches[2].clone()]);
+        // Without a floor every posting is read.
+        assert_eq!(
+            reaching(&branches, &scores, 0.0, f64::NEG_INFINITY),
+            branches
+        );
+    }
+
+    #[test]
+    fn the_floor_is_the_nth_score_once_there_are_n() {
+        let ranked: Vec<Ranked> = [1.95, 1.9, 1.5]
+            .iter()
+            .enumerate()
+            .map(|(i, score)| Ranked {
+                contact_id: format!("c{i}"),
+                score: *score,
+            })
+            .collect();
+        assert_eq!(nth_score(&ranked, 2), 1.9);
+        assert_eq!(nth_score(&ranked, 3), 1.5);
+        assert_eq!(nth_score(&ranked, 4), f64::NEG_INFINITY);
+        assert_eq!(nth_score(&ranked, 0), f64::NEG_INFINITY);
     }
 
     #[test]
