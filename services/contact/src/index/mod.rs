@@ -369,15 +369,14 @@ pub fn new_rows(tenant: &str, contacts: &[&Contact]) -> Vec<bulk::Rows> {
 fn attributes_of<'c>(
     contacts: &[&'c Contact],
 ) -> Vec<(&'c str, &'c BTreeMap<String, AttributeValue>)> {
-    static NONE: std::sync::LazyLock<BTreeMap<String, AttributeValue>> =
-        std::sync::LazyLock::new(BTreeMap::new);
+    static NONE: BTreeMap<String, AttributeValue> = BTreeMap::new();
     contacts
         .iter()
         .map(|c| {
             let attributes = if c.merged_into.is_empty() {
                 &c.attributes
             } else {
-                &*NONE
+                &NONE
             };
             (contact_id(c), attributes)
         })
