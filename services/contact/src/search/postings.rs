@@ -397,11 +397,9 @@ struct TextWord {
     paired: BTreeSet<String>,
     /// Every (term, field) of the word that has postings.
     all: Vec<(String, TermField)>,
-    /// The score each of `all` gives the word.
-    all_scores: Vec<f64>,
     rest: Vec<(String, TermField)>,
-    /// The score each of `rest` gives the word.
-    rest_scores: Vec<f64>,
+    /// The score each (term, field) of `all` gives the word.
+    scores: BTreeMap<(String, TermField), f64>,
     phone_prefix: Option<String>,
     /// The best score any posting of the word can give.
     best: f64,
@@ -492,9 +490,8 @@ fn text_words(
         let mut word = TextWord {
             paired,
             all: Vec::new(),
-            all_scores: Vec::new(),
             rest: Vec::new(),
-            rest_scores: Vec::new(),
+            scores: BTreeMap::new(),
             phone_prefix: phone_prefix.clone(),
             best: 0.0,
             best_rest: 0.0,
@@ -511,10 +508,9 @@ fn text_words(
                 let score = q * field_weight(field);
                 word.best = word.best.max(score);
                 word.all.push((term.clone(), field));
-                word.all_scores.push(score);
+                word.scores.insert((term.clone(), field), score);
                 if !(NAME_FIELDS.contains(&field) && word.paired.contains(term)) {
                     word.rest.push((term.clone(), field));
-                    word.rest_scores.push(score);
                     word.best_rest = word.best_rest.max(score);
                 }
             }
@@ -775,10 +771,10 @@ async fn rest_matches<C: ConnectionTrait>(
     // posting of `a` plus `b.best`, and their best posting of `b` plus `a.best_rest`:
     // a posting that cannot reach the floor either way is not read (a weak typo's
     // completion beside a page of exact name pairs).
-    let a_rest = reaching(&a.rest, &a.rest_scores, b.best, floor);
-    let b_all = reaching(&b.all, &b.all_scores, a.best_rest, floor);
-    let a_all = reaching(&a.all, &a.all_scores, b.best_rest, floor);
-    let b_rest = reaching(&b.rest, &b.rest_scores, a.best, floor);
+    let a_rest = reaching(&a.rest, &a.scores, b.best, floor);
+    let b_all = reaching(&b.all, &b.scores, a.best_rest, floor);
+    let a_all = reaching(&a.all, &a.scores, b.best_rest, floor);
+    let b_rest = reaching(&b.rest, &b.scores, a.best, floor);
     let sides = [(&a_rest, &b_all), (&a_all, &b_rest)];
     let checked: BTreeSet<&(String, TermField)> = sides
         .iter()
@@ -805,15 +801,18 @@ async fn rest_matches<C: ConnectionTrait>(
 /// keeps a tie at the floor.
 fn reaching(
     branches: &[(String, TermField)],
-    scores: &[f64],
+    scores: &BTreeMap<(String, TermField), f64>,
     others: f64,
     floor: f64,
 ) -> Vec<(String, TermField)> {
     branches
         .iter()
-        .zip(scores)
-        .filter(|(_, score)| **score + others >= floor - 1e-9)
-        .map(|(branch, _)| branch.clone())
+        .filter(|branch| {
+            scores
+                .get(*branch)
+                .is_some_and(|score| score + others >= floor - 1e-9)
+        })
+        .cloned()
         .collect()
 }
 
@@ -1209,9 +1208,8 @@ mod tests {
         TextWord {
             paired: BTreeSet::new(),
             all: Vec::new(),
-            all_scores: Vec::new(),
             rest: Vec::new(),
-            rest_scores: Vec::new(),
+            scores: BTreeMap::new(),
             phone_prefix: None,
             best,
             best_rest,
@@ -1225,7 +1223,8 @@ mod tests {
             ("vertex".to_owned(), TermField::EmailWord),
             ("verena".to_owned(), TermField::Tag),
         ];
-        let scores = [0.9, 0.45, 0.95];
+        let scores: BTreeMap<(String, TermField), f64> =
+            branches.iter().cloned().zip([0.9, 0.45, 0.95]).collect();
         // With the other word at best 1.0, a floor of 1.9 keeps 0.9 (a tie) and 0.95.
         let kept = reaching(&branches, &scores, 1.0, 1.9);
         assert_eq!(kept, vec![branches[0].clone(), branches[2].clone()]);
