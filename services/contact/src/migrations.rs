@@ -25,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(crate::index::migration::NamePairTerms),
             Box::new(crate::index::migration::TermsByContactCovering),
             Box::new(ListElementIndexes),
+            Box::new(crate::index::migration::ContactTermSetsMigration),
         ]
     }
 }

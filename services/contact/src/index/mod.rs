@@ -7,8 +7,8 @@ pub mod migration;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use sea_orm::ConnectionTrait;
 use sea_orm::sea_query::{Expr, ExprTrait, Query, SimpleExpr};
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use unicode_normalization::UnicodeNormalization as _;
 
 use crm_platform::ApiError;
@@ -20,7 +20,7 @@ use crm_proto::common::AttributeValue;
 use crm_proto::common::attribute_value::Kind;
 use crm_proto::contact::Contact;
 
-use migration::{ContactTerms, RecordAttributes, SearchVocabulary};
+use migration::{ContactTermSets, ContactTerms, RecordAttributes, SearchVocabulary};
 
 /// Which part of a contact a term came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -297,19 +297,7 @@ pub async fn write<C: ConnectionTrait>(
     let db = |e| from_db(e, "contact index");
     if rows == Rows::Replace {
         let ids: Vec<&str> = contacts.iter().map(|c| contact_id(c)).collect();
-        conn.execute(
-            &Query::delete()
-                .from_table(ContactTerms::Table)
-                .and_where(Expr::col(ContactTerms::TenantId).eq(tenant))
-                .and_where(any_text(
-                    conn.get_database_backend(),
-                    Expr::col(ContactTerms::ContactId),
-                    ids,
-                ))
-                .to_owned(),
-        )
-        .await
-        .map_err(db)?;
+        delete_terms(conn, tenant, &ids).await?;
         delete_attributes(conn, tenant, RecordKind::Contact, &attributes_of(contacts)).await?;
     }
     bulk::insert_all(conn, new_rows(tenant, contacts))
@@ -317,9 +305,91 @@ pub async fn write<C: ConnectionTrait>(
         .map_err(db)
 }
 
-/// The derived rows of contacts that have none yet: their search terms, the words
-/// they add to the vocabulary, and their indexed attributes, to insert (in this order)
-/// with `bulk::insert_all`.
+/// Deletes the contacts' postings, each by the primary key from the terms its term set
+/// lists, and the term sets. On Postgres one statement: the term sets' deletion feeds
+/// the postings' (both see the rows as they were before it).
+const DELETE_TERMS_POSTGRES: &str = "WITH gone AS (DELETE FROM contact_term_sets \
+     WHERE tenant_id = $1 AND contact_id = ANY($2) RETURNING contact_id, terms) \
+     DELETE FROM contact_terms t USING gone \
+     CROSS JOIN LATERAL jsonb_array_elements(gone.terms::jsonb) AS e(posting) \
+     WHERE t.tenant_id = $1 AND t.term = e.posting->>1 \
+     AND t.field = (e.posting->>0)::int2 AND t.contact_id = gone.contact_id";
+
+/// The postings half of [`DELETE_TERMS_POSTGRES`] on SQLite, before the contact ids'
+/// placeholders and the closing parenthesis.
+const DELETE_POSTINGS_SQLITE: &str = "DELETE FROM contact_terms WHERE tenant_id = ? \
+     AND (term, field, contact_id) IN (SELECT json_extract(e.value, '$[1]'), \
+     json_extract(e.value, '$[0]'), s.contact_id \
+     FROM contact_term_sets s, json_each(s.terms) e \
+     WHERE s.tenant_id = ? AND s.contact_id IN (";
+
+async fn delete_terms<C: ConnectionTrait>(
+    conn: &C,
+    tenant: &str,
+    ids: &[&str],
+) -> Result<(), ApiError> {
+    let db = |e| from_db(e, "contact index");
+    let backend = conn.get_database_backend();
+    if backend == DbBackend::Postgres {
+        let ids: Vec<String> = ids.iter().map(|id| (*id).to_owned()).collect();
+        conn.execute_raw(Statement::from_sql_and_values(
+            backend,
+            DELETE_TERMS_POSTGRES,
+            [tenant.into(), ids.into()],
+        ))
+        .await
+        .map_err(db)?;
+        return Ok(());
+    }
+    let marks = vec!["?"; ids.len()].join(", ");
+    let mut values: Vec<sea_orm::Value> = vec![tenant.into(), tenant.into()];
+    values.extend(ids.iter().map(|id| (*id).into()));
+    conn.execute_raw(Statement::from_sql_and_values(
+        backend,
+        format!("{DELETE_POSTINGS_SQLITE}{marks}))"),
+        values,
+    ))
+    .await
+    .map_err(db)?;
+    conn.execute(
+        &Query::delete()
+            .from_table(ContactTermSets::Table)
+            .and_where(Expr::col(ContactTermSets::TenantId).eq(tenant))
+            .and_where(any_text(
+                backend,
+                Expr::col(ContactTermSets::ContactId),
+                ids.iter().copied(),
+            ))
+            .to_owned(),
+    )
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+/// A contact's terms as `contact_term_sets` holds them: JSON `[[field, "term"], …]`.
+pub fn encode_term_set(terms: &BTreeSet<(String, TermField)>) -> String {
+    let entries: Vec<(i16, &str)> = terms
+        .iter()
+        .map(|(term, field)| (field.code(), term.as_str()))
+        .collect();
+    // A list of numbers and strings always serialises.
+    serde_json::to_string(&entries).unwrap_or_default()
+}
+
+/// The terms of a stored term set; entries of a field this version does not know are
+/// left out, as a posting of one would be.
+pub fn decode_term_set(text: &str) -> Result<Vec<(String, TermField)>, ApiError> {
+    let entries: Vec<(i16, String)> = serde_json::from_str(text).map_err(ApiError::internal)?;
+    Ok(entries
+        .into_iter()
+        .filter_map(|(code, term)| TermField::from_code(code).map(|field| (term, field)))
+        .collect())
+}
+
+/// The derived rows of contacts that have none yet: their search terms (postings, and
+/// one term set per contact that has any), the words they add to the vocabulary, and
+/// their indexed attributes, to insert (in this order) with `bulk::insert_all`.
 pub fn new_rows(tenant: &str, contacts: &[&Contact]) -> Vec<bulk::Rows> {
     let mut term_insert = bulk::Rows::new(
         ContactTerms::Table,
@@ -330,11 +400,27 @@ pub fn new_rows(tenant: &str, contacts: &[&Contact]) -> Vec<bulk::Rows> {
             ContactTerms::ContactId,
         ],
     );
+    let mut term_sets = bulk::Rows::new(
+        ContactTermSets::Table,
+        [
+            ContactTermSets::TenantId,
+            ContactTermSets::ContactId,
+            ContactTermSets::Terms,
+        ],
+    );
     let mut vocabulary = BTreeSet::new();
     let mut postings: Vec<(String, TermField, &str)> = Vec::new();
     for contact in contacts {
         let id = contact_id(contact);
-        for (term, field) in terms(contact) {
+        let terms = terms(contact);
+        if !terms.is_empty() {
+            term_sets.push(vec![
+                tenant.into(),
+                id.into(),
+                encode_term_set(&terms).into(),
+            ]);
+        }
+        for (term, field) in terms {
             if field.in_vocabulary() {
                 vocabulary.insert(term.clone());
             }
@@ -361,7 +447,7 @@ pub fn new_rows(tenant: &str, contacts: &[&Contact]) -> Vec<bulk::Rows> {
         vocabulary_insert.push(vec![tenant.into(), term.into()]);
     }
     let attributes = attribute_rows(tenant, RecordKind::Contact, &attributes_of(contacts));
-    vec![term_insert, vocabulary_insert, attributes]
+    vec![term_insert, term_sets, vocabulary_insert, attributes]
 }
 
 /// Each contact's id and the attributes to index: none for a tombstone, which is never
@@ -602,6 +688,27 @@ fn record_attribute_condition(
 mod tests {
     use super::*;
     use crm_proto::contact::{EmailAddress, PhoneNumber};
+
+    #[test]
+    fn a_term_set_decodes_to_its_terms() {
+        let terms: BTreeSet<(String, TermField)> = [
+            ("anna".to_owned(), TermField::GivenName),
+            ("o'brien \"jr\"".to_owned(), TermField::FamilyName),
+            ("müller anna".to_owned(), TermField::FamilyGivenPair),
+            ("41791234567".to_owned(), TermField::Phone),
+        ]
+        .into();
+        let encoded = encode_term_set(&terms);
+        let decoded: BTreeSet<(String, TermField)> = decode_term_set(&encoded)
+            .expect("decodes")
+            .into_iter()
+            .collect();
+        assert_eq!(decoded, terms);
+        // A field this version does not know is left out; a damaged set is an error.
+        let unknown = decode_term_set(r#"[[1,"anna"],[99,"x"]]"#).expect("decodes");
+        assert_eq!(unknown, vec![("anna".to_owned(), TermField::GivenName)]);
+        assert!(decode_term_set("[[1,").is_err());
+    }
 
     #[test]
     fn folds_accents_and_case() {

@@ -29,7 +29,7 @@ use crm_platform::lookup::any_text;
 
 use super::lengths::ListLengths;
 use super::{PREFIX_QUALITY, Ranked, TEXT_FIELDS, WordPlan, field_weight, ranking};
-use crate::index::migration::ContactTerms;
+use crate::index::migration::{ContactTermSets, ContactTerms};
 use crate::index::{self, TermField};
 
 /// Branches of one word read in the first round; the rest only when the first round
@@ -1090,37 +1090,30 @@ async fn score_people<C: ConnectionTrait>(
         return Ok(Vec::new());
     }
     let select = Query::select()
-        .columns([
-            ContactTerms::ContactId,
-            ContactTerms::Term,
-            ContactTerms::Field,
-        ])
-        .from(ContactTerms::Table)
-        .and_where(Expr::col(ContactTerms::TenantId).eq(tenant))
+        .columns([ContactTermSets::ContactId, ContactTermSets::Terms])
+        .from(ContactTermSets::Table)
+        .and_where(Expr::col(ContactTermSets::TenantId).eq(tenant))
         .and_where(any_text(
             db.get_database_backend(),
-            Expr::col(ContactTerms::ContactId),
+            Expr::col(ContactTermSets::ContactId),
             people.iter().map(String::as_str),
         ))
         .to_owned();
     let rows = db.query_all(&select).await.map_err(db_error)?;
-    // Per contact, the best score of each word so far.
+    // Per contact, the best score of each word.
     let mut best: HashMap<String, Vec<Option<f64>>> = HashMap::new();
     for row in rows {
         let contact_id: String = row.try_get_by_index(0).map_err(ApiError::internal)?;
-        let term: String = row.try_get_by_index(1).map_err(ApiError::internal)?;
-        let code: i16 = row.try_get_by_index(2).map_err(ApiError::internal)?;
-        let Some(field) = TermField::from_code(code) else {
-            continue;
-        };
-        let scores = best
-            .entry(contact_id)
-            .or_insert_with(|| vec![None; plans.len()]);
-        for (plan, best_score) in plans.iter().zip(scores.iter_mut()) {
-            if let Some(score) = plan.score(&term, field) {
-                *best_score = Some(best_score.map_or(score, |b: f64| b.max(score)));
+        let terms: String = row.try_get_by_index(1).map_err(ApiError::internal)?;
+        let mut scores = vec![None; plans.len()];
+        for (term, field) in index::decode_term_set(&terms)? {
+            for (plan, best_score) in plans.iter().zip(scores.iter_mut()) {
+                if let Some(score) = plan.score(&term, field) {
+                    *best_score = Some(best_score.map_or(score, |b: f64| b.max(score)));
+                }
             }
         }
+        best.insert(contact_id, scores);
     }
     Ok(best
         .into_iter()

@@ -1,7 +1,7 @@
 //! SearchContacts on a seeded data set with typos, prefixes, accents, emails, phones
 //! and tags; and `attributes.<key>` filters on ListContacts.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crm_proto::common::{AttributeValue, attribute_value};
 use crm_proto::contact::*;
@@ -741,3 +741,167 @@ async fn a_word_being_typed_beside_another_ranks_as_the_full_ranking() {
     )
     .await;
 }
+
+/// Each contact's term set (`contact_term_sets`), decoded, and its postings
+/// (`contact_terms`), as sets of (term, field) per contact id.
+async fn term_sets_and_postings(
+    db: &sea_orm::DatabaseConnection,
+) -> (
+    BTreeMap<String, BTreeSet<(String, i16)>>,
+    BTreeMap<String, BTreeSet<(String, i16)>>,
+) {
+    let backend = db.get_database_backend();
+    let mut sets: BTreeMap<String, BTreeSet<(String, i16)>> = BTreeMap::new();
+    for row in db
+        .query_all_raw(sea_orm::Statement::from_string(
+            backend,
+            "SELECT contact_id, terms FROM contact_term_sets",
+        ))
+        .await
+        .expect("read term sets")
+    {
+        let id: String = row.try_get_by_index(0).expect("contact_id");
+        let terms: String = row.try_get_by_index(1).expect("terms");
+        let decoded = crm_contact::index::decode_term_set(&terms).expect("a term set decodes");
+        assert!(!decoded.is_empty(), "an empty term set is not stored: {id}");
+        let entry = sets.entry(id).or_default();
+        for (term, field) in decoded {
+            entry.insert((term, field.code()));
+        }
+    }
+    let mut postings: BTreeMap<String, BTreeSet<(String, i16)>> = BTreeMap::new();
+    for row in db
+        .query_all_raw(sea_orm::Statement::from_string(
+            backend,
+            "SELECT contact_id, term, field FROM contact_terms",
+        ))
+        .await
+        .expect("read postings")
+    {
+        let id: String = row.try_get_by_index(0).expect("contact_id");
+        let term: String = row.try_get_by_index(1).expect("term");
+        let field: i16 = row.try_get_by_index(2).expect("field");
+        postings.entry(id).or_default().insert((term, field));
+    }
+    (sets, postings)
+}
+
+/// Every write keeps a contact's term set equal to its postings (updates, merges,
+/// deletion and undeletion, erasure rewrite them through it), and the migration's
+/// backfill derives the same sets from the postings.
+async fn term_sets_list_exactly_the_postings(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut client = server.client().await;
+    let token = admin("acme");
+    let seeded = seed(&mut client, &token).await;
+    let anna = create(
+        &mut client,
+        &token,
+        person("Anna-Lena", "Müller-Meier", "al@example.com"),
+    )
+    .await;
+    let twin = create(
+        &mut client,
+        &token,
+        person("Anna-Lena", "Muller-Meier", "al.mm@example.com"),
+    )
+    .await;
+    let mut options = sea_orm::ConnectOptions::new(server.database_url.clone());
+    if backend == Backend::Postgres {
+        options.set_schema_search_path("crm_contact");
+    }
+    let db = sea_orm::Database::connect(options).await.expect("connect");
+    let (before, _) = term_sets_and_postings(&db).await;
+    let anna_id = anna.name.trim_start_matches("contacts/").to_owned();
+    let old_anna = before.get(&anna_id).cloned().expect("anna's term set");
+
+    client
+        .update_contact(authed(
+            UpdateContactRequest {
+                contact: Some(Contact {
+                    name: anna.name.clone(),
+                    family_name: "Brunner".into(),
+                    tags: vec!["board".into()],
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["family_name".into(), "tags".into()],
+                }),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .expect("update");
+    client
+        .merge_contacts(authed(
+            MergeContactsRequest {
+                winner: anna.name.clone(),
+                losers: vec![twin.name.clone()],
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .expect("merge");
+    let some_seeded = seeded.values().next().expect("a seeded contact").clone();
+    for delete in [true, false] {
+        let outcome = if delete {
+            client
+                .delete_contact(authed(
+                    DeleteContactRequest {
+                        name: some_seeded.clone(),
+                        ..Default::default()
+                    },
+                    &token,
+                ))
+                .await
+                .map(|_| ())
+        } else {
+            client
+                .undelete_contact(authed(
+                    UndeleteContactRequest {
+                        name: some_seeded.clone(),
+                        ..Default::default()
+                    },
+                    &token,
+                ))
+                .await
+                .map(|_| ())
+        };
+        outcome.expect("delete, then undelete");
+    }
+
+    let (sets, postings) = term_sets_and_postings(&db).await;
+    assert_eq!(sets, postings, "term sets list exactly the postings");
+    let twin_id = twin.name.trim_start_matches("contacts/").to_owned();
+    assert!(!sets.contains_key(&twin_id), "a merged loser has no terms");
+    let new_anna = sets.get(&anna_id).expect("anna's new term set");
+    assert!(
+        new_anna.contains(&("brunner".to_owned(), 2)),
+        "{new_anna:?}"
+    );
+    assert!(new_anna.contains(&("board".to_owned(), 7)), "{new_anna:?}");
+    assert!(
+        !new_anna.contains(&("meier".to_owned(), 2)),
+        "the old family name's postings are gone: {new_anna:?}"
+    );
+    assert_ne!(&old_anna, new_anna);
+    let seeded_id = some_seeded.trim_start_matches("contacts/").to_owned();
+    assert!(sets.contains_key(&seeded_id), "undeleted terms are back");
+
+    // The migration's backfill gives the same sets from the postings.
+    db.execute_unprepared("DELETE FROM contact_term_sets")
+        .await
+        .expect("drop term sets");
+    db.execute_unprepared(match backend {
+        Backend::Postgres => crm_contact::index::migration::TERM_SETS_BACKFILL_POSTGRES,
+        _ => crm_contact::index::migration::TERM_SETS_BACKFILL_SQLITE,
+    })
+    .await
+    .expect("backfill");
+    let (backfilled, _) = term_sets_and_postings(&db).await;
+    assert_eq!(backfilled, sets);
+    server.finish().await;
+}
+on_both_backends!(term_sets_list_exactly_the_postings);
