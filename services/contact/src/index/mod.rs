@@ -307,13 +307,18 @@ pub async fn write<C: ConnectionTrait>(
 
 /// Deletes the contacts' postings, each by the primary key from the terms its term set
 /// lists, and the term sets. On Postgres one statement: the term sets' deletion feeds
-/// the postings' (both see the rows as they were before it).
+/// the postings' (both see the rows as they were before it). The postings' keys are
+/// materialised as one relation so that each probe of the primary key has all four
+/// columns; joined straight to the JSON elements, the planner probed by (term, field)
+/// and filtered the contact id, reading every posting of a common term.
 const DELETE_TERMS_POSTGRES: &str = "WITH gone AS (DELETE FROM contact_term_sets \
-     WHERE tenant_id = $1 AND contact_id = ANY($2) RETURNING contact_id, terms) \
-     DELETE FROM contact_terms t USING gone \
-     CROSS JOIN LATERAL jsonb_array_elements(gone.terms::jsonb) AS e(posting) \
-     WHERE t.tenant_id = $1 AND t.term = e.posting->>1 \
-     AND t.field = (e.posting->>0)::int2 AND t.contact_id = gone.contact_id";
+     WHERE tenant_id = $1 AND contact_id = ANY($2) RETURNING contact_id, terms), \
+     postings AS MATERIALIZED (SELECT gone.contact_id, e.posting->>1 AS term, \
+     (e.posting->>0)::int2 AS field FROM gone \
+     CROSS JOIN LATERAL jsonb_array_elements(gone.terms::jsonb) AS e(posting)) \
+     DELETE FROM contact_terms t USING postings p \
+     WHERE t.tenant_id = $1 AND t.term = p.term AND t.field = p.field \
+     AND t.contact_id = p.contact_id";
 
 /// The postings half of [`DELETE_TERMS_POSTGRES`] on SQLite, before the contact ids'
 /// placeholders and the closing parenthesis.
