@@ -321,10 +321,11 @@ const DELETE_TERMS_POSTGRES: &str = "WITH gone AS (DELETE FROM contact_term_sets
      AND t.contact_id = p.contact_id";
 
 /// The postings half of [`DELETE_TERMS_POSTGRES`] on SQLite, before the contact ids'
-/// placeholders and the closing parenthesis.
+/// placeholders and the closing parenthesis. The casts give the JSON values the
+/// columns' types, so that SQLite probes the primary key by all four columns.
 const DELETE_POSTINGS_SQLITE: &str = "DELETE FROM contact_terms WHERE tenant_id = ? \
-     AND (term, field, contact_id) IN (SELECT json_extract(e.value, '$[1]'), \
-     json_extract(e.value, '$[0]'), s.contact_id \
+     AND (term, field, contact_id) IN (SELECT CAST(json_extract(e.value, '$[1]') AS TEXT), \
+     CAST(json_extract(e.value, '$[0]') AS INTEGER), s.contact_id \
      FROM contact_term_sets s, json_each(s.terms) e \
      WHERE s.tenant_id = ? AND s.contact_id IN (";
 
