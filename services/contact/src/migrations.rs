@@ -26,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(crate::index::migration::TermsByContactCovering),
             Box::new(ListElementIndexes),
             Box::new(crate::index::migration::ContactTermSetsMigration),
+            Box::new(crate::index::migration::TermsInCodePointOrder),
         ]
     }
 }

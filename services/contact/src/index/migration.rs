@@ -362,3 +362,41 @@ impl MigrationTrait for ContactTermSetsMigration {
         Ok(())
     }
 }
+
+/// Puts the terms of the index in code point order (`COLLATE "C"`) on Postgres. A
+/// prefix is looked up as the range from it to `ranking::prefix_end`, which is right in
+/// code point order only: under a language's collation (`en_US.UTF-8`, the default of
+/// many servers) spaces and punctuation sort apart, so a range could miss pair terms
+/// and addresses that start with the prefix. It also makes every comparison of the
+/// terms' B-trees a byte comparison instead of a locale's. SQLite compares bytes
+/// already.
+pub struct TermsInCodePointOrder;
+
+impl MigrationName for TermsInCodePointOrder {
+    fn name(&self) -> &str {
+        "m0014_terms_in_code_point_order"
+    }
+}
+
+/// The statements of [`TermsInCodePointOrder`]: each rebuilds the indexes on the column,
+/// not the table.
+pub const TERMS_IN_CODE_POINT_ORDER: [&str; 2] = [
+    "ALTER TABLE contact_terms ALTER COLUMN term TYPE varchar(254) COLLATE \"C\"",
+    "ALTER TABLE search_vocabulary ALTER COLUMN term TYPE varchar(254) COLLATE \"C\"",
+];
+
+#[async_trait::async_trait]
+impl MigrationTrait for TermsInCodePointOrder {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        if manager.get_database_backend() != sea_orm::DbBackend::Postgres {
+            return Ok(());
+        }
+        for statement in TERMS_IN_CODE_POINT_ORDER {
+            manager
+                .get_connection()
+                .execute_unprepared(statement)
+                .await?;
+        }
+        Ok(())
+    }
+}

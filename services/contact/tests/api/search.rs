@@ -902,6 +902,34 @@ async fn term_sets_list_exactly_the_postings(backend: Backend) {
     .expect("backfill");
     let (backfilled, _) = term_sets_and_postings(&db).await;
     assert_eq!(backfilled, sets);
+
+    // Prefix ranges of terms are right in code point order only: on Postgres the terms
+    // are compared so whatever the database's own collation.
+    if backend == Backend::Postgres {
+        let collations = db
+            .query_all_raw(sea_orm::Statement::from_string(
+                db.get_database_backend(),
+                "SELECT table_name, collation_name FROM information_schema.columns \
+                 WHERE table_schema = 'crm_contact' AND column_name = 'term' \
+                 ORDER BY table_name",
+            ))
+            .await
+            .expect("read collations")
+            .iter()
+            .map(|row| {
+                let table: String = row.try_get_by_index(0).expect("table");
+                let collation: String = row.try_get_by_index(1).expect("collation");
+                (table, collation)
+            })
+            .collect::<Vec<_>>();
+        assert_eq!(
+            collations,
+            [
+                ("contact_terms".to_owned(), "C".to_owned()),
+                ("search_vocabulary".to_owned(), "C".to_owned()),
+            ]
+        );
+    }
     server.finish().await;
 }
 on_both_backends!(term_sets_list_exactly_the_postings);
