@@ -1100,31 +1100,24 @@ async fn score_people<C: ConnectionTrait>(
         ))
         .to_owned();
     let rows = db.query_all(&select).await.map_err(db_error)?;
-    // Per contact, the best score of each word.
-    let mut best: HashMap<String, Vec<Option<f64>>> = HashMap::new();
+    // One term set per contact: its best score of each word, summed.
+    let mut ranked = Vec::with_capacity(rows.len());
     for row in rows {
         let contact_id: String = row.try_get_by_index(0).map_err(ApiError::internal)?;
         let terms: String = row.try_get_by_index(1).map_err(ApiError::internal)?;
-        let mut scores = vec![None; plans.len()];
+        let mut best = vec![None; plans.len()];
         for (term, field) in index::decode_term_set(&terms)? {
-            for (plan, best_score) in plans.iter().zip(scores.iter_mut()) {
+            for (plan, best_score) in plans.iter().zip(best.iter_mut()) {
                 if let Some(score) = plan.score(&term, field) {
                     *best_score = Some(best_score.map_or(score, |b: f64| b.max(score)));
                 }
             }
         }
-        best.insert(contact_id, scores);
+        if let Some(score) = best.into_iter().sum::<Option<f64>>() {
+            ranked.push(Ranked { contact_id, score });
+        }
     }
-    Ok(best
-        .into_iter()
-        .filter_map(|(contact_id, scores)| {
-            let total = scores.into_iter().sum::<Option<f64>>()?;
-            Some(Ranked {
-                contact_id,
-                score: total,
-            })
-        })
-        .collect())
+    Ok(ranked)
 }
 
 /// The top `n` contacts for the plans, scored as sums over the words; `None` when
