@@ -11,8 +11,8 @@
 use sea_orm::sea_query::value::ArrayType;
 use sea_orm::sea_query::{DynIden, IntoIden, OnConflict, Query};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue, ConnectionTrait, DbBackend, DbErr, EntityTrait, Iterable,
-    Statement, Value,
+    ActiveModelTrait, ActiveValue, ConnectionTrait, DatabaseConnection, DbBackend, DbErr,
+    EntityTrait, Iterable, Statement, Value,
 };
 
 /// Rows per Postgres statement: bounds the memory of one statement's arrays.
@@ -200,16 +200,8 @@ fn check_widths(rows: &Rows) -> Result<(), DbErr> {
 /// (a contact, its search terms and its event) costs one round trip instead of one per
 /// table. Otherwise, and on SQLite, the tables are inserted one after the other.
 pub async fn insert_all<C: ConnectionTrait>(conn: &C, tables: Vec<Rows>) -> Result<(), DbErr> {
-    let tables: Vec<Rows> = tables.into_iter().filter(|t| !t.is_empty()).collect();
-    for table in &tables {
-        check_widths(table)?;
-    }
-    let together = conn.get_database_backend() == DbBackend::Postgres
-        && tables.len() > 1
-        && tables
-            .iter()
-            .all(|t| t.rows.len() <= POSTGRES_ROWS_PER_STATEMENT);
-    if !together {
+    let tables = non_empty_checked(tables)?;
+    if !fit_one_statement(conn.get_database_backend(), &tables) {
         for table in tables {
             insert(conn, table).await?;
         }
@@ -217,6 +209,43 @@ pub async fn insert_all<C: ConnectionTrait>(conn: &C, tables: Vec<Rows>) -> Resu
     }
     conn.execute_raw(together_statement(tables)?).await?;
     Ok(())
+}
+
+/// [`insert_all`], all or nothing. When the rows fit one statement (Postgres), that
+/// statement alone is atomic and runs without `BEGIN` and `COMMIT`, two round trips
+/// fewer; otherwise the inserts run in a write transaction.
+pub async fn insert_all_atomically(
+    db: &DatabaseConnection,
+    tables: Vec<Rows>,
+) -> Result<(), DbErr> {
+    let tables = non_empty_checked(tables)?;
+    if fit_one_statement(db.get_database_backend(), &tables) {
+        db.execute_raw(together_statement(tables)?).await?;
+        return Ok(());
+    }
+    let txn = crate::events::begin_write(db).await?;
+    for table in tables {
+        insert(&txn, table).await?;
+    }
+    txn.commit().await
+}
+
+fn non_empty_checked(tables: Vec<Rows>) -> Result<Vec<Rows>, DbErr> {
+    let tables: Vec<Rows> = tables.into_iter().filter(|t| !t.is_empty()).collect();
+    for table in &tables {
+        check_widths(table)?;
+    }
+    Ok(tables)
+}
+
+/// Whether several tables' rows go into one statement: on Postgres, when each table's
+/// rows fit one.
+fn fit_one_statement(backend: DbBackend, tables: &[Rows]) -> bool {
+    backend == DbBackend::Postgres
+        && tables.len() > 1
+        && tables
+            .iter()
+            .all(|t| t.rows.len() <= POSTGRES_ROWS_PER_STATEMENT)
 }
 
 /// One Postgres statement inserting every table's rows (each table's fitting one

@@ -204,8 +204,6 @@ fn ensure_sqlite_dir(url: &str) -> Result<(), DbSetupError> {
     Ok(())
 }
 
-/// Creates the database named in `url` if it does not exist, through the `postgres`
-/// maintenance database of the same server.
 /// Creates the Postgres database `url` names if it does not exist (for `{service}`
 /// URLs, and for tools such as `crm bench` that start services on a new database).
 pub async fn ensure_postgres_database(config: &Config, url: &str) -> Result<(), DbSetupError> {

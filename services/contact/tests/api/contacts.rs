@@ -199,6 +199,81 @@ async fn crud_happy_path(backend: Backend) {
 }
 on_both_backends!(crud_happy_path);
 
+/// A create that fails (its contact id is taken) leaves nothing behind: no second row,
+/// no search terms and no event of its own. On Postgres a create without a request id
+/// is one statement with no transaction around it, so this is that statement's
+/// atomicity.
+async fn failed_create_writes_nothing(backend: Backend) {
+    use sea_orm::{ConnectionTrait as _, Statement};
+    let server = TestServer::start(backend).await;
+    let mut client = server.client().await;
+    let token = admin("acme");
+    let id = uuid::Uuid::now_v7().to_string();
+    let create_with_id = |contact: Contact| CreateContactRequest {
+        contact: Some(contact),
+        contact_id: id.clone(),
+        ..Default::default()
+    };
+    client
+        .create_contact(authed(
+            create_with_id(person("Ana", "Lopez", "ana@first.example")),
+            &token,
+        ))
+        .await
+        .unwrap();
+    let taken = client
+        .create_contact(authed(
+            create_with_id(person("Zebulon", "Quist", "zebulon@second.example")),
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(taken.code(), Code::AlreadyExists, "{taken:?}");
+
+    let db = server.database().await;
+    let count = |sql: &str| {
+        let statement = Statement::from_string(db.get_database_backend(), sql.to_owned());
+        let db = &db;
+        async move {
+            let row = db.query_one_raw(statement).await.unwrap().unwrap();
+            row.try_get_by_index::<i64>(0).unwrap()
+        }
+    };
+    assert_eq!(
+        count(&format!("SELECT COUNT(*) FROM contacts WHERE id = '{id}'")).await,
+        1
+    );
+    assert_eq!(
+        count(&format!(
+            "SELECT COUNT(*) FROM outbox WHERE resource_name = 'contacts/{id}'"
+        ))
+        .await,
+        1,
+        "only the first create's event"
+    );
+    assert_eq!(
+        count(
+            "SELECT COUNT(*) FROM contact_terms WHERE term LIKE 'zebulon%' OR term LIKE 'quist%'"
+        )
+        .await,
+        0,
+        "no search terms of the refused contact"
+    );
+    let stored = client
+        .get_contact(authed(
+            GetContactRequest {
+                name: format!("contacts/{id}"),
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stored.given_name, "Ana");
+    server.finish().await;
+}
+on_both_backends!(failed_create_writes_nothing);
+
 fn violated_fields(status: &tonic::Status) -> Vec<String> {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     let info = status.get_details_error_info().expect("ErrorInfo");

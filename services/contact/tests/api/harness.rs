@@ -170,6 +170,15 @@ impl TestServer {
         ContactServiceClient::new(self.channel().await)
     }
 
+    /// A connection of its own to the contact service's database, to read its tables.
+    pub async fn database(&self) -> sea_orm::DatabaseConnection {
+        let mut options = sea_orm::ConnectOptions::new(self.database_url.clone());
+        if self.postgres_db.is_some() {
+            options.set_schema_search_path("crm_contact");
+        }
+        Database::connect(options).await.expect("connect")
+    }
+
     /// Triggers graceful shutdown; `finish` waits for it.
     pub fn begin_shutdown(&mut self) {
         if let Some(tx) = self.shutdown.take() {

@@ -626,15 +626,6 @@ async fn many_word_names_beside_a_long_family_rank_as_the_full_ranking() {
     .await;
 }
 
-/// A connection of its own to the contact service's database, to read its tables.
-async fn contact_database(server: &TestServer, backend: Backend) -> sea_orm::DatabaseConnection {
-    let mut options = sea_orm::ConnectOptions::new(server.database_url.clone());
-    if backend == Backend::Postgres {
-        options.set_schema_search_path("crm_contact");
-    }
-    sea_orm::Database::connect(options).await.expect("connect")
-}
-
 /// Contacts stored before the name-pair terms get them from the migration, the same
 /// rows as a write derives.
 async fn name_pairs_of_stored_contacts_are_backfilled(backend: Backend) {
@@ -648,7 +639,7 @@ async fn name_pairs_of_stored_contacts_are_backfilled(backend: Backend) {
         person("Anna-Lena", "Müller-Meier", "al@example.com"),
     )
     .await;
-    let db = contact_database(&server, backend).await;
+    let db = server.database().await;
     let pairs = || async {
         db.query_all_raw(sea_orm::Statement::from_string(
             db.get_database_backend(),
@@ -811,7 +802,7 @@ async fn term_sets_list_exactly_the_postings(backend: Backend) {
         person("Anna-Lena", "Muller-Meier", "al.mm@example.com"),
     )
     .await;
-    let db = contact_database(&server, backend).await;
+    let db = server.database().await;
     let (before, _) = term_sets_and_postings(&db).await;
     let anna_id = anna.name.trim_start_matches("contacts/").to_owned();
     let old_anna = before.get(&anna_id).cloned().expect("anna's term set");

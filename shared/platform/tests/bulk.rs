@@ -1,0 +1,95 @@
+//! `bulk::insert_all_atomically` against real databases: every table's rows are written,
+//! or, when any row is refused, none. On Postgres the rows go in one statement without a
+//! transaction around it; on SQLite, table by table in a write transaction.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use crm_platform::bulk::{Rows, insert_all_atomically};
+use sea_orm::sea_query::Alias;
+use sea_orm::{ConnectionTrait as _, Database, DatabaseConnection, Statement};
+
+fn postgres_base() -> String {
+    std::env::var("CRM_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// Two tables; `second` already holds the id "taken".
+async fn prepare(db: &DatabaseConnection) {
+    for sql in [
+        "CREATE TABLE first (id TEXT PRIMARY KEY, note TEXT)",
+        "CREATE TABLE second (id TEXT PRIMARY KEY)",
+        "INSERT INTO second (id) VALUES ('taken')",
+    ] {
+        db.execute_unprepared(sql).await.unwrap();
+    }
+}
+
+fn tables(first_ids: &[&str], second_ids: &[&str]) -> Vec<Rows> {
+    let mut first = Rows::new(Alias::new("first"), [Alias::new("id"), Alias::new("note")]);
+    for id in first_ids {
+        first.push(vec![(*id).into(), format!("note of {id}").into()]);
+    }
+    let mut second = Rows::new(Alias::new("second"), [Alias::new("id")]);
+    for id in second_ids {
+        second.push(vec![(*id).into()]);
+    }
+    vec![first, second]
+}
+
+async fn ids(db: &DatabaseConnection, table: &str) -> Vec<String> {
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            format!("SELECT id FROM {table} ORDER BY id"),
+        ))
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|row| row.try_get_by_index::<String>(0).unwrap())
+        .collect()
+}
+
+async fn all_or_nothing(db: &DatabaseConnection) {
+    prepare(db).await;
+    // A refused row in the last table: the first table's rows must not stay.
+    let refused = insert_all_atomically(db, tables(&["a", "b"], &["new", "taken"])).await;
+    assert!(refused.is_err(), "a duplicate key is refused");
+    assert!(
+        ids(db, "first").await.is_empty(),
+        "nothing of the refused write"
+    );
+    assert_eq!(ids(db, "second").await, ["taken"]);
+
+    insert_all_atomically(db, tables(&["a", "b"], &["new"]))
+        .await
+        .unwrap();
+    assert_eq!(ids(db, "first").await, ["a", "b"]);
+    assert_eq!(ids(db, "second").await, ["new", "taken"]);
+}
+
+#[tokio::test]
+async fn sqlite_writes_every_table_or_none() {
+    let db = Database::connect("sqlite::memory:").await.unwrap();
+    all_or_nothing(&db).await;
+}
+
+#[tokio::test]
+async fn postgres_writes_every_table_or_none() {
+    let name = format!("crm_test_bulk_{}", uuid::Uuid::now_v7().simple());
+    let admin = Database::connect(format!("{}/postgres", postgres_base()))
+        .await
+        .expect("Postgres must be running for the Postgres tests (CRM_TEST_POSTGRES_URL)");
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+        .await
+        .unwrap();
+    let db = Database::connect(format!("{}/{name}", postgres_base()))
+        .await
+        .unwrap();
+    all_or_nothing(&db).await;
+    db.close().await.unwrap();
+    admin
+        .execute_unprepared(&format!("DROP DATABASE \"{name}\""))
+        .await
+        .unwrap();
+}
