@@ -200,9 +200,8 @@ async fn crud_happy_path(backend: Backend) {
 on_both_backends!(crud_happy_path);
 
 /// A create that fails (its contact id is taken) leaves nothing behind: no second row,
-/// no search terms and no event of its own. On Postgres a create without a request id
-/// is one statement with no transaction around it, so this is that statement's
-/// atomicity.
+/// no search terms and no event of its own. (That a refusal in a later table undoes the
+/// earlier ones, with or without a transaction, is `shared/platform/tests/bulk.rs`.)
 async fn failed_create_writes_nothing(backend: Backend) {
     use sea_orm::{ConnectionTrait as _, Statement};
     let server = TestServer::start(backend).await;
