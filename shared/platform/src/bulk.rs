@@ -200,8 +200,12 @@ fn check_widths(rows: &Rows) -> Result<(), DbErr> {
 /// (a contact, its search terms and its event) costs one round trip instead of one per
 /// table. Otherwise, and on SQLite, the tables are inserted one after the other.
 pub async fn insert_all<C: ConnectionTrait>(conn: &C, tables: Vec<Rows>) -> Result<(), DbErr> {
-    let tables = non_empty_checked(tables)?;
-    if !fit_one_statement(conn.get_database_backend(), &tables) {
+    let together = fit_one_statement(conn.get_database_backend(), &tables);
+    let tables: Vec<Rows> = tables.into_iter().filter(|t| !t.is_empty()).collect();
+    for table in &tables {
+        check_widths(table)?;
+    }
+    if !together {
         for table in tables {
             insert(conn, table).await?;
         }
@@ -218,34 +222,21 @@ pub async fn insert_all_atomically(
     db: &DatabaseConnection,
     tables: Vec<Rows>,
 ) -> Result<(), DbErr> {
-    let tables = non_empty_checked(tables)?;
     if fit_one_statement(db.get_database_backend(), &tables) {
-        db.execute_raw(together_statement(tables)?).await?;
-        return Ok(());
+        return insert_all(db, tables).await;
     }
     let txn = crate::events::begin_write(db).await?;
-    for table in tables {
-        insert(&txn, table).await?;
-    }
+    insert_all(&txn, tables).await?;
     txn.commit().await
 }
 
-fn non_empty_checked(tables: Vec<Rows>) -> Result<Vec<Rows>, DbErr> {
-    let tables: Vec<Rows> = tables.into_iter().filter(|t| !t.is_empty()).collect();
-    for table in &tables {
-        check_widths(table)?;
-    }
-    Ok(tables)
-}
-
-/// Whether several tables' rows go into one statement: on Postgres, when each table's
-/// rows fit one.
+/// Whether [`insert_all`] writes the tables in one statement: on Postgres, when more
+/// than one table has rows and each table's rows fit one statement.
 fn fit_one_statement(backend: DbBackend, tables: &[Rows]) -> bool {
+    let filled = || tables.iter().filter(|t| !t.is_empty());
     backend == DbBackend::Postgres
-        && tables.len() > 1
-        && tables
-            .iter()
-            .all(|t| t.rows.len() <= POSTGRES_ROWS_PER_STATEMENT)
+        && filled().count() > 1
+        && filled().all(|t| t.rows.len() <= POSTGRES_ROWS_PER_STATEMENT)
 }
 
 /// One Postgres statement inserting every table's rows (each table's fitting one

@@ -230,31 +230,24 @@ async fn failed_create_writes_nothing(backend: Backend) {
     assert_eq!(taken.code(), Code::AlreadyExists, "{taken:?}");
 
     let db = server.database().await;
-    let count = |sql: &str| {
-        let statement = Statement::from_string(db.get_database_backend(), sql.to_owned());
+    let count = |table: &str, condition: String| {
+        let sql = format!("SELECT COUNT(*) FROM {table} WHERE {condition}");
+        let statement = Statement::from_string(db.get_database_backend(), sql);
         let db = &db;
         async move {
             let row = db.query_one_raw(statement).await.unwrap().unwrap();
             row.try_get_by_index::<i64>(0).unwrap()
         }
     };
+    assert_eq!(count("contacts", format!("id = '{id}'")).await, 1);
     assert_eq!(
-        count(&format!("SELECT COUNT(*) FROM contacts WHERE id = '{id}'")).await,
-        1
-    );
-    assert_eq!(
-        count(&format!(
-            "SELECT COUNT(*) FROM outbox WHERE resource_name = 'contacts/{id}'"
-        ))
-        .await,
+        count("outbox", format!("resource_name = 'contacts/{id}'")).await,
         1,
         "only the first create's event"
     );
+    let refused_terms = "term LIKE 'zebulon%' OR term LIKE 'quist%'".to_owned();
     assert_eq!(
-        count(
-            "SELECT COUNT(*) FROM contact_terms WHERE term LIKE 'zebulon%' OR term LIKE 'quist%'"
-        )
-        .await,
+        count("contact_terms", refused_terms).await,
         0,
         "no search terms of the refused contact"
     );
