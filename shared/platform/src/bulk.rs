@@ -12,7 +12,7 @@ use sea_orm::sea_query::value::ArrayType;
 use sea_orm::sea_query::{DynIden, IntoIden, OnConflict, Query};
 use sea_orm::{
     ActiveModelTrait, ActiveValue, ConnectionTrait, DatabaseConnection, DbBackend, DbErr,
-    EntityTrait, Iterable, Statement, Value,
+    EntityTrait, Iterable, QueryResult, Statement, Value,
 };
 
 /// Rows per Postgres statement: bounds the memory of one statement's arrays.
@@ -257,31 +257,88 @@ fn fit_one_statement(backend: DbBackend, tables: &[Rows]) -> bool {
 
 /// One Postgres statement inserting every table's rows (each table's fitting one
 /// statement): `WITH w0 AS (INSERT …), … INSERT …`, parameters numbered across them.
-fn together_statement(mut tables: Vec<Rows>) -> Result<Statement, DbErr> {
-    let Some((last, before)) = tables.split_last_mut() else {
-        return Err(DbErr::Custom("bulk insert: no tables".into()));
+fn together_statement(tables: Vec<Rows>) -> Result<Statement, DbErr> {
+    with_inserts(tables, None)
+}
+
+/// The tables' inserts as `WITH` clauses before `query`, or, without one, all but the
+/// last as clauses before the last.
+fn with_inserts(mut tables: Vec<Rows>, query: Option<FinalQuery>) -> Result<Statement, DbErr> {
+    let clauses = if query.is_some() {
+        tables.len()
+    } else {
+        tables.len().saturating_sub(1)
     };
-    let mut sql = String::with_capacity(256 * (before.len() + 1));
+    if tables.is_empty() {
+        return Err(DbErr::Custom("bulk insert: no tables".into()));
+    }
+    let mut sql = String::with_capacity(256 * (tables.len() + 1));
     let mut values: Vec<Value> = Vec::new();
-    for (i, table) in before.iter_mut().enumerate() {
-        sql.push_str(if i == 0 { "WITH " } else { ", " });
-        sql.push('w');
-        push_number(&mut sql, i);
-        sql.push_str(" AS (");
+    for (i, table) in tables.iter_mut().enumerate() {
+        if i < clauses {
+            sql.push_str(if i == 0 { "WITH " } else { ", " });
+            sql.push('w');
+            push_number(&mut sql, i);
+            sql.push_str(" AS (");
+        } else if i > 0 {
+            sql.push(' ');
+        }
         let chunk = std::mem::take(&mut table.rows);
         unnest_insert(&mut sql, &mut values, table, chunk)?;
-        sql.push(')');
+        if i < clauses {
+            sql.push(')');
+        }
     }
-    if !before.is_empty() {
+    if let Some(query) = query {
+        let (text, more) = query(values.len() + 1);
         sql.push(' ');
+        sql.push_str(&text);
+        values.extend(more);
     }
-    let chunk = std::mem::take(&mut last.rows);
-    unnest_insert(&mut sql, &mut values, last, chunk)?;
     Ok(Statement::from_sql_and_values(
         DbBackend::Postgres,
         sql,
         values,
     ))
+}
+
+/// A Postgres query run after inserts, given the number of its first parameter: its
+/// text and its values.
+pub type FinalQuery = Box<dyn FnOnce(usize) -> (String, Vec<Value>) + Send>;
+
+/// On Postgres only: [`insert_all_atomically`], then `query`. When the rows fit one
+/// statement, the query is that statement's final part: one round trip for both, and
+/// the query sees the database as it was before the inserts (the statement's
+/// snapshot). Otherwise the query runs after the inserts have committed, and sees them.
+pub async fn insert_all_then_query(
+    db: &DatabaseConnection,
+    tables: Vec<Rows>,
+    query: FinalQuery,
+) -> Result<Vec<QueryResult>, DbErr> {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Err(DbErr::Custom(
+            "insert_all_then_query: the query is Postgres text".into(),
+        ));
+    }
+    let tables: Vec<Rows> = tables.into_iter().filter(|t| !t.is_empty()).collect();
+    for table in &tables {
+        check_widths(table)?;
+    }
+    let together = !tables.is_empty()
+        && tables
+            .iter()
+            .all(|t| t.rows.len() <= POSTGRES_ROWS_PER_STATEMENT);
+    if together {
+        return db.query_all_raw(with_inserts(tables, Some(query))?).await;
+    }
+    insert_all_atomically(db, tables).await?;
+    let (sql, values) = query(1);
+    db.query_all_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        sql,
+        values,
+    ))
+    .await
 }
 
 fn unnest_statement(rows: &Rows, chunk: Vec<Vec<Value>>) -> Result<Statement, DbErr> {

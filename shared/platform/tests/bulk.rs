@@ -1,10 +1,12 @@
 //! `bulk::insert_all_atomically` against real databases: every table's rows are written,
 //! or, when any row is refused, none. On Postgres the rows go in one statement without a
-//! transaction around it; on SQLite, table by table in a write transaction.
+//! transaction around it; on SQLite, table by table in a write transaction. And
+//! `bulk::insert_all_then_query` on Postgres: the query is the statement's last part and
+//! sees the tables as they were before it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use crm_platform::bulk::{Rows, insert_all_atomically};
+use crm_platform::bulk::{FinalQuery, Rows, insert_all_atomically, insert_all_then_query};
 use sea_orm::sea_query::Alias;
 use sea_orm::{ConnectionTrait as _, Database, DatabaseConnection, Statement};
 
@@ -73,8 +75,58 @@ async fn sqlite_writes_every_table_or_none() {
     all_or_nothing(&db).await;
 }
 
-#[tokio::test]
-async fn postgres_writes_every_table_or_none() {
+/// `SELECT id FROM second WHERE id <> $n ORDER BY id`, numbered as the statement asks.
+fn ids_of_second_but(skipped: &str) -> FinalQuery {
+    let skipped = skipped.to_owned();
+    Box::new(move |first| {
+        (
+            format!("SELECT id FROM second WHERE id <> ${first} ORDER BY id"),
+            vec![skipped.into()],
+        )
+    })
+}
+
+async fn query_after_inserts(db: &DatabaseConnection) {
+    // The query reads the tables as they were before the statement: not "new".
+    let rows = insert_all_then_query(db, tables(&["a"], &["new"]), ids_of_second_but("none"))
+        .await
+        .unwrap();
+    let read: Vec<String> = rows
+        .iter()
+        .map(|r| r.try_get_by_index(0).unwrap())
+        .collect();
+    assert_eq!(read, ["taken"]);
+    assert_eq!(ids(db, "first").await, ["a"]);
+    assert_eq!(ids(db, "second").await, ["new", "taken"]);
+    // Its parameters follow the inserts': "taken" is skipped by its own parameter.
+    let rows = insert_all_then_query(db, tables(&["b"], &["newer"]), ids_of_second_but("taken"))
+        .await
+        .unwrap();
+    let read: Vec<String> = rows
+        .iter()
+        .map(|r| r.try_get_by_index(0).unwrap())
+        .collect();
+    assert_eq!(read, ["new"]);
+    // A refused row: an error, and nothing of the statement stays.
+    let refused =
+        insert_all_then_query(db, tables(&["c"], &["taken"]), ids_of_second_but("none")).await;
+    assert!(refused.is_err());
+    assert_eq!(ids(db, "first").await, ["a", "b"]);
+    // Rows past one statement's bound: the inserts commit first, and the query sees them.
+    let many: Vec<String> = (0..10_001).map(|i| format!("m{i:05}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let rows = insert_all_then_query(db, tables(&many, &["last"]), ids_of_second_but("taken"))
+        .await
+        .unwrap();
+    let read: Vec<String> = rows
+        .iter()
+        .map(|r| r.try_get_by_index(0).unwrap())
+        .collect();
+    assert_eq!(read, ["last", "new", "newer"]);
+    assert_eq!(ids(db, "first").await.len(), 2 + 10_001);
+}
+
+async fn with_postgres_database(run: impl AsyncFnOnce(&DatabaseConnection)) {
     let name = format!("crm_test_bulk_{}", uuid::Uuid::now_v7().simple());
     let admin = Database::connect(format!("{}/postgres", postgres_base()))
         .await
@@ -86,10 +138,34 @@ async fn postgres_writes_every_table_or_none() {
     let db = Database::connect(format!("{}/{name}", postgres_base()))
         .await
         .unwrap();
-    all_or_nothing(&db).await;
+    run(&db).await;
     db.close().await.unwrap();
     admin
         .execute_unprepared(&format!("DROP DATABASE \"{name}\""))
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn postgres_writes_every_table_or_none() {
+    with_postgres_database(all_or_nothing).await;
+}
+
+#[tokio::test]
+async fn postgres_query_after_inserts_sees_the_tables_before_them() {
+    with_postgres_database(async |db| {
+        prepare(db).await;
+        query_after_inserts(db).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sqlite_refuses_a_query_after_inserts() {
+    let db = Database::connect("sqlite::memory:").await.unwrap();
+    prepare(&db).await;
+    let refused =
+        insert_all_then_query(&db, tables(&["a"], &["new"]), ids_of_second_but("none")).await;
+    assert!(refused.is_err(), "the query is Postgres text");
+    assert!(ids(&db, "first").await.is_empty());
 }

@@ -33,6 +33,9 @@ pub struct Candidate {
 /// name: such groups say little about duplicates and would cost a scan.
 const MAX_GROUP: u64 = 2_000;
 
+/// The most (key, contact) rows a duplicate lookup reads.
+const HOLDERS_LIMIT: u64 = MAX_GROUP * 50;
+
 /// What matching needs to know of a contact.
 #[derive(Debug, Clone, Default)]
 pub struct Profile {
@@ -328,121 +331,184 @@ pub async fn candidates_for_batch<C: ConnectionTrait>(
     probes: &[Contact],
     rules: &DuplicateRules,
 ) -> Result<Vec<Vec<Candidate>>, ApiError> {
-    let profiles: Vec<Profile> = probes.iter().map(Profile::of_contact).collect();
-    // Every key a probe can share with a stored contact, and the probes holding it.
-    let mut wanted: HashMap<(i16, String), Vec<usize>> = HashMap::new();
-    for (i, (probe, contact)) in profiles.iter().zip(probes).enumerate() {
-        for (term, field) in lookup_keys(probe, contact) {
-            wanted.entry((field.code(), term)).or_default().push(i);
-        }
-    }
-    if wanted.is_empty() {
-        return Ok(vec![Vec::new(); probes.len()]);
-    }
-    let rows = holders_of_keys(conn, tenant, wanted.keys()).await?;
-    let mut per_probe: Vec<BTreeSet<String>> = vec![BTreeSet::new(); probes.len()];
-    let mut ids = HashSet::new();
-    for row in &rows {
-        let field: i16 = row.try_get_by_index(0).map_err(ApiError::internal)?;
-        let term: String = row.try_get_by_index(1).map_err(ApiError::internal)?;
-        let id: String = row.try_get_by_index(2).map_err(ApiError::internal)?;
-        if let Some(holders) = wanted.get(&(field, term)) {
-            for &i in holders {
-                per_probe[i].insert(id.clone());
-            }
-            ids.insert(id);
-        }
-    }
-    let stored: HashMap<String, Profile> = load_profiles(conn, tenant, &ids, &BTreeSet::new())
-        .await?
-        .into_iter()
-        .map(|p| (p.id.clone(), p))
-        .collect();
-    Ok(profiles
-        .iter()
-        .zip(per_probe)
-        .map(|(probe, candidates)| {
-            let mut found: Vec<Candidate> = candidates
-                .iter()
-                .filter(|id| **id != probe.id)
-                .filter_map(|id| stored.get(id))
-                .filter_map(|s| {
-                    score(probe, s, rules).map(|(score, matches)| Candidate {
-                        contact: format!("contacts/{}", s.id),
-                        score,
-                        matches,
-                    })
-                })
-                .collect();
-            found.sort_by(|a, b| {
-                b.score
-                    .total_cmp(&a.score)
-                    .then_with(|| a.contact.cmp(&b.contact))
-            });
-            found
-        })
-        .collect())
+    DuplicateLookup::of(probes).find(conn, tenant, rules).await
 }
 
-/// The (field, term, contact id) rows of the stored contacts holding any of the keys,
-/// at most `MAX_GROUP * 50` in all.
-async fn holders_of_keys<'k, C: ConnectionTrait>(
-    conn: &C,
-    tenant: &str,
-    keys: impl Iterator<Item = &'k (i16, String)>,
-) -> Result<Vec<sea_orm::QueryResult>, ApiError> {
-    let limit = MAX_GROUP * 50;
-    let backend = conn.get_database_backend();
-    let query = if backend == DbBackend::Postgres {
-        // One statement text whatever the keys, each looked up by the primary key: its
-        // plan is made once per connection, not at every call (planning the OR of
-        // per-field lists cost more than running it).
-        let (fields, terms): (Vec<i16>, Vec<String>) =
-            keys.map(|(field, term)| (*field, term.clone())).unzip();
-        Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT k.field, k.term, t.contact_id \
-             FROM unnest($2::int2[], $3::text[]) AS k(field, term) \
-             CROSS JOIN LATERAL (SELECT c.contact_id FROM contact_terms c \
-             WHERE c.tenant_id = $1 AND c.term = k.term AND c.field = k.field LIMIT $4) AS t \
-             LIMIT $4",
-            [
-                tenant.into(),
-                fields.into(),
-                terms.into(),
-                (limit as i64).into(),
-            ],
-        )
-    } else {
-        let mut by_field: HashMap<i16, Vec<&str>> = HashMap::new();
-        for (field, term) in keys {
-            by_field.entry(*field).or_default().push(term.as_str());
+/// The keys under which a batch's probes find their likely duplicates, and the scoring
+/// of the stored contacts holding them ([`Self::find`]). The two halves are apart so
+/// that a create can read the holders in the statement that inserts it
+/// ([`Self::holders_query_postgres`]) and score them after ([`Self::candidates`]).
+pub struct DuplicateLookup {
+    profiles: Vec<Profile>,
+    /// Every key a probe can share with a stored contact, and the probes holding it.
+    wanted: HashMap<(i16, String), Vec<usize>>,
+}
+
+impl DuplicateLookup {
+    pub fn of(probes: &[Contact]) -> Self {
+        let profiles: Vec<Profile> = probes.iter().map(Profile::of_contact).collect();
+        let mut wanted: HashMap<(i16, String), Vec<usize>> = HashMap::new();
+        for (i, (probe, contact)) in profiles.iter().zip(probes).enumerate() {
+            for (term, field) in lookup_keys(probe, contact) {
+                wanted.entry((field.code(), term)).or_default().push(i);
+            }
         }
-        let mut any = Condition::any();
-        for (field, terms) in by_field {
-            any = any.add(
-                Condition::all()
-                    .add(Expr::col(ContactTerms::Field).eq(field))
-                    .add(any_text(backend, Expr::col(ContactTerms::Term), terms)),
-            );
+        Self { profiles, wanted }
+    }
+
+    /// No probe has a key: none can have a duplicate.
+    pub fn is_empty(&self) -> bool {
+        self.wanted.is_empty()
+    }
+
+    /// The Postgres query of the (field, term, contact id) rows holding the keys, as
+    /// [`Self::holders`] runs it, for a statement that numbers its parameters.
+    pub fn holders_query_postgres(&self, tenant: &str) -> crm_platform::bulk::FinalQuery {
+        let (fields, terms): (Vec<i16>, Vec<String>) = self
+            .wanted
+            .keys()
+            .map(|(field, term)| (*field, term.clone()))
+            .unzip();
+        let tenant = tenant.to_owned();
+        Box::new(move |first| {
+            (
+                holders_sql_postgres(first),
+                vec![
+                    tenant.into(),
+                    fields.into(),
+                    terms.into(),
+                    (HOLDERS_LIMIT as i64).into(),
+                ],
+            )
+        })
+    }
+
+    /// For each probe, the stored contacts scoring at least the rules' minimum, best
+    /// first: the holders of the keys, then their scores.
+    pub async fn find<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        tenant: &str,
+        rules: &DuplicateRules,
+    ) -> Result<Vec<Vec<Candidate>>, ApiError> {
+        if self.is_empty() {
+            return Ok(vec![Vec::new(); self.profiles.len()]);
         }
-        backend.build(
-            &Query::select()
-                .columns([
-                    ContactTerms::Field,
-                    ContactTerms::Term,
-                    ContactTerms::ContactId,
-                ])
-                .from(ContactTerms::Table)
-                .and_where(Expr::col(ContactTerms::TenantId).eq(tenant))
-                .cond_where(any)
-                .limit(limit)
-                .to_owned(),
-        )
-    };
-    conn.query_all_raw(query)
-        .await
-        .map_err(|e| from_db(e, "contacts"))
+        let rows = self.holders(conn, tenant).await?;
+        self.candidates(conn, tenant, rules, &rows).await
+    }
+
+    /// The (field, term, contact id) rows of the stored contacts holding any of the
+    /// keys, at most `HOLDERS_LIMIT` in all.
+    async fn holders<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        tenant: &str,
+    ) -> Result<Vec<sea_orm::QueryResult>, ApiError> {
+        let backend = conn.get_database_backend();
+        let query = if backend == DbBackend::Postgres {
+            let (sql, values) = self.holders_query_postgres(tenant)(1);
+            Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+        } else {
+            let mut by_field: HashMap<i16, Vec<&str>> = HashMap::new();
+            for (field, term) in self.wanted.keys() {
+                by_field.entry(*field).or_default().push(term.as_str());
+            }
+            let mut any = Condition::any();
+            for (field, terms) in by_field {
+                any = any.add(
+                    Condition::all()
+                        .add(Expr::col(ContactTerms::Field).eq(field))
+                        .add(any_text(backend, Expr::col(ContactTerms::Term), terms)),
+                );
+            }
+            backend.build(
+                &Query::select()
+                    .columns([
+                        ContactTerms::Field,
+                        ContactTerms::Term,
+                        ContactTerms::ContactId,
+                    ])
+                    .from(ContactTerms::Table)
+                    .and_where(Expr::col(ContactTerms::TenantId).eq(tenant))
+                    .cond_where(any)
+                    .limit(HOLDERS_LIMIT)
+                    .to_owned(),
+            )
+        };
+        conn.query_all_raw(query)
+            .await
+            .map_err(|e| from_db(e, "contacts"))
+    }
+
+    /// Scores the stored contacts of `rows` (from the holders query) against each
+    /// probe: for each, those scoring at least the rules' minimum, best first.
+    pub async fn candidates<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        tenant: &str,
+        rules: &DuplicateRules,
+        rows: &[sea_orm::QueryResult],
+    ) -> Result<Vec<Vec<Candidate>>, ApiError> {
+        let mut per_probe: Vec<BTreeSet<String>> = vec![BTreeSet::new(); self.profiles.len()];
+        let mut ids = HashSet::new();
+        for row in rows {
+            let field: i16 = row.try_get_by_index(0).map_err(ApiError::internal)?;
+            let term: String = row.try_get_by_index(1).map_err(ApiError::internal)?;
+            let id: String = row.try_get_by_index(2).map_err(ApiError::internal)?;
+            if let Some(holders) = self.wanted.get(&(field, term)) {
+                for &i in holders {
+                    per_probe[i].insert(id.clone());
+                }
+                ids.insert(id);
+            }
+        }
+        let stored: HashMap<String, Profile> = load_profiles(conn, tenant, &ids, &BTreeSet::new())
+            .await?
+            .into_iter()
+            .map(|p| (p.id.clone(), p))
+            .collect();
+        Ok(self
+            .profiles
+            .iter()
+            .zip(per_probe)
+            .map(|(probe, candidates)| {
+                let mut found: Vec<Candidate> = candidates
+                    .iter()
+                    .filter(|id| **id != probe.id)
+                    .filter_map(|id| stored.get(id))
+                    .filter_map(|s| {
+                        score(probe, s, rules).map(|(score, matches)| Candidate {
+                            contact: format!("contacts/{}", s.id),
+                            score,
+                            matches,
+                        })
+                    })
+                    .collect();
+                found.sort_by(|a, b| {
+                    b.score
+                        .total_cmp(&a.score)
+                        .then_with(|| a.contact.cmp(&b.contact))
+                });
+                found
+            })
+            .collect())
+    }
+}
+
+/// The holders query on Postgres, its parameters (tenant, fields, terms, limit)
+/// numbered from `$first`. One statement text whatever the keys, each looked up by the
+/// primary key: its plan is made once per connection, not at every call (planning the
+/// OR of per-field lists cost more than running it).
+fn holders_sql_postgres(first: usize) -> String {
+    let [tenant, fields, terms, limit] = [first, first + 1, first + 2, first + 3];
+    format!(
+        "SELECT k.field, k.term, t.contact_id \
+         FROM unnest(${fields}::int2[], ${terms}::text[]) AS k(field, term) \
+         CROSS JOIN LATERAL (SELECT c.contact_id FROM contact_terms c \
+         WHERE c.tenant_id = ${tenant} AND c.term = k.term AND c.field = k.field LIMIT ${limit}) AS t \
+         LIMIT ${limit}"
+    )
 }
 
 /// A likely duplicate pair of a tenant scan: the older contact first.

@@ -348,6 +348,78 @@ async fn duplicate_rules_decide_create(backend: Backend) {
 }
 on_both_backends!(duplicate_rules_decide_create);
 
+/// Under WARN a create without a request id reads its candidates in the statement that
+/// inserts it (Postgres), one with a request id looks them up first: both find the
+/// same stored contacts, never the new contact itself, and store it with its event.
+async fn warned_duplicates_are_found_with_and_without_a_request_id(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut client = server.client().await;
+    let token = admin("acme");
+    let create_warned = |request_id: &str| CreateContactRequest {
+        contact: Some(person("Grace", "Hopper", "grace@navy.example")),
+        request_id: request_id.into(),
+        ..Default::default()
+    };
+    let mut stored: Vec<String> = Vec::new();
+    for (i, request_id) in ["", "", "9b3f0c1e-1d2a-4c53-9a61-0e5a2f6b7c80", ""]
+        .into_iter()
+        .enumerate()
+    {
+        let response = client
+            .create_contact(authed(create_warned(request_id), &token))
+            .await
+            .unwrap();
+        let mut warned: Vec<String> = response
+            .metadata()
+            .get("crm-duplicates")
+            .map(|v| v.to_str().unwrap().split(',').map(str::to_owned).collect())
+            .unwrap_or_default();
+        warned.sort();
+        let created = response.into_inner();
+        let mut expected = stored.clone();
+        expected.sort();
+        assert_eq!(warned, expected, "create {i} warns of every earlier one");
+        assert!(!warned.contains(&created.name), "never of itself");
+        let read = client
+            .get_contact(authed(
+                GetContactRequest {
+                    name: created.name.clone(),
+                },
+                &token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(read.emails[0].address, "grace@navy.example");
+        stored.push(created.name);
+    }
+    // A contact with nothing to look up by (a name alone) is stored without a warning.
+    let alone = client
+        .create_contact(authed(
+            CreateContactRequest {
+                contact: Some(Contact {
+                    given_name: "Solitary".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap();
+    assert!(alone.metadata().get("crm-duplicates").is_none());
+    let created: Vec<String> = feed(&mut client, &token)
+        .await
+        .into_iter()
+        .filter(|e| e.r#type == "crm.contact.v1.ContactCreated")
+        .map(|e| e.resource_name)
+        .collect();
+    stored.push(alone.into_inner().name);
+    assert_eq!(created, stored, "one event per create, in order");
+    server.finish().await;
+}
+on_both_backends!(warned_duplicates_are_found_with_and_without_a_request_id);
+
 fn token_for_rep() -> String {
     token("acme", "rep-1", &[Role::SalesRep])
 }
