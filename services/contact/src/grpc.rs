@@ -30,7 +30,9 @@ use crate::policy::{self, TenantPolicy};
 use crate::privacy::PrivacyApi;
 use crate::search::SearchApi;
 use crate::segments::SegmentsApi;
-use crate::store::{self, Change, ContactStore, ListQuery, SortField, StoredContact};
+use crate::store::{
+    self, Change, ContactStore, CreatedWithQuery, ListQuery, SortField, StoredContact,
+};
 use crate::timeline::TimelineApi;
 use crate::transfer::TransferApi;
 
@@ -246,26 +248,16 @@ impl ContactApi {
         })
     }
 
-    /// The likely duplicates of a contact about to be created, by the tenant's rules:
-    /// none when they allow duplicates, an error when they block them.
-    async fn duplicates_on_create(
+    /// The likely duplicates of a contact about to be created; an error when the
+    /// tenant's rules block them.
+    async fn duplicates_before_create(
         &self,
         tenant: &str,
         rules: &DuplicateRules,
         lookup: &matching::DuplicateLookup,
     ) -> Result<Vec<String>, ApiError> {
-        let action = on_create(rules);
-        if action == DuplicateAction::Allow {
-            return Ok(Vec::new());
-        }
-        let found: Vec<String> = lookup
-            .find(&self.db, tenant, rules)
-            .await?
-            .into_iter()
-            .flatten()
-            .map(|c| c.contact)
-            .collect();
-        if action == DuplicateAction::Block && !found.is_empty() {
+        let found = candidate_names(lookup.find(&self.db, tenant, rules).await?);
+        if on_create(rules) == DuplicateAction::Block && !found.is_empty() {
             return Err(ApiError::Duplicate {
                 message: "the contact looks like existing contacts; see the duplicates metadata"
                     .into(),
@@ -275,33 +267,42 @@ impl ContactApi {
         Ok(found)
     }
 
-    /// Stores a new contact whose duplicates only warn, reading its duplicate
-    /// candidates in the statement that inserts it (Postgres): one round trip fewer
-    /// than looking them up first. The statement's reads see the tenant as it was just
-    /// before the insert, as a lookup before it would.
-    async fn create_warning_of_duplicates(
+    /// The likely duplicates of a contact just created, scored from the holders of its
+    /// keys that its insert statement read. The contact is stored whatever happens
+    /// here, so a failure costs only the warning, not the answer.
+    async fn duplicates_after_create(
         &self,
-        caller: &Caller,
+        tenant: &str,
         rules: &DuplicateRules,
-        contact: Contact,
         lookup: &matching::DuplicateLookup,
-    ) -> Result<(StoredContact, Vec<String>), ApiError> {
-        let (stored, holders) = self
-            .store
-            .create_and_query(
-                caller,
-                contact,
-                lookup.holders_query_postgres(&caller.tenant),
-            )
-            .await?;
-        let found = lookup
-            .candidates(&self.db, &caller.tenant, rules, &holders)
-            .await?
-            .into_iter()
-            .flatten()
-            .map(|c| c.contact)
+        holders: &[sea_orm::QueryResult],
+    ) -> Vec<String> {
+        match lookup.candidates(&self.db, tenant, rules, holders).await {
+            Ok(found) => candidate_names(found),
+            Err(err) => {
+                tracing::warn!(error = %err, "duplicates of a created contact not scored");
+                Vec::new()
+            }
+        }
+    }
+
+    /// The answer to a create that stored its contact.
+    async fn created(
+        &self,
+        tenant: &str,
+        stored: StoredContact,
+        duplicates: &[String],
+    ) -> Response<Contact> {
+        self.remember(tenant, &stored).await;
+        tracing::info!(contact = %stored.contact.name, tenant = %tenant, "contact stored");
+        // A retried request id answers with the contact its first call stored, which
+        // the lookup before it found as a stored look-alike: not a duplicate of itself.
+        let others: Vec<String> = duplicates
+            .iter()
+            .filter(|name| **name != stored.contact.name)
+            .cloned()
             .collect();
-        Ok((stored, found))
+        with_duplicates(Response::new(stored.contact), &others)
     }
 
     /// UpdateContact with `allow_missing` on a contact that does not exist.
@@ -350,6 +351,11 @@ fn with_duplicates(mut response: Response<Contact>, duplicates: &[String]) -> Re
         response.metadata_mut().insert(DUPLICATES_HEADER, value);
     }
     response
+}
+
+/// The names of the candidates found for one or more probes.
+fn candidate_names(found: Vec<Vec<matching::Candidate>>) -> Vec<String> {
+    found.into_iter().flatten().map(|c| c.contact).collect()
 }
 
 /// What the tenant's rules do with a create that looks like stored contacts.
@@ -500,31 +506,45 @@ impl ContactService for ContactApi {
         store::prepare_new(&mut contact, &id);
         self.refuse_erased(&caller.tenant, &policy, &contact)
             .await?;
-        let lookup = matching::DuplicateLookup::of(std::slice::from_ref(&contact));
-        let in_one_statement = on_create(&policy.rules) == DuplicateAction::Warn
-            && !lookup.is_empty()
+        let rules = &policy.rules;
+        let action = on_create(rules);
+        let lookup = (action != DuplicateAction::Allow)
+            .then(|| matching::DuplicateLookup::of(std::slice::from_ref(&contact)))
+            .filter(|lookup| !lookup.is_empty());
+        // Under WARN a create without a request id reads the holders of its keys in the
+        // statement that inserts it, one round trip fewer than looking them up first,
+        // and the same ones: that statement's reads see the tenant as it was before it.
+        if action == DuplicateAction::Warn
             && !request.validate_only
             && request.request_id.is_empty()
-            && self.db.get_database_backend() == sea_orm::DbBackend::Postgres;
-        let (stored, duplicates) = if in_one_statement {
-            self.create_warning_of_duplicates(&caller, &policy.rules, contact, &lookup)
-                .await?
-        } else {
-            let duplicates = self
-                .duplicates_on_create(&caller.tenant, &policy.rules, &lookup)
-                .await?;
-            if request.validate_only {
-                return Ok(with_duplicates(Response::new(contact), &duplicates));
+            && let Some(lookup) = &lookup
+        {
+            let query = lookup.holders_query_postgres(&caller.tenant);
+            match self.store.create_and_query(&caller, contact, query).await? {
+                CreatedWithQuery::Created(stored, holders) => {
+                    let duplicates = self
+                        .duplicates_after_create(&caller.tenant, rules, lookup, &holders)
+                        .await;
+                    return Ok(self.created(&caller.tenant, stored, &duplicates).await);
+                }
+                CreatedWithQuery::NotOneStatement(unstored) => contact = unstored,
             }
-            let stored = self
-                .store
-                .create(&caller, contact, &request.request_id, &hash)
-                .await?;
-            (stored, duplicates)
+        }
+        let duplicates = match &lookup {
+            Some(lookup) => {
+                self.duplicates_before_create(&caller.tenant, rules, lookup)
+                    .await?
+            }
+            None => Vec::new(),
         };
-        self.remember(&caller.tenant, &stored).await;
-        tracing::info!(contact = %stored.contact.name, tenant = %caller.tenant, "contact stored");
-        Ok(with_duplicates(Response::new(stored.contact), &duplicates))
+        if request.validate_only {
+            return Ok(with_duplicates(Response::new(contact), &duplicates));
+        }
+        let stored = self
+            .store
+            .create(&caller, contact, &request.request_id, &hash)
+            .await?;
+        Ok(self.created(&caller.tenant, stored, &duplicates).await)
     }
 
     async fn get_contact(

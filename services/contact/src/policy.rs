@@ -25,7 +25,8 @@ pub struct TenantPolicy {
 }
 
 /// The statement of [`load`], per backend: fixed text, since building it with the query
-/// builder cost a CreateContact more instructions than reading its result.
+/// builder cost a CreateContact more instructions than reading its result. The tables
+/// are those of `consent::migration` (settings, salts) and `duplicates::migration`.
 const POLICY_POSTGRES: &str = "SELECT \
      (SELECT default_phone_region FROM contact_settings WHERE tenant_id = $1), \
      (SELECT data FROM duplicate_rules WHERE tenant_id = $1), \

@@ -73,6 +73,15 @@ pub struct StoredContact {
     pub revision: i64,
 }
 
+/// What [`ContactStore::create_and_query`] did.
+pub enum CreatedWithQuery {
+    /// The contact is stored, and these are the rows the query read.
+    Created(StoredContact, Vec<sea_orm::QueryResult>),
+    /// Nothing was written, since the insert and the query cannot be one statement here
+    /// (SQLite, or a contact whose rows exceed one statement): the contact, returned.
+    NotOneStatement(Contact),
+}
+
 fn list_index<'a>(values: impl Iterator<Item = &'a str>) -> String {
     let joined: Vec<String> = values.map(str::to_lowercase).collect();
     if joined.is_empty() {
@@ -526,27 +535,32 @@ impl ContactStore {
     }
 
     /// Inserts a new contact without a request id, as [`Self::create`] does, and runs
-    /// `query` (Postgres text) in the same statement: it reads the database as it was
-    /// just before the insert. CreateContact reads the new contact's duplicate
-    /// candidates this way, one round trip fewer.
+    /// `query` (Postgres text) in the same statement, where that can be one statement:
+    /// the query reads the database as it was just before the insert. CreateContact
+    /// reads the new contact's duplicate candidates this way, one round trip fewer.
     pub async fn create_and_query(
         &self,
         caller: &Caller,
         contact: Contact,
         query: bulk::FinalQuery,
-    ) -> Result<(StoredContact, Vec<sea_orm::QueryResult>), ApiError> {
+    ) -> Result<CreatedWithQuery, ApiError> {
         let tables = new_contact_rows(caller, &contact, "")?;
-        let rows = bulk::insert_all_then_query(&self.db, tables, query)
+        let read = bulk::insert_all_then_query(&self.db, tables, query)
             .await
             .map_err(|e| from_db(e, &contact.name))?;
+        Ok(match read {
+            Some(rows) => CreatedWithQuery::Created(self.created(contact), rows),
+            None => CreatedWithQuery::NotOneStatement(contact),
+        })
+    }
+
+    /// A contact just inserted, its event announced to the relay.
+    fn created(&self, contact: Contact) -> StoredContact {
         self.feed.committed();
-        Ok((
-            StoredContact {
-                contact,
-                revision: 1,
-            },
-            rows,
-        ))
+        StoredContact {
+            contact,
+            revision: 1,
+        }
     }
 
     async fn try_create(
@@ -589,11 +603,7 @@ impl ContactStore {
             bulk::insert_all(&txn, tables).await.map_err(stored)?;
             txn.commit().await.map_err(stored)?;
         }
-        self.feed.committed();
-        Ok(StoredContact {
-            contact,
-            revision: 1,
-        })
+        Ok(self.created(contact))
     }
 
     /// Reads, changes and writes one contact in a transaction. `change` gets the current

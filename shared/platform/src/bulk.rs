@@ -264,14 +264,14 @@ fn together_statement(tables: Vec<Rows>) -> Result<Statement, DbErr> {
 /// The tables' inserts as `WITH` clauses before `query`, or, without one, all but the
 /// last as clauses before the last.
 fn with_inserts(mut tables: Vec<Rows>, query: Option<FinalQuery>) -> Result<Statement, DbErr> {
+    if tables.is_empty() && query.is_none() {
+        return Err(DbErr::Custom("bulk insert: no tables".into()));
+    }
     let clauses = if query.is_some() {
         tables.len()
     } else {
-        tables.len().saturating_sub(1)
+        tables.len() - 1
     };
-    if tables.is_empty() {
-        return Err(DbErr::Custom("bulk insert: no tables".into()));
-    }
     let mut sql = String::with_capacity(256 * (tables.len() + 1));
     let mut values: Vec<Value> = Vec::new();
     for (i, table) in tables.iter_mut().enumerate() {
@@ -291,7 +291,9 @@ fn with_inserts(mut tables: Vec<Rows>, query: Option<FinalQuery>) -> Result<Stat
     }
     if let Some(query) = query {
         let (text, more) = query(values.len() + 1);
-        sql.push(' ');
+        if !sql.is_empty() {
+            sql.push(' ');
+        }
         sql.push_str(&text);
         values.extend(more);
     }
@@ -302,43 +304,34 @@ fn with_inserts(mut tables: Vec<Rows>, query: Option<FinalQuery>) -> Result<Stat
     ))
 }
 
-/// A Postgres query run after inserts, given the number of its first parameter: its
-/// text and its values.
+/// A Postgres query to run in the statement of some inserts, given the number of its
+/// first parameter: its text and its values. It follows the inserts' `WITH w0 AS (…),
+/// …` clauses, so it is a plain `SELECT` (no `WITH` of its own, no names `w<n>`).
 pub type FinalQuery = Box<dyn FnOnce(usize) -> (String, Vec<Value>) + Send>;
 
-/// On Postgres only: [`insert_all_atomically`], then `query`. When the rows fit one
-/// statement, the query is that statement's final part: one round trip for both, and
-/// the query sees the database as it was before the inserts (the statement's
-/// snapshot). Otherwise the query runs after the inserts have committed, and sees them.
+/// The tables' rows and `query` in one Postgres statement: the inserts are its
+/// data-modifying `WITH` clauses, all or nothing, and the query its final part, which
+/// sees the database as it was just before them (the statement's snapshot). `None`,
+/// having written nothing, where that cannot be one statement: on SQLite, or when a
+/// table's rows exceed one statement's bound.
 pub async fn insert_all_then_query(
     db: &DatabaseConnection,
     tables: Vec<Rows>,
     query: FinalQuery,
-) -> Result<Vec<QueryResult>, DbErr> {
-    if db.get_database_backend() != DbBackend::Postgres {
-        return Err(DbErr::Custom(
-            "insert_all_then_query: the query is Postgres text".into(),
-        ));
-    }
+) -> Result<Option<Vec<QueryResult>>, DbErr> {
     let tables: Vec<Rows> = tables.into_iter().filter(|t| !t.is_empty()).collect();
-    for table in &tables {
-        check_widths(table)?;
-    }
-    let together = !tables.is_empty()
+    let fits = db.get_database_backend() == DbBackend::Postgres
         && tables
             .iter()
             .all(|t| t.rows.len() <= POSTGRES_ROWS_PER_STATEMENT);
-    if together {
-        return db.query_all_raw(with_inserts(tables, Some(query))?).await;
+    if !fits {
+        return Ok(None);
     }
-    insert_all_atomically(db, tables).await?;
-    let (sql, values) = query(1);
-    db.query_all_raw(Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        sql,
-        values,
-    ))
-    .await
+    for table in &tables {
+        check_widths(table)?;
+    }
+    let rows = db.query_all_raw(with_inserts(tables, Some(query))?).await?;
+    Ok(Some(rows))
 }
 
 fn unnest_statement(rows: &Rows, chunk: Vec<Vec<Value>>) -> Result<Statement, DbErr> {

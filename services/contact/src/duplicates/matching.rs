@@ -497,9 +497,10 @@ impl DuplicateLookup {
 }
 
 /// The holders query on Postgres, its parameters (tenant, fields, terms, limit)
-/// numbered from `$first`. One statement text whatever the keys, each looked up by the
-/// primary key: its plan is made once per connection, not at every call (planning the
-/// OR of per-field lists cost more than running it).
+/// numbered from `$first`. Its text does not depend on the keys, each looked up by the
+/// primary key: its plan is made once per connection (or once per shape of the insert
+/// statement it ends), not at every call (planning the OR of per-field lists cost more
+/// than running it).
 fn holders_sql_postgres(first: usize) -> String {
     let [tenant, fields, terms, limit] = [first, first + 1, first + 2, first + 3];
     format!(

@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use crm_platform::auth::Role;
+use crm_contact::duplicates::matching::DuplicateLookup;
+use crm_contact::store::{ContactStore, CreatedWithQuery, prepare_new};
+use crm_platform::auth::{Caller, Role};
+use crm_platform::events::EventFeed;
 use crm_platform::events::HEARTBEAT_TYPE;
 use crm_proto::common::{AttributeValue, Event, WatchEventsRequest, attribute_value};
 use crm_proto::contact::*;
@@ -393,6 +396,31 @@ async fn warned_duplicates_are_found_with_and_without_a_request_id(backend: Back
         assert_eq!(read.emails[0].address, "grace@navy.example");
         stored.push(created.name);
     }
+    // The request id again: the contact its first call stored, warned of the others only.
+    let replayed = client
+        .create_contact(authed(
+            create_warned("9b3f0c1e-1d2a-4c53-9a61-0e5a2f6b7c80"),
+            &token,
+        ))
+        .await
+        .unwrap();
+    let mut warned: Vec<&str> = replayed
+        .metadata()
+        .get("crm-duplicates")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .split(',')
+        .collect();
+    warned.sort();
+    assert_eq!(replayed.get_ref().name, stored[2]);
+    let mut others: Vec<&str> = stored
+        .iter()
+        .map(String::as_str)
+        .filter(|name| *name != stored[2])
+        .collect();
+    others.sort();
+    assert_eq!(warned, others);
     // A contact with nothing to look up by (a name alone) is stored without a warning.
     let alone = client
         .create_contact(authed(
@@ -419,6 +447,61 @@ async fn warned_duplicates_are_found_with_and_without_a_request_id(backend: Back
     server.finish().await;
 }
 on_both_backends!(warned_duplicates_are_found_with_and_without_a_request_id);
+
+/// The store's create-and-query on Postgres: one statement whose query reads the tenant
+/// as it was before the insert (the stored contact holding the address, not the new
+/// one). On SQLite it declines and writes nothing.
+async fn create_and_query_reads_the_tenant_before_the_insert(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let db = server.database().await;
+    let feed = EventFeed::new(
+        db.clone(),
+        "contact",
+        crm_platform::config::EventsConfig::default(),
+    );
+    let store = ContactStore::new(db, feed);
+    let caller = Caller {
+        subject: "admin".into(),
+        tenant: "acme".into(),
+        roles: vec![Role::Admin],
+        token: "".into(),
+    };
+    let new_person = || {
+        let mut contact = person("Grace", "Hopper", "grace@navy.example");
+        prepare_new(&mut contact, &uuid::Uuid::now_v7().to_string());
+        contact
+    };
+    let first = store.create(&caller, new_person(), "", "").await.unwrap();
+    let second = new_person();
+    let second_name = second.name.clone();
+    let lookup = DuplicateLookup::of(std::slice::from_ref(&second));
+    let outcome = store
+        .create_and_query(&caller, second, lookup.holders_query_postgres("acme"))
+        .await
+        .unwrap();
+    let stored_second = store
+        .get("acme", second_name.trim_start_matches("contacts/"))
+        .await
+        .unwrap();
+    match (backend, outcome) {
+        (Backend::Postgres, CreatedWithQuery::Created(stored, holders)) => {
+            let holders: std::collections::BTreeSet<String> = holders
+                .iter()
+                .map(|row| format!("contacts/{}", row.try_get_by_index::<String>(2).unwrap()))
+                .collect();
+            assert_eq!(holders, [first.contact.name].into(), "not the new contact");
+            assert_eq!(stored.contact.name, second_name);
+            assert!(stored_second.is_some(), "the new contact is stored");
+        }
+        (Backend::Sqlite, CreatedWithQuery::NotOneStatement(returned)) => {
+            assert_eq!(returned.name, second_name);
+            assert!(stored_second.is_none(), "nothing written");
+        }
+        (backend, _) => panic!("unexpected outcome on {backend:?}"),
+    }
+    server.finish().await;
+}
+on_both_backends!(create_and_query_reads_the_tenant_before_the_insert);
 
 fn token_for_rep() -> String {
     token("acme", "rep-1", &[Role::SalesRep])
