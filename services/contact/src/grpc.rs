@@ -287,7 +287,7 @@ impl ContactApi {
     }
 
     /// The answer to a create that stored its contact.
-    async fn created(
+    async fn answer_created(
         &self,
         tenant: &str,
         stored: StoredContact,
@@ -525,7 +525,9 @@ impl ContactService for ContactApi {
                     let duplicates = self
                         .duplicates_after_create(&caller.tenant, rules, lookup, &holders)
                         .await;
-                    return Ok(self.created(&caller.tenant, stored, &duplicates).await);
+                    return Ok(self
+                        .answer_created(&caller.tenant, stored, &duplicates)
+                        .await);
                 }
                 CreatedWithQuery::NotOneStatement(unstored) => contact = unstored,
             }
@@ -544,7 +546,9 @@ impl ContactService for ContactApi {
             .store
             .create(&caller, contact, &request.request_id, &hash)
             .await?;
-        Ok(self.created(&caller.tenant, stored, &duplicates).await)
+        Ok(self
+            .answer_created(&caller.tenant, stored, &duplicates)
+            .await)
     }
 
     async fn get_contact(

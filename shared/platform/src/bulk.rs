@@ -217,10 +217,7 @@ fn check_widths(rows: &Rows) -> Result<(), DbErr> {
 /// table. Otherwise, and on SQLite, the tables are inserted one after the other.
 pub async fn insert_all<C: ConnectionTrait>(conn: &C, tables: Vec<Rows>) -> Result<(), DbErr> {
     let together = fit_one_statement(conn.get_database_backend(), &tables);
-    let tables: Vec<Rows> = tables.into_iter().filter(|t| !t.is_empty()).collect();
-    for table in &tables {
-        check_widths(table)?;
-    }
+    let tables = non_empty_checked(tables)?;
     if !together {
         for table in tables {
             insert(conn, table).await?;
@@ -246,13 +243,28 @@ pub async fn insert_all_atomically(
     txn.commit().await
 }
 
-/// Whether [`insert_all`] writes the tables in one statement: on Postgres, when more
-/// than one table has rows and each table's rows fit one statement.
-fn fit_one_statement(backend: DbBackend, tables: &[Rows]) -> bool {
-    let filled = || tables.iter().filter(|t| !t.is_empty());
+/// The tables that have rows, each row checked against its table's columns.
+fn non_empty_checked(tables: Vec<Rows>) -> Result<Vec<Rows>, DbErr> {
+    let tables: Vec<Rows> = tables.into_iter().filter(|t| !t.is_empty()).collect();
+    for table in &tables {
+        check_widths(table)?;
+    }
+    Ok(tables)
+}
+
+/// Whether the tables' rows can go into one statement: on Postgres, when each table's
+/// rows fit one.
+fn within_one_statement(backend: DbBackend, tables: &[Rows]) -> bool {
     backend == DbBackend::Postgres
-        && filled().count() > 1
-        && filled().all(|t| t.rows.len() <= POSTGRES_ROWS_PER_STATEMENT)
+        && tables
+            .iter()
+            .all(|t| t.rows.len() <= POSTGRES_ROWS_PER_STATEMENT)
+}
+
+/// Whether [`insert_all`] writes the tables in one statement: when more than one table
+/// has rows and they can go into one statement.
+fn fit_one_statement(backend: DbBackend, tables: &[Rows]) -> bool {
+    tables.iter().filter(|t| !t.is_empty()).count() > 1 && within_one_statement(backend, tables)
 }
 
 /// One Postgres statement inserting every table's rows (each table's fitting one
@@ -319,17 +331,10 @@ pub async fn insert_all_then_query(
     tables: Vec<Rows>,
     query: FinalQuery,
 ) -> Result<Option<Vec<QueryResult>>, DbErr> {
-    let tables: Vec<Rows> = tables.into_iter().filter(|t| !t.is_empty()).collect();
-    let fits = db.get_database_backend() == DbBackend::Postgres
-        && tables
-            .iter()
-            .all(|t| t.rows.len() <= POSTGRES_ROWS_PER_STATEMENT);
-    if !fits {
+    if !within_one_statement(db.get_database_backend(), &tables) {
         return Ok(None);
     }
-    for table in &tables {
-        check_widths(table)?;
-    }
+    let tables = non_empty_checked(tables)?;
     let rows = db.query_all_raw(with_inserts(tables, Some(query))?).await?;
     Ok(Some(rows))
 }

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use sea_orm::sea_query::{Condition, Expr, ExprTrait, Query};
+use sea_orm::sea_query::{Condition, Expr, ExprTrait, Query, SelectStatement};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QuerySelect, Statement,
 };
@@ -423,17 +423,9 @@ impl DuplicateLookup {
                 );
             }
             backend.build(
-                &Query::select()
-                    .columns([
-                        ContactTerms::Field,
-                        ContactTerms::Term,
-                        ContactTerms::ContactId,
-                    ])
-                    .from(ContactTerms::Table)
-                    .and_where(Expr::col(ContactTerms::TenantId).eq(tenant))
+                postings_of_tenant(tenant)
                     .cond_where(any)
-                    .limit(HOLDERS_LIMIT)
-                    .to_owned(),
+                    .limit(HOLDERS_LIMIT),
             )
         };
         conn.query_all_raw(query)
@@ -453,9 +445,7 @@ impl DuplicateLookup {
         let mut per_probe: Vec<BTreeSet<String>> = vec![BTreeSet::new(); self.profiles.len()];
         let mut ids = HashSet::new();
         for row in rows {
-            let field: i16 = row.try_get_by_index(0).map_err(ApiError::internal)?;
-            let term: String = row.try_get_by_index(1).map_err(ApiError::internal)?;
-            let id: String = row.try_get_by_index(2).map_err(ApiError::internal)?;
+            let (field, term, id) = posting(row)?;
             if let Some(holders) = self.wanted.get(&(field, term)) {
                 for &i in holders {
                     per_probe[i].insert(id.clone());
@@ -496,6 +486,28 @@ impl DuplicateLookup {
     }
 }
 
+/// The (field, term, contact id) postings of a tenant, for a caller to narrow.
+fn postings_of_tenant(tenant: &str) -> SelectStatement {
+    Query::select()
+        .columns([
+            ContactTerms::Field,
+            ContactTerms::Term,
+            ContactTerms::ContactId,
+        ])
+        .from(ContactTerms::Table)
+        .and_where(Expr::col(ContactTerms::TenantId).eq(tenant))
+        .to_owned()
+}
+
+/// One (field, term, contact id) row of [`postings_of_tenant`] or the holders query.
+fn posting(row: &sea_orm::QueryResult) -> Result<(i16, String, String), ApiError> {
+    Ok((
+        row.try_get_by_index(0).map_err(ApiError::internal)?,
+        row.try_get_by_index(1).map_err(ApiError::internal)?,
+        row.try_get_by_index(2).map_err(ApiError::internal)?,
+    ))
+}
+
 /// The holders query on Postgres, its parameters (tenant, fields, terms, limit)
 /// numbered from `$first`. Its text does not depend on the keys, each looked up by the
 /// primary key: its plan is made once per connection (or once per shape of the insert
@@ -532,14 +544,7 @@ pub async fn tenant_pairs<C: ConnectionTrait>(
     // Groups of contact ids that share a key: an address, a number, a domain.
     let rows = conn
         .query_all(
-            &Query::select()
-                .columns([
-                    ContactTerms::Field,
-                    ContactTerms::Term,
-                    ContactTerms::ContactId,
-                ])
-                .from(ContactTerms::Table)
-                .and_where(Expr::col(ContactTerms::TenantId).eq(tenant))
+            &postings_of_tenant(tenant)
                 .and_where(Expr::col(ContactTerms::Field).is_in([
                     TermField::Email.code(),
                     TermField::Phone.code(),
@@ -553,9 +558,7 @@ pub async fn tenant_pairs<C: ConnectionTrait>(
         .map_err(|e| from_db(e, "contacts"))?;
     let mut groups: HashMap<(i16, String), Vec<String>> = HashMap::new();
     for row in &rows {
-        let field: i16 = row.try_get_by_index(0).map_err(ApiError::internal)?;
-        let term: String = row.try_get_by_index(1).map_err(ApiError::internal)?;
-        let id: String = row.try_get_by_index(2).map_err(ApiError::internal)?;
+        let (field, term, id) = posting(row)?;
         groups.entry((field, term)).or_default().push(id);
     }
     let accounts: Vec<(String, String)> = contact_row::Entity::find()
