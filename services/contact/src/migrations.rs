@@ -27,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(ListElementIndexes),
             Box::new(crate::index::migration::ContactTermSetsMigration),
             Box::new(crate::index::migration::TermsInCodePointOrder),
+            Box::new(crm_platform::events::FeedPositionsMigration),
         ]
     }
 }

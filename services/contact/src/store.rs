@@ -156,23 +156,19 @@ fn new_contact_rows(
     request_id: &str,
 ) -> Result<Vec<bulk::Rows>, ApiError> {
     let id = names::parse(names::CONTACTS, "contact_id", &contact.name)?;
-    let event = events::outbox_row(
-        caller,
-        NewEvent {
-            event_type: "crm.contact.v1.ContactCreated",
-            resource_name: contact.name.clone(),
-            changes: Vec::new(),
-            payload: Some(payload(contact)),
-            request_id: request_id.to_owned(),
-        },
-        now_micros(),
-    );
+    let event = NewEvent {
+        event_type: "crm.contact.v1.ContactCreated",
+        resource_name: contact.name.clone(),
+        changes: Vec::new(),
+        payload: Some(payload(contact)),
+        request_id: request_id.to_owned(),
+    };
     let stored = |e| from_db(e, &contact.name);
     let mut tables = vec![
         bulk::Rows::of_models([active_model(&caller.tenant, &id, 1, contact)]).map_err(stored)?,
     ];
     tables.extend(crate::index::new_rows(&caller.tenant, &[contact]));
-    tables.push(bulk::Rows::of_models([event]).map_err(stored)?);
+    tables.extend(events::event_rows(caller, [event], now_micros()).map_err(stored)?);
     Ok(tables)
 }
 

@@ -32,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(crm_platform::events::OutboxAuditColumnsMigration),
             Box::new(crm_platform::idempotency::IdempotencyMigration),
             Box::new(crm_platform::events::OutboxUnstampedIndexMigration),
+            Box::new(crm_platform::events::FeedPositionsMigration),
         ]
     }
 }

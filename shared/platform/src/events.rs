@@ -1,13 +1,13 @@
-//! The transactional outbox, the relay that stamps feed positions in visibility order,
-//! `WatchEvents` (backlog, then live tail, with heartbeats), and a consumer helper with
-//! a durable checkpoint.
+//! The transactional outbox, the relay that gives events feed positions in visibility
+//! order, `WatchEvents` (backlog, then live tail, with heartbeats), and a consumer helper
+//! with a durable checkpoint.
 //!
 //! Why a relay: with concurrent writers, sequence numbers commit out of order, so a
 //! consumer reading "after N" could skip a row that commits late. Writers therefore
-//! insert outbox rows *without* a position; one relay per service (holding an advisory
-//! lock on Postgres; SQLite has one writer anyway) stamps positions on the rows that have
-//! become visible, in one transaction that also advances the feed's head. A row that
-//! commits late simply gets a later position.
+//! insert outbox rows *without* a position, each with a pending row; one relay per
+//! service (holding an advisory lock on Postgres; SQLite has one writer anyway) gives
+//! the pending events that have become visible their positions, in one transaction that
+//! also advances the feed's head. A row that commits late simply gets a later position.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +15,7 @@ use std::time::Duration;
 use prost::Message as _;
 use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, SqliteTransactionMode, Statement,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, Set, SqliteTransactionMode,
     TransactionOptions, TransactionTrait,
 };
 use sea_orm_migration::prelude::*;
@@ -29,6 +28,10 @@ use crate::auth::{Caller, Role};
 use crate::config::EventsConfig;
 use crate::db::{lock_in_transaction, micros_to_timestamp, now_micros};
 use crate::errors::ApiError;
+
+mod positions;
+
+pub use positions::{FeedPositionsMigration, outbox_pending, pending_count, positions_of};
 
 /// The event type of heartbeats.
 pub const HEARTBEAT_TYPE: &str = "crm.common.v1.Heartbeat";
@@ -46,8 +49,6 @@ pub mod outbox {
         pub event_type: String,
         pub resource_name: String,
         pub event_time_us: i64,
-        /// Null until the relay stamps it.
-        pub position: Option<i64>,
         /// The encoded `crm.common.v1.Event`, without its position.
         pub payload: Vec<u8>,
         /// Copies of what the audit trail filters on (see `OutboxAuditColumnsMigration`).
@@ -89,12 +90,10 @@ enum Outbox {
     Payload,
 }
 
-/// Adds the columns the audit trail filters on (actor, changed paths, request id) and
-/// the erasure flag to the outbox, with an index for a record's history. Each service
-/// lists it right after `OutboxMigration`.
 /// A small index of the unstamped outbox rows, in the relay's order: the relay looks
 /// for them after every commit, and without it a large outbox whose statistics lag
-/// behind is scanned whole each time.
+/// behind is scanned whole each time. `FeedPositionsMigration` drops it with the
+/// position column: pending events have a table of their own since.
 pub struct OutboxUnstampedIndexMigration;
 
 impl MigrationName for OutboxUnstampedIndexMigration {
@@ -118,6 +117,9 @@ impl MigrationTrait for OutboxUnstampedIndexMigration {
     }
 }
 
+/// Adds the columns the audit trail filters on (actor, changed paths, request id) and
+/// the erasure flag to the outbox, with an index for a record's history. Each service
+/// lists it right after `OutboxMigration`.
 pub struct OutboxAuditColumnsMigration;
 
 impl MigrationName for OutboxAuditColumnsMigration {
@@ -401,9 +403,29 @@ pub struct NewEvent {
     pub request_id: String,
 }
 
-/// The outbox row of `event`, stamped now, for `append` or a multi-row insert.
-pub fn outbox_row(caller: &Caller, event: NewEvent, now: i64) -> outbox::ActiveModel {
-    let id = uuid::Uuid::now_v7().to_string();
+/// The rows of `events`, all written at `now`, for a multi-row insert (`bulk::insert_all`,
+/// in order): their outbox rows, then their pending rows, which the relay turns into
+/// feed positions. An event written without its pending row would never reach the feed.
+pub fn event_rows(
+    caller: &Caller,
+    events: impl IntoIterator<Item = NewEvent>,
+    now: i64,
+) -> Result<Vec<crate::bulk::Rows>, DbErr> {
+    let mut outbox_rows = Vec::new();
+    let mut pending_rows = Vec::new();
+    for event in events {
+        let id = uuid::Uuid::now_v7().to_string();
+        pending_rows.push(positions::pending_row(&id, &caller.tenant, now));
+        outbox_rows.push(outbox_row(caller, id, event, now));
+    }
+    Ok(vec![
+        crate::bulk::Rows::of_models(outbox_rows)?,
+        crate::bulk::Rows::of_models(pending_rows)?,
+    ])
+}
+
+/// The outbox row of `event`.
+fn outbox_row(caller: &Caller, id: String, event: NewEvent, now: i64) -> outbox::ActiveModel {
     let roles: Vec<String> = caller.roles.iter().map(|r| r.as_str().to_owned()).collect();
     let changed_paths = list_column(event.changes.iter().map(|c| c.path.as_str()));
     let actor_roles = list_column(roles.iter().map(String::as_str));
@@ -429,7 +451,6 @@ pub fn outbox_row(caller: &Caller, event: NewEvent, now: i64) -> outbox::ActiveM
         event_type: Set(event.event_type.to_owned()),
         resource_name: Set(event.resource_name),
         event_time_us: Set(now),
-        position: Set(None),
         payload: Set(message.encode_to_vec()),
         actor_subject: Set(caller.subject.clone()),
         actor_roles: Set(actor_roles),
@@ -439,22 +460,14 @@ pub fn outbox_row(caller: &Caller, event: NewEvent, now: i64) -> outbox::ActiveM
     }
 }
 
-/// Appends `event` to the outbox within `txn`; it becomes visible (and gets its
-/// position) only when `txn` commits.
+/// Appends `event` to the outbox within `txn`, in one statement on Postgres; it becomes
+/// visible (and gets its position) only when `txn` commits.
 pub async fn append<C: ConnectionTrait>(
     txn: &C,
     caller: &Caller,
     event: NewEvent,
-) -> Result<String, DbErr> {
-    let row = outbox_row(caller, event, now_micros());
-    let id = match &row.id {
-        sea_orm::ActiveValue::Set(id) => id.clone(),
-        _ => String::new(),
-    };
-    outbox::Entity::insert(row)
-        .exec_without_returning(txn)
-        .await?;
-    Ok(id)
+) -> Result<(), DbErr> {
+    crate::bulk::insert_all(txn, event_rows(caller, [event], now_micros())?).await
 }
 
 /// The event feed of one service: the relay, `WatchEvents`, and pruning.
@@ -543,32 +556,13 @@ impl EventFeed {
         }
     }
 
-    /// Stamps positions on visible unstamped rows; returns how many it stamped.
+    /// Gives visible pending events their positions; returns how many.
     pub async fn stamp(&self) -> Result<usize, DbErr> {
-        const BATCH: u64 = 1000;
+        const BATCH: i64 = 1000;
         let txn = begin_write(&self.db).await?;
         lock_in_transaction(&txn, &format!("outbox-relay:{}", self.service)).await?;
-        let head = read_head(&txn).await?;
-        // One statement for the whole batch: positions follow event time, then id. It
-        // runs after nearly every write, so it is a prepared statement whose plan the
-        // connection keeps, not text parsed and planned on each pass.
-        let backend = txn.get_database_backend();
-        let (head_param, batch_param) = match backend {
-            DbBackend::Postgres => ("$1", "$2"),
-            _ => ("?1", "?2"),
-        };
-        let stamped = txn
-            .execute_raw(Statement::from_sql_and_values(
-                backend,
-                format!(
-                    "WITH next AS (SELECT id, ROW_NUMBER() OVER (ORDER BY event_time_us, id) AS n \
-                     FROM outbox WHERE position IS NULL ORDER BY event_time_us, id LIMIT {batch_param}) \
-                     UPDATE outbox SET position = {head_param} + next.n FROM next WHERE outbox.id = next.id"
-                ),
-                [head.into(), (BATCH as i64).into()],
-            ))
-            .await?
-            .rows_affected();
+        let head = head_position(&txn).await?;
+        let stamped = positions::stamp_batch(&txn, head, BATCH).await?;
         if stamped == 0 {
             txn.rollback().await?;
             self.head.send_if_modified(|known| {
@@ -620,16 +614,7 @@ impl EventFeed {
             // One pruner at a time per service, so that `pruned_through` only grows.
             lock_in_transaction(&txn, &format!("outbox-prune:{}", self.service)).await?;
             let (_, through) = read_state(&txn).await?;
-            let oldest: Vec<(i64, i64)> = outbox::Entity::find()
-                .select_only()
-                .column(outbox::Column::Position)
-                .column(outbox::Column::EventTimeUs)
-                .filter(outbox::Column::Position.gt(through))
-                .order_by_asc(outbox::Column::Position)
-                .limit(BATCH)
-                .into_tuple()
-                .all(&txn)
-                .await?;
+            let oldest = positions::oldest_after(&txn, through, BATCH).await?;
             let expired = oldest
                 .iter()
                 .take_while(|(_, event_time)| *event_time < cutoff)
@@ -639,12 +624,7 @@ impl EventFeed {
                 txn.rollback().await?;
                 break;
             };
-            let deleted = outbox::Entity::delete_many()
-                .filter(outbox::Column::Position.gt(through))
-                .filter(outbox::Column::Position.lte(new_through))
-                .exec(&txn)
-                .await?
-                .rows_affected;
+            let deleted = positions::delete_range(&txn, through, new_through).await?;
             txn.execute(
                 &Query::update()
                     .table(FeedState::Table)
@@ -731,7 +711,8 @@ async fn read_state<C: ConnectionTrait>(conn: &C) -> Result<(i64, i64), DbErr> {
     Ok((row.try_get_by_index(0)?, row.try_get_by_index(1)?))
 }
 
-async fn read_head<C: ConnectionTrait>(conn: &C) -> Result<i64, DbErr> {
+/// The newest position the relay has given.
+pub async fn head_position<C: ConnectionTrait>(conn: &C) -> Result<i64, DbErr> {
     Ok(read_state(conn).await?.0)
 }
 
@@ -755,10 +736,10 @@ impl Watcher {
             if *self.shutdown.borrow() {
                 return;
             }
-            // Everything at or below the head read here is stamped and visible to the
-            // query that follows, so a short page means we have seen all up to `head`.
+            // Everything at or below the head read here has its position and is visible to
+            // the query that follows, so a short page means we have seen all up to `head`.
             let step = async {
-                let head = read_head(&self.db).await?;
+                let head = head_position(&self.db).await?;
                 let rows = self.next_rows().await?;
                 Ok::<_, DbErr>((head, rows))
             };
@@ -772,11 +753,8 @@ impl Watcher {
                 }
             };
             let full_page = rows.len() as u64 == self.batch;
-            for row in rows {
-                let Some(position) = row.position else {
-                    continue;
-                };
-                let mut event = match Event::decode(row.payload.as_slice()) {
+            for (position, payload) in rows {
+                let mut event = match Event::decode(payload.as_slice()) {
                     Ok(event) => event,
                     Err(err) => {
                         tracing::error!(position, error = %err, "undecodable outbox row skipped");
@@ -818,19 +796,16 @@ impl Watcher {
         }
     }
 
-    async fn next_rows(&self) -> Result<Vec<outbox::Model>, DbErr> {
-        let mut query = outbox::Entity::find()
-            .filter(outbox::Column::Position.gt(self.cursor))
-            .order_by_asc(outbox::Column::Position)
-            .limit(self.batch);
-        if let Some(tenant) = &self.tenant {
-            query = query.filter(outbox::Column::TenantId.eq(tenant.as_str()));
-        }
-        if !self.types.is_empty() {
-            query = query
-                .filter(outbox::Column::EventType.is_in(self.types.iter().map(String::as_str)));
-        }
-        query.all(&self.db).await
+    /// (position, payload) of the next events after the cursor.
+    async fn next_rows(&self) -> Result<Vec<(i64, Vec<u8>)>, DbErr> {
+        positions::page_after(
+            &self.db,
+            self.cursor,
+            self.tenant.as_deref(),
+            &self.types,
+            self.batch,
+        )
+        .await
     }
 }
 
@@ -955,6 +930,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sea_orm::{DbBackend, EntityTrait, QueryOrder, QuerySelect, Statement};
     use sea_orm_migration::SchemaManager;
 
     fn caller() -> Caller {
@@ -966,54 +942,165 @@ mod tests {
         }
     }
 
-    fn event_at(time_us: i64) -> outbox::ActiveModel {
-        outbox_row(
-            &caller(),
-            NewEvent {
-                event_type: "crm.test.v1.Happened",
-                resource_name: "things/1".into(),
-                changes: Vec::new(),
-                payload: None,
-                request_id: String::new(),
-            },
-            time_us,
-        )
+    fn happened() -> NewEvent {
+        NewEvent {
+            event_type: "crm.test.v1.Happened",
+            resource_name: "things/1".into(),
+            changes: Vec::new(),
+            payload: None,
+            request_id: String::new(),
+        }
     }
 
-    async fn feed() -> (EventFeed, tempfile::TempDir) {
+    async fn database() -> (DatabaseConnection, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/feed.db?mode=rwc", dir.path().display());
-        let db = sea_orm::Database::connect(url).await.unwrap();
-        let schema = SchemaManager::new(&db);
+        (sea_orm::Database::connect(url).await.unwrap(), dir)
+    }
+
+    /// The outbox as it was before feed positions had a table of their own.
+    async fn migrate_to_stamped_outbox(db: &DatabaseConnection) {
+        let schema = SchemaManager::new(db);
         OutboxMigration.up(&schema).await.unwrap();
         OutboxAuditColumnsMigration.up(&schema).await.unwrap();
         OutboxUnstampedIndexMigration.up(&schema).await.unwrap();
+    }
+
+    async fn feed() -> (EventFeed, tempfile::TempDir) {
+        let (db, dir) = database().await;
+        migrate_to_stamped_outbox(&db).await;
+        FeedPositionsMigration
+            .up(&SchemaManager::new(&db))
+            .await
+            .unwrap();
         (EventFeed::new(db, "test", EventsConfig::default()), dir)
     }
 
+    /// Writes one event at each time, in one transaction.
     async fn insert(feed: &EventFeed, times: impl IntoIterator<Item = i64>) {
-        let rows: Vec<_> = times.into_iter().map(event_at).collect();
-        outbox::Entity::insert_many(rows)
-            .exec_without_returning(&feed.db)
-            .await
-            .unwrap();
+        let txn = begin_write(&feed.db).await.unwrap();
+        for time in times {
+            let rows = event_rows(&caller(), [happened()], time).unwrap();
+            crate::bulk::insert_all(&txn, rows).await.unwrap();
+        }
+        txn.commit().await.unwrap();
     }
 
     async fn stamp_all(feed: &EventFeed) {
         while feed.stamp().await.unwrap() > 0 {}
     }
 
-    /// (position, event time) of every row left, stamped or not.
+    /// (position, event time) of every event left, with a position or not.
     async fn left(feed: &EventFeed) -> Vec<(Option<i64>, i64)> {
-        outbox::Entity::find()
+        let rows: Vec<(String, i64)> = outbox::Entity::find()
             .select_only()
-            .column(outbox::Column::Position)
+            .column(outbox::Column::Id)
             .column(outbox::Column::EventTimeUs)
             .order_by_asc(outbox::Column::EventTimeUs)
             .into_tuple()
             .all(&feed.db)
             .await
+            .unwrap();
+        let positions = positions_of(&feed.db, rows.iter().map(|(id, _)| id.as_str()))
+            .await
+            .unwrap();
+        rows.into_iter()
+            .map(|(id, time)| (positions.get(&id).copied(), time))
+            .collect()
+    }
+
+    /// (position, event time) of the feed from position 0, as `WatchEvents` reads it.
+    async fn feed_times(feed: &EventFeed) -> Vec<(i64, i64)> {
+        positions::page_after(&feed.db, 0, None, &[], 100)
+            .await
             .unwrap()
+            .into_iter()
+            .map(|(position, payload)| {
+                let event = Event::decode(payload.as_slice()).unwrap();
+                let time = event.event_time.unwrap();
+                (
+                    position,
+                    time.seconds * 1_000_000 + i64::from(time.nanos) / 1_000,
+                )
+            })
+            .collect()
+    }
+
+    /// The positions of a `WatchEvents` page after `after`.
+    async fn positions_in(
+        feed: &EventFeed,
+        after: i64,
+        tenant: Option<&str>,
+        types: &[String],
+    ) -> Vec<i64> {
+        let page = positions::page_after(&feed.db, after, tenant, types, 100)
+            .await
+            .unwrap();
+        page.into_iter().map(|(position, _)| position).collect()
+    }
+
+    #[tokio::test]
+    async fn positions_follow_event_time_and_late_commits_come_last() {
+        let (feed, _dir) = feed().await;
+        insert(&feed, [300, 100, 200]).await;
+        assert_eq!(pending_count(&feed.db).await.unwrap(), 3);
+        assert_eq!(feed.stamp().await.unwrap(), 3);
+        assert_eq!(pending_count(&feed.db).await.unwrap(), 0);
+        insert(&feed, [50]).await;
+        stamp_all(&feed).await;
+        assert_eq!(
+            feed_times(&feed).await,
+            vec![(1, 100), (2, 200), (3, 300), (4, 50)]
+        );
+        assert_eq!(read_state(&feed.db).await.unwrap(), (4, 0));
+        // Filters: another tenant's feed is empty, and so is a type never written.
+        assert!(positions_in(&feed, 0, Some("globex"), &[]).await.is_empty());
+        let other_type = ["crm.test.v1.Other".to_owned()];
+        assert!(
+            positions_in(&feed, 0, Some("acme"), &other_type)
+                .await
+                .is_empty()
+        );
+        let written_type = ["crm.test.v1.Happened".to_owned()];
+        assert_eq!(
+            positions_in(&feed, 2, Some("acme"), &written_type).await,
+            [3, 4]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_migration_keeps_stamped_positions_and_pending_events() {
+        let (db, _dir) = database().await;
+        migrate_to_stamped_outbox(&db).await;
+        for (id, time, position) in [
+            ("e1", 100, Some(1)),
+            ("e2", 200, Some(2)),
+            ("e3", 150, None),
+        ] {
+            db.execute_raw(Statement::from_sql_and_values(
+                DbBackend::Sqlite,
+                "INSERT INTO outbox (id, tenant_id, event_type, resource_name, event_time_us, position, payload) \
+                 VALUES (?1, 'acme', 'crm.test.v1.Happened', 'things/1', ?2, ?3, x'')",
+                [id.into(), i64::from(time).into(), position.into()],
+            ))
+            .await
+            .unwrap();
+        }
+        db.execute_unprepared("UPDATE feed_state SET head_position = 2 WHERE id = 1")
+            .await
+            .unwrap();
+        FeedPositionsMigration
+            .up(&SchemaManager::new(&db))
+            .await
+            .unwrap();
+        let feed = EventFeed::new(db, "test", EventsConfig::default());
+        assert_eq!(pending_count(&feed.db).await.unwrap(), 1);
+        stamp_all(&feed).await;
+        assert_eq!(
+            left(&feed).await,
+            vec![(Some(1), 100), (Some(3), 150), (Some(2), 200)]
+        );
+        assert_eq!(read_state(&feed.db).await.unwrap(), (3, 0));
     }
 
     #[tokio::test]

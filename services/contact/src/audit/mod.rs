@@ -48,7 +48,11 @@ pub async fn events_about<C: sea_orm::ConnectionTrait>(
             .all(conn)
             .await
             .map_err(|e| crm_platform::errors::from_db(e, "audit events"))?;
-        events.extend(rows.iter().map(query::audit_event));
+        let positions =
+            crm_platform::events::positions_of(conn, rows.iter().map(|r| r.id.as_str()))
+                .await
+                .map_err(|e| crm_platform::errors::from_db(e, "audit events"))?;
+        events.extend(rows.iter().map(|row| query::audit_event(row, &positions)));
     }
     events.sort_by(|a, b| {
         let time = |e: &AuditEvent| e.event_time.as_ref().map(|t| (t.seconds, t.nanos));

@@ -1,5 +1,7 @@
 //! The audit trail's reads over the outbox: filters, order and keyset pages.
 
+use std::collections::HashMap;
+
 use prost::Message as _;
 use sea_orm::sea_query::{Condition, Expr};
 use sea_orm::{
@@ -170,7 +172,15 @@ pub async fn page(
         (true, Some(last)) => Some((last.event_time_us, last.id.clone())),
         _ => None,
     };
-    Ok((rows.iter().map(audit_event).collect(), cursor))
+    let positions = crm_platform::events::positions_of(db, rows.iter().map(|r| r.id.as_str()))
+        .await
+        .map_err(|e| from_db(e, "audit events"))?;
+    Ok((
+        rows.iter()
+            .map(|row| audit_event(row, &positions))
+            .collect(),
+        cursor,
+    ))
 }
 
 /// The cursor in a page token: event time, id, then the total of page one.
@@ -194,9 +204,10 @@ pub fn parse_cursor(values: Vec<CursorValue>) -> Result<((i64, String), u64), Ap
     }
 }
 
-/// An outbox row as an audit entry. The payload is decoded for the actor and the
-/// changes; should it ever fail to decode, the row's own columns still say what and who.
-pub(crate) fn audit_event(row: &outbox::Model) -> AuditEvent {
+/// An outbox row as an audit entry, with its feed position if it has one yet
+/// (`positions` by event id). The payload is decoded for the actor and the changes;
+/// should it ever fail to decode, the row's own columns still say what and who.
+pub(crate) fn audit_event(row: &outbox::Model, positions: &HashMap<String, i64>) -> AuditEvent {
     let event = Event::decode(row.payload.as_slice()).unwrap_or_else(|err| {
         tracing::error!(event.id = %row.id, error = %err, "undecodable outbox payload in audit trail");
         Event::default()
@@ -208,7 +219,7 @@ pub(crate) fn audit_event(row: &outbox::Model) -> AuditEvent {
         })
     });
     AuditEvent {
-        position: row.position.unwrap_or_default(),
+        position: positions.get(&row.id).copied().unwrap_or_default(),
         id: row.id.clone(),
         r#type: row.event_type.clone(),
         resource_name: row.resource_name.clone(),

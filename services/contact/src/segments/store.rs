@@ -376,7 +376,6 @@ impl SegmentStore {
             },
         )
         .await
-        .map(|_| ())
         .map_err(|e| from_db(e, "event"))
     }
 

@@ -115,7 +115,6 @@ async fn publish<C: ConnectionTrait>(
         },
     )
     .await
-    .map(|_| ())
     .map_err(|e| from_db(e, "event"))
 }
 

@@ -147,22 +147,16 @@ pub async fn append_events<C: ConnectionTrait>(
     caller: &Caller,
     events: &[PendingEvent],
 ) -> Result<(), ApiError> {
-    let now = now_micros();
-    let models = events.iter().map(|event| {
-        events::outbox_row(
-            caller,
-            NewEvent {
-                event_type: event.event_type,
-                resource_name: event.resource_name.clone(),
-                changes: event.changes.clone(),
-                payload: Some(store::payload(&event.contact)),
-                request_id: String::new(),
-            },
-            now,
-        )
+    let new_events = events.iter().map(|event| NewEvent {
+        event_type: event.event_type,
+        resource_name: event.resource_name.clone(),
+        changes: event.changes.clone(),
+        payload: Some(store::payload(&event.contact)),
+        request_id: String::new(),
     });
-    let rows = bulk::Rows::of_models(models).map_err(|e| from_db(e, "event"))?;
-    bulk::insert(conn, rows)
+    let tables =
+        events::event_rows(caller, new_events, now_micros()).map_err(|e| from_db(e, "event"))?;
+    bulk::insert_all(conn, tables)
         .await
         .map_err(|e| from_db(e, "event"))
 }

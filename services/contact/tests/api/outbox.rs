@@ -1,7 +1,7 @@
 //! The outbox feed: concurrent writers never make a consumer skip or repeat an event,
 //! and a consumer with a durable checkpoint resumes where it stopped.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -109,6 +109,7 @@ async fn concurrent_writers_never_make_a_consumer_skip(backend: Backend) {
         .unwrap()
         .into_inner();
     let mut positions = Vec::new();
+    let mut position_of_event = HashMap::new();
     while positions.len() < written.len() {
         let event = tokio::time::timeout(Duration::from_secs(10), replay.message())
             .await
@@ -117,10 +118,35 @@ async fn concurrent_writers_never_make_a_consumer_skip(backend: Backend) {
             .unwrap();
         if event.r#type != HEARTBEAT_TYPE {
             positions.push(event.position);
+            position_of_event.insert(event.id, event.position);
         }
     }
     assert!(positions.windows(2).all(|w| w[0] < w[1]));
     assert_eq!(*positions.last().unwrap(), last);
+
+    // The audit trail names each event's feed position.
+    let mut audited = HashMap::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_audit_events(authed(
+                ListAuditEventsRequest {
+                    page_size: 100,
+                    page_token,
+                    ..Default::default()
+                },
+                &token,
+            ))
+            .await
+            .expect("audit events")
+            .into_inner();
+        audited.extend(page.audit_events.into_iter().map(|e| (e.id, e.position)));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(audited, position_of_event);
 
     let negative = client
         .watch_events(authed(

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use rand::RngCore as _;
-use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use sea_orm::ConnectionTrait;
 
 use crm_platform::auth::{KeyMaterial, Role, TokenIssuer};
 use crm_platform::config::Config;
@@ -596,17 +596,12 @@ async fn checkpoint(db: &sea_orm::DatabaseConnection) {
 async fn settled_head(db: &sea_orm::DatabaseConnection) -> anyhow::Result<i64> {
     let deadline = std::time::Instant::now() + Duration::from_secs(300);
     loop {
-        let row = db
-            .query_one_raw(Statement::from_string(
-                DbBackend::Postgres,
-                "SELECT COALESCE(MAX(position), 0) AS head, \
-                 COUNT(*) FILTER (WHERE position IS NULL) AS waiting FROM outbox",
-            ))
+        let head = crm_platform::events::head_position(db)
             .await
-            .context("reading the feed's head position")?
-            .context("no row from an aggregate")?;
-        let head: i64 = row.try_get("", "head")?;
-        let waiting: i64 = row.try_get("", "waiting")?;
+            .context("reading the feed's head position")?;
+        let waiting = crm_platform::events::pending_count(db)
+            .await
+            .context("counting the events without a position")?;
         if waiting == 0 || std::time::Instant::now() > deadline {
             return Ok(head);
         }
