@@ -31,7 +31,7 @@ use crate::errors::ApiError;
 
 mod positions;
 
-pub use positions::{FeedPositionsMigration, outbox_pending, pending_count, positions_of};
+pub use positions::{FeedPositionsMigration, pending_count, positions_of};
 
 /// The event type of heartbeats.
 pub const HEARTBEAT_TYPE: &str = "crm.common.v1.Heartbeat";
@@ -460,8 +460,9 @@ fn outbox_row(caller: &Caller, id: String, event: NewEvent, now: i64) -> outbox:
     }
 }
 
-/// Appends `event` to the outbox within `txn`, in one statement on Postgres; it becomes
-/// visible (and gets its position) only when `txn` commits.
+/// Appends `event` to the outbox within `txn`, in one statement on Postgres and two on
+/// SQLite (so pass a transaction); it becomes visible (and gets its position) only when
+/// `txn` commits.
 pub async fn append<C: ConnectionTrait>(
     txn: &C,
     caller: &Caller,
@@ -1009,6 +1010,12 @@ mod tests {
             .collect()
     }
 
+    /// Every position still stored, whether or not its event is.
+    async fn positions_kept(feed: &EventFeed) -> Vec<i64> {
+        let kept = positions::oldest_after(&feed.db, 0, 10_000).await.unwrap();
+        kept.into_iter().map(|(position, _)| position).collect()
+    }
+
     /// (position, event time) of the feed from position 0, as `WatchEvents` reads it.
     async fn feed_times(feed: &EventFeed) -> Vec<(i64, i64)> {
         positions::page_after(&feed.db, 0, None, &[], 100)
@@ -1120,6 +1127,7 @@ mod tests {
             left(&feed).await,
             vec![(None, 10), (Some(6), 50), (Some(4), 400), (Some(5), 500)]
         );
+        assert_eq!(positions_kept(&feed).await, [4, 5, 6]);
         // Nothing more is old enough before position 4.
         assert_eq!(feed.prune_before(350).await.unwrap(), 0);
         assert_eq!(read_state(&feed.db).await.unwrap(), (6, 3));
@@ -1127,6 +1135,7 @@ mod tests {
         assert_eq!(feed.prune_before(1_000).await.unwrap(), 3);
         assert_eq!(read_state(&feed.db).await.unwrap(), (6, 6));
         assert_eq!(left(&feed).await, vec![(None, 10)]);
+        assert!(positions_kept(&feed).await.is_empty());
 
         // A consumer whose checkpoint is behind what was pruned must re-sync.
         let behind = feed
@@ -1172,5 +1181,6 @@ mod tests {
         assert_eq!(feed.prune_before(4_000).await.unwrap(), 2_500);
         assert_eq!(read_state(&feed.db).await.unwrap(), (2_501, 2_500));
         assert_eq!(left(&feed).await, vec![(Some(2_501), 5_000)]);
+        assert_eq!(positions_kept(&feed).await, [2_501]);
     }
 }

@@ -11,10 +11,8 @@ use crm_platform::bulk::{FinalQuery, Rows, insert_all_atomically, insert_all_the
 use sea_orm::sea_query::Alias;
 use sea_orm::{ConnectionTrait as _, Database, DatabaseConnection, Statement};
 
-fn postgres_base() -> String {
-    std::env::var("CRM_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-}
+mod support;
+use support::with_postgres_database;
 
 /// Two tables; `second` already holds the id "taken".
 async fn prepare(db: &DatabaseConnection) {
@@ -133,26 +131,6 @@ async fn query_after_inserts(db: &DatabaseConnection) {
     assert!(declined.unwrap().is_none());
     assert_eq!(ids(db, "first").await, ["a", "b"]);
     assert_eq!(ids(db, "second").await, ["new", "newer", "taken"]);
-}
-
-async fn with_postgres_database(run: impl AsyncFnOnce(&DatabaseConnection)) {
-    let name = format!("crm_test_bulk_{}", uuid::Uuid::now_v7().simple());
-    let admin = Database::connect(format!("{}/postgres", postgres_base()))
-        .await
-        .expect("Postgres must be running for the Postgres tests (CRM_TEST_POSTGRES_URL)");
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
-        .await
-        .unwrap();
-    let db = Database::connect(format!("{}/{name}", postgres_base()))
-        .await
-        .unwrap();
-    run(&db).await;
-    db.close().await.unwrap();
-    admin
-        .execute_unprepared(&format!("DROP DATABASE \"{name}\""))
-        .await
-        .unwrap();
 }
 
 #[tokio::test]

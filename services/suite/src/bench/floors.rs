@@ -79,7 +79,9 @@ pub fn postgres_point_select(
 }
 
 /// Tables shaped like `contacts` and `outbox` (same columns and indexes), so that the
-/// insert floor writes the same two rows as CreateContact without touching its data.
+/// insert floor writes CreateContact's contact and event rows (DESIGN.md §10: "the same
+/// two rows") without touching its data. What else CreateContact writes (search terms,
+/// the event's pending position) the floor leaves out.
 pub async fn prepare_insert_tables(db: &DatabaseConnection) -> anyhow::Result<()> {
     for sql in [
         "DROP TABLE IF EXISTS bench_floor_contacts",

@@ -596,12 +596,13 @@ async fn checkpoint(db: &sea_orm::DatabaseConnection) {
 async fn settled_head(db: &sea_orm::DatabaseConnection) -> anyhow::Result<i64> {
     let deadline = std::time::Instant::now() + Duration::from_secs(300);
     loop {
-        let head = crm_platform::events::head_position(db)
-            .await
-            .context("reading the feed's head position")?;
+        // Pending first: a head read after no event was waiting covers every one.
         let waiting = crm_platform::events::pending_count(db)
             .await
             .context("counting the events without a position")?;
+        let head = crm_platform::events::head_position(db)
+            .await
+            .context("reading the feed's head position")?;
         if waiting == 0 || std::time::Instant::now() > deadline {
             return Ok(head);
         }

@@ -3,9 +3,10 @@
 //! Why apart: the relay used to stamp a position on the outbox row itself. The position
 //! is indexed, so Postgres could not update the row in place: every event was written
 //! twice, its payload and every outbox index entry included, and the first copy left
-//! for vacuum. Now a writer adds a narrow `outbox_pending` row beside each event, in the
-//! same statement, and the relay moves pending rows to `feed_positions`: the outbox row
-//! is written once, and a position costs two small inserts and a delete.
+//! for vacuum. Now a writer adds a narrow `outbox_pending` row beside each event (in the
+//! same statement on Postgres, the same transaction on SQLite), and the relay moves
+//! pending rows to `feed_positions`: the outbox row is written once, and a position
+//! costs two small inserts and a delete.
 
 use std::collections::HashMap;
 
@@ -56,6 +57,9 @@ enum FeedPositions {
 /// Moves the outbox's positions to `feed_positions` and its unstamped events to
 /// `outbox_pending`, then drops the outbox's position column and its indexes. Each
 /// service lists it after the other outbox migrations.
+///
+/// A process of the release before it cannot write once it has run (it sets the
+/// column this drops): stop the old release's pods before running it (k8s/README.md).
 pub struct FeedPositionsMigration;
 
 impl MigrationName for FeedPositionsMigration {
@@ -78,7 +82,21 @@ const MOVE_OUT_OF_THE_OUTBOX: [&str; 6] = [
 
 #[async_trait::async_trait]
 impl MigrationTrait for FeedPositionsMigration {
+    /// All or nothing on SQLite too: a half-moved outbox could not be moved again.
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
+    }
+
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let postgres = manager.get_database_backend() == DbBackend::Postgres;
+        if postgres {
+            // Each statement below reads its own snapshot: an event written or stamped
+            // by another process between two of them would be moved by neither.
+            manager
+                .get_connection()
+                .execute_unprepared("LOCK TABLE outbox IN EXCLUSIVE MODE")
+                .await?;
+        }
         manager
             .create_table(
                 Table::create()
@@ -160,6 +178,17 @@ impl MigrationTrait for FeedPositionsMigration {
                     .to_owned(),
             )
             .await?;
+        if postgres {
+            // The pending rows are a queue: each is deleted within moments of its
+            // insert, and the relay's scan starts where the dead ones gather.
+            conn.execute_unprepared(
+                "ALTER TABLE outbox_pending SET (autovacuum_vacuum_scale_factor = 0, \
+                 autovacuum_vacuum_threshold = 1000)",
+            )
+            .await?;
+            conn.execute_unprepared("ANALYZE feed_positions, outbox_pending")
+                .await?;
+        }
         Ok(())
     }
 }
@@ -183,7 +212,7 @@ fn parameters(backend: DbBackend) -> (&'static str, &'static str) {
 /// Gives the next `batch` pending events, in event time then id order, the positions
 /// after `head`, and removes them from the pending ones; returns how many. The caller
 /// holds the relay's lock, in a transaction. Run after nearly every write, so each
-/// statement's text is fixed and the connection keeps its plan.
+/// statement's text is fixed and the connection keeps it prepared.
 pub(super) async fn stamp_batch<C: ConnectionTrait>(
     txn: &C,
     head: i64,
@@ -210,9 +239,10 @@ pub(super) async fn stamp_batch<C: ConnectionTrait>(
             backend,
             format!(
                 "DELETE FROM outbox_pending WHERE (event_time_us, id) IN \
-                 (SELECT event_time_us, event_id FROM feed_positions WHERE position > {head_param})"
+                 (SELECT event_time_us, event_id FROM feed_positions \
+                 WHERE position > {head_param} AND position <= {head_param} + {batch_param})"
             ),
-            [head.into()],
+            [head.into(), batch.into()],
         ))
         .await?;
     }
