@@ -48,11 +48,7 @@ pub async fn events_about<C: sea_orm::ConnectionTrait>(
             .all(conn)
             .await
             .map_err(|e| crm_platform::errors::from_db(e, "audit events"))?;
-        let positions =
-            crm_platform::events::positions_of(conn, rows.iter().map(|r| r.id.as_str()))
-                .await
-                .map_err(|e| crm_platform::errors::from_db(e, "audit events"))?;
-        events.extend(rows.iter().map(|row| query::audit_event(row, &positions)));
+        events.extend(query::audit_events(conn, &rows).await?);
     }
     events.sort_by(|a, b| {
         let time = |e: &AuditEvent| e.event_time.as_ref().map(|t| (t.seconds, t.nanos));

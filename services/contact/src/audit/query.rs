@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use prost::Message as _;
 use sea_orm::sea_query::{Condition, Expr};
 use sea_orm::{
-    ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, Select,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, Select,
 };
 
 use crm_platform::ApiError;
@@ -172,15 +172,7 @@ pub async fn page(
         (true, Some(last)) => Some((last.event_time_us, last.id.clone())),
         _ => None,
     };
-    let positions = crm_platform::events::positions_of(db, rows.iter().map(|r| r.id.as_str()))
-        .await
-        .map_err(|e| from_db(e, "audit events"))?;
-    Ok((
-        rows.iter()
-            .map(|row| audit_event(row, &positions))
-            .collect(),
-        cursor,
-    ))
+    Ok((audit_events(db, &rows).await?, cursor))
 }
 
 /// The cursor in a page token: event time, id, then the total of page one.
@@ -204,10 +196,24 @@ pub fn parse_cursor(values: Vec<CursorValue>) -> Result<((i64, String), u64), Ap
     }
 }
 
+/// Outbox rows as audit entries, each with its feed position if it has one yet.
+pub(crate) async fn audit_events<C: ConnectionTrait>(
+    conn: &C,
+    rows: &[outbox::Model],
+) -> Result<Vec<AuditEvent>, ApiError> {
+    let positions = crm_platform::events::positions_of(conn, rows.iter().map(|r| r.id.as_str()))
+        .await
+        .map_err(|e| from_db(e, "audit events"))?;
+    Ok(rows
+        .iter()
+        .map(|row| audit_event(row, &positions))
+        .collect())
+}
+
 /// An outbox row as an audit entry, with its feed position if it has one yet
 /// (`positions` by event id). The payload is decoded for the actor and the changes;
 /// should it ever fail to decode, the row's own columns still say what and who.
-pub(crate) fn audit_event(row: &outbox::Model, positions: &HashMap<String, i64>) -> AuditEvent {
+fn audit_event(row: &outbox::Model, positions: &HashMap<String, i64>) -> AuditEvent {
     let event = Event::decode(row.payload.as_slice()).unwrap_or_else(|err| {
         tracing::error!(event.id = %row.id, error = %err, "undecodable outbox payload in audit trail");
         Event::default()

@@ -354,12 +354,17 @@ pub async fn positions_of<C: ConnectionTrait>(
     let mut positions = HashMap::with_capacity(ids.len());
     // Bounded lists: SQLite caps the parameters of one statement.
     for chunk in ids.chunks(500) {
+        let of_chunk = crate::lookup::any_text(
+            conn.get_database_backend(),
+            Expr::col(FeedPositions::EventId),
+            chunk.iter().copied(),
+        );
         let rows = conn
             .query_all(
                 &Query::select()
                     .columns([FeedPositions::EventId, FeedPositions::Position])
                     .from(FeedPositions::Table)
-                    .and_where(Expr::col(FeedPositions::EventId).is_in(chunk.iter().copied()))
+                    .and_where(of_chunk)
                     .to_owned(),
             )
             .await?;
