@@ -687,6 +687,7 @@ impl EventFeed {
             types: request.types,
             cursor: request.after_position,
             batch: self.config.batch_size.clamp(1, 10_000),
+            window: SCAN_WINDOW,
             heartbeat,
             poll: Duration::from_millis(Ord::max(self.config.relay_interval_ms, 10)),
             head: self.head.subscribe(),
@@ -717,12 +718,20 @@ pub async fn head_position<C: ConnectionTrait>(conn: &C) -> Result<i64, DbErr> {
     Ok(read_state(conn).await?.0)
 }
 
+/// The most positions one `WatchEvents` query looks at. A watch of rare event types
+/// (or of a tenant with few events) finds a short page after reading up to this many
+/// instead of the whole feed after its cursor, and steps on from there.
+const SCAN_WINDOW: i64 = 10_000;
+
 struct Watcher {
     db: DatabaseConnection,
     tenant: Option<String>,
     types: Vec<String>,
+    /// Every wanted event at or below it has been sent.
     cursor: i64,
     batch: u64,
+    /// Positions one query looks at, at most ([`SCAN_WINDOW`]).
+    window: i64,
     heartbeat: Duration,
     poll: Duration,
     head: watch::Receiver<i64>,
@@ -734,17 +743,20 @@ impl Watcher {
     async fn run(mut self) {
         let mut last_sent = tokio::time::Instant::now();
         loop {
-            if *self.shutdown.borrow() {
+            // A client gone while catching up is noticed here, not at the next send.
+            if *self.shutdown.borrow() || self.tx.is_closed() {
                 return;
             }
             // Everything at or below the head read here has its position and is visible to
-            // the query that follows, so a short page means we have seen all up to `head`.
+            // the query that follows, so a short page means we have seen all up to
+            // `through`.
             let step = async {
                 let head = head_position(&self.db).await?;
-                let rows = self.next_rows().await?;
-                Ok::<_, DbErr>((head, rows))
+                let through = Ord::min(head, self.cursor.saturating_add(self.window));
+                let rows = self.next_rows(through).await?;
+                Ok::<_, DbErr>((head, through, rows))
             };
-            let (head, rows) = match step.await {
+            let (head, through, rows) = match step.await {
                 Ok(found) => found,
                 Err(err) => {
                     tracing::warn!(error = %err, "watch query failed");
@@ -773,10 +785,13 @@ impl Watcher {
             if full_page {
                 continue;
             }
-            let seen = Ord::max(self.cursor, head);
+            // The next query starts past what this one looked at, not at the last event
+            // sent: a watch of rare types would otherwise read the same run of other
+            // events again at every poll.
+            self.cursor = Ord::max(self.cursor, through);
             if last_sent.elapsed() >= self.heartbeat {
                 let beat = Event {
-                    position: seen,
+                    position: self.cursor,
                     r#type: HEARTBEAT_TYPE.to_owned(),
                     event_time: Some(micros_to_timestamp(now_micros())),
                     ..Event::default()
@@ -786,9 +801,14 @@ impl Watcher {
                 }
                 last_sent = tokio::time::Instant::now();
             }
+            if through < head {
+                // Catching up, one window at a time.
+                continue;
+            }
             let until_heartbeat = self.heartbeat.saturating_sub(last_sent.elapsed());
             tokio::select! {
-                _ = self.head.wait_for(|h| *h > seen) => {}
+                // Caught up: the cursor is at or past the head read above.
+                _ = self.head.wait_for(|h| *h > self.cursor) => {}
                 // Other replicas' relays stamp rows this process is not told about.
                 _ = tokio::time::sleep(self.poll.min(until_heartbeat)) => {}
                 _ = self.shutdown.changed() => return,
@@ -797,11 +817,12 @@ impl Watcher {
         }
     }
 
-    /// (position, payload) of the next events after the cursor.
-    async fn next_rows(&self) -> Result<Vec<(i64, Vec<u8>)>, DbErr> {
+    /// (position, payload) of the next events after the cursor, up to `through`.
+    async fn next_rows(&self, through: i64) -> Result<Vec<(i64, Vec<u8>)>, DbErr> {
         positions::page_after(
             &self.db,
             self.cursor,
+            through,
             self.tenant.as_deref(),
             &self.types,
             self.batch,
@@ -1018,7 +1039,7 @@ mod tests {
 
     /// (position, event time) of the feed from position 0, as `WatchEvents` reads it.
     async fn feed_times(feed: &EventFeed) -> Vec<(i64, i64)> {
-        positions::page_after(&feed.db, 0, None, &[], 100)
+        positions::page_after(&feed.db, 0, i64::MAX, None, &[], 100)
             .await
             .unwrap()
             .into_iter()
@@ -1040,7 +1061,7 @@ mod tests {
         tenant: Option<&str>,
         types: &[String],
     ) -> Vec<i64> {
-        let page = positions::page_after(&feed.db, after, tenant, types, 100)
+        let page = positions::page_after(&feed.db, after, i64::MAX, tenant, types, 100)
             .await
             .unwrap();
         page.into_iter().map(|(position, _)| position).collect()
@@ -1108,6 +1129,66 @@ mod tests {
             vec![(Some(1), 100), (Some(3), 150), (Some(2), 200)]
         );
         assert_eq!(read_state(&feed.db).await.unwrap(), (3, 0));
+    }
+
+    /// Writes one event of `event_type` at each time, in one transaction.
+    async fn insert_typed(
+        feed: &EventFeed,
+        event_type: &'static str,
+        times: impl IntoIterator<Item = i64>,
+    ) {
+        let txn = begin_write(&feed.db).await.unwrap();
+        for time in times {
+            let event = NewEvent {
+                event_type,
+                ..happened()
+            };
+            let rows = event_rows(&caller(), [event], time).unwrap();
+            crate::bulk::insert_all(&txn, rows).await.unwrap();
+        }
+        txn.commit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_watch_of_rare_types_steps_through_the_feed_window_by_window() {
+        let (feed, _dir) = feed().await;
+        insert_typed(&feed, "crm.test.v1.Rare", [10, 11]).await; // positions 1 and 2
+        insert_typed(&feed, "crm.test.v1.Common", 20..40).await; // 3 to 22
+        insert_typed(&feed, "crm.test.v1.Rare", [50]).await; // 23
+        stamp_all(&feed).await;
+        let (tx, mut rx) = mpsc::channel(64);
+        let watcher = Watcher {
+            db: feed.db.clone(),
+            tenant: None,
+            types: vec!["crm.test.v1.Rare".into()],
+            cursor: 0,
+            batch: 2,
+            window: 4,
+            heartbeat: Duration::ZERO,
+            poll: Duration::from_millis(10),
+            head: feed.head.subscribe(),
+            shutdown: feed.shutdown.subscribe(),
+            tx,
+        };
+        let task = tokio::spawn(watcher.run());
+        let (mut sent, mut beats) = (Vec::new(), Vec::new());
+        while beats.last() != Some(&23) {
+            let event = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("the watch goes on")
+                .expect("the watch is open")
+                .expect("no error");
+            if event.r#type == HEARTBEAT_TYPE {
+                beats.push(event.position);
+            } else {
+                sent.push(event.position);
+            }
+        }
+        task.abort();
+        assert_eq!(sent, [1, 2, 23]);
+        // The first page is full (two events, positions 1 and 2); then each query looks at
+        // the next four positions at most, and the heartbeats say how far it got.
+        assert_eq!(beats, [6, 10, 14, 18, 22, 23]);
     }
 
     #[tokio::test]

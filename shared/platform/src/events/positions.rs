@@ -308,11 +308,12 @@ pub(super) async fn delete_range<C: ConnectionTrait>(
     Ok(deleted)
 }
 
-/// A page of the feed: (position, payload) of the events after `cursor`, in position
-/// order, of one tenant or all, of some types or all.
+/// A page of the feed: (position, payload) of the events after `cursor` and at or
+/// before `through`, in position order, of one tenant or all, of some types or all.
 pub(super) async fn page_after<C: ConnectionTrait>(
     conn: &C,
     cursor: i64,
+    through: i64,
     tenant: Option<&str>,
     types: &[String],
     limit: u64,
@@ -328,6 +329,7 @@ pub(super) async fn page_after<C: ConnectionTrait>(
                 .equals((FeedPositions::Table, FeedPositions::EventId)),
         )
         .and_where(Expr::col((FeedPositions::Table, FeedPositions::Position)).gt(cursor))
+        .and_where(Expr::col((FeedPositions::Table, FeedPositions::Position)).lte(through))
         .order_by((FeedPositions::Table, FeedPositions::Position), Order::Asc)
         .limit(limit);
     if let Some(tenant) = tenant {
