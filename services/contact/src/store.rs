@@ -73,6 +73,14 @@ pub struct StoredContact {
     pub revision: i64,
 }
 
+/// Where a walk of contacts in id order starts.
+pub enum IdBound {
+    /// At this id, or after it if it is gone.
+    From(String),
+    /// After this id.
+    After(String),
+}
+
 /// What [`ContactStore::create_and_query`] did.
 pub enum CreatedWithQuery {
     /// The contact is stored, and these are the rows the query read.
@@ -447,6 +455,31 @@ impl ContactStore {
         row.map(|row| Ok((row.try_get_by_index(0)?, row.try_get_by_index(1)?)))
             .transpose()
             .map_err(|e: sea_orm::DbErr| from_db(e, "contact"))
+    }
+
+    /// Live contacts of the tenant in id order, from `start` on, at most `limit`.
+    pub async fn live_in_id_order(
+        &self,
+        tenant: &str,
+        start: Option<&IdBound>,
+        limit: u64,
+    ) -> Result<Vec<StoredContact>, ApiError> {
+        let mut query = Contacts::find()
+            .filter(Column::TenantId.eq(tenant))
+            .filter(Column::DeleteTimeUs.is_null())
+            .filter(Column::MergedInto.is_null());
+        query = match start {
+            Some(IdBound::From(id)) => query.filter(Column::Id.gte(id.as_str())),
+            Some(IdBound::After(id)) => query.filter(Column::Id.gt(id.as_str())),
+            None => query,
+        };
+        let rows = query
+            .order_by_asc(Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await
+            .map_err(|e| from_db(e, "contact"))?;
+        rows.iter().map(decode).collect()
     }
 
     pub async fn get_many(

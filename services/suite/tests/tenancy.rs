@@ -684,6 +684,11 @@ fn contact_cases() -> Vec<(&'static str, Cases)> {
                     },
                     NoLeak,
                 ),
+                read(
+                    "the tenant scan (A holds a pair)",
+                    FindDuplicatesRequest::default(),
+                    NoLeak,
+                ),
             ]
         }),
         case("MergeContacts", |w| {

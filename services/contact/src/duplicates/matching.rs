@@ -25,6 +25,8 @@ use crate::store::contact_row;
 pub struct Candidate {
     /// "contacts/{id}".
     pub contact: String,
+    /// When the candidate was created (µs since the epoch).
+    pub create_time_us: i64,
     pub score: f64,
     pub matches: Vec<DuplicateMatch>,
 }
@@ -470,6 +472,7 @@ impl DuplicateLookup {
                     .filter_map(|s| {
                         score(probe, s, rules).map(|(score, matches)| Candidate {
                             contact: format!("contacts/{}", s.id),
+                            create_time_us: s.create_time_us,
                             score,
                             matches,
                         })
@@ -522,112 +525,6 @@ fn holders_sql_postgres(first: usize) -> String {
          WHERE c.tenant_id = ${tenant} AND c.term = k.term AND c.field = k.field LIMIT ${limit}) AS t \
          LIMIT ${limit}"
     )
-}
-
-/// A likely duplicate pair of a tenant scan: the older contact first.
-#[derive(Debug, Clone)]
-pub struct Pair {
-    pub older: String,
-    pub newer: String,
-    pub score: f64,
-    pub matches: Vec<DuplicateMatch>,
-}
-
-/// Every likely duplicate pair in the tenant, best first. Contacts are compared when
-/// they share an email address, a phone number, an account or an email domain
-/// (groups larger than MAX_GROUP are not compared by name).
-pub async fn tenant_pairs<C: ConnectionTrait>(
-    conn: &C,
-    tenant: &str,
-    rules: &DuplicateRules,
-) -> Result<Vec<Pair>, ApiError> {
-    // Groups of contact ids that share a key: an address, a number, a domain.
-    let rows = conn
-        .query_all(
-            &postings_of_tenant(tenant)
-                .and_where(Expr::col(ContactTerms::Field).is_in([
-                    TermField::Email.code(),
-                    TermField::Phone.code(),
-                    TermField::EmailDomain.code(),
-                ]))
-                .order_by(ContactTerms::Field, sea_orm::Order::Asc)
-                .order_by(ContactTerms::Term, sea_orm::Order::Asc)
-                .to_owned(),
-        )
-        .await
-        .map_err(|e| from_db(e, "contacts"))?;
-    let mut groups: HashMap<(i16, String), Vec<String>> = HashMap::new();
-    for row in &rows {
-        let (field, term, id) = posting(row)?;
-        groups.entry((field, term)).or_default().push(id);
-    }
-    let accounts: Vec<(String, String)> = contact_row::Entity::find()
-        .select_only()
-        .columns([contact_row::Column::Account, contact_row::Column::Id])
-        .filter(contact_row::Column::TenantId.eq(tenant))
-        .filter(contact_row::Column::Account.ne(""))
-        .filter(contact_row::Column::DeleteTimeUs.is_null())
-        .filter(contact_row::Column::MergedInto.is_null())
-        .into_tuple()
-        .all(conn)
-        .await
-        .map_err(|e| from_db(e, "contacts"))?;
-    for (account, id) in accounts {
-        groups.entry((0, account)).or_default().push(id);
-    }
-    let mut candidate_pairs: BTreeSet<(String, String)> = BTreeSet::new();
-    let mut involved: HashSet<String> = HashSet::new();
-    for members in groups.values() {
-        if members.len() < 2 || members.len() as u64 > MAX_GROUP {
-            continue;
-        }
-        for (i, a) in members.iter().enumerate() {
-            for b in &members[i + 1..] {
-                if a != b {
-                    let pair = if a < b {
-                        (a.clone(), b.clone())
-                    } else {
-                        (b.clone(), a.clone())
-                    };
-                    involved.insert(pair.0.clone());
-                    involved.insert(pair.1.clone());
-                    candidate_pairs.insert(pair);
-                }
-            }
-        }
-    }
-    let profiles: HashMap<String, Profile> =
-        load_profiles(conn, tenant, &involved, &BTreeSet::new())
-            .await?
-            .into_iter()
-            .map(|p| (p.id.clone(), p))
-            .collect();
-    let mut pairs = Vec::new();
-    for (a, b) in candidate_pairs {
-        let (Some(pa), Some(pb)) = (profiles.get(&a), profiles.get(&b)) else {
-            continue;
-        };
-        if let Some((score, matches)) = score(pa, pb, rules) {
-            let (older, newer) = if (pa.create_time_us, &pa.id) <= (pb.create_time_us, &pb.id) {
-                (pa, pb)
-            } else {
-                (pb, pa)
-            };
-            pairs.push(Pair {
-                older: format!("contacts/{}", older.id),
-                newer: format!("contacts/{}", newer.id),
-                score,
-                matches,
-            });
-        }
-    }
-    pairs.sort_by(|a, b| {
-        b.score
-            .total_cmp(&a.score)
-            .then_with(|| a.older.cmp(&b.older))
-            .then_with(|| a.newer.cmp(&b.newer))
-    });
-    Ok(pairs)
 }
 
 #[cfg(test)]

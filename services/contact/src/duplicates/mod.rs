@@ -4,6 +4,7 @@ pub mod matching;
 mod merge;
 pub mod migration;
 pub mod rules;
+pub mod scan;
 
 use std::collections::HashMap;
 
@@ -13,7 +14,7 @@ use crm_platform::auth::Caller;
 use crm_platform::db::{micros_to_timestamp, now_micros};
 use crm_platform::errors::from_db;
 use crm_platform::events::{self, NewEvent};
-use crm_platform::pagination::{self, PageTokens};
+use crm_platform::pagination::{self, CursorValue, PageTokens};
 use crm_platform::{ApiError, Violations, idempotency};
 use crm_proto::common::FieldChange;
 use crm_proto::contact::*;
@@ -49,6 +50,79 @@ impl DuplicatesApi {
             .collect())
     }
 
+    /// One page of the tenant scan ([`scan`]): its token names the contact the next
+    /// call goes on from and how many of that contact's pairs were returned.
+    async fn scan_tenant(
+        &self,
+        caller: &Caller,
+        page_token: &str,
+        page_size: usize,
+        rules: &DuplicateRules,
+    ) -> Result<Response<FindDuplicatesResponse>, Status> {
+        // The scan's tokens are not offsets: a token of another kind of call, or of
+        // another minimum score, does not fit.
+        let fingerprint = PageTokens::fingerprint(&["tenant scan", &rules.min_score.to_string()]);
+        let from = match self
+            .ctx
+            .tokens
+            .decode(page_token, &caller.tenant, &fingerprint)?
+            .as_deref()
+        {
+            None => None,
+            Some([CursorValue::Text(contact_id), CursorValue::Int(returned)]) if *returned >= 0 => {
+                Some(scan::ScanCursor {
+                    contact_id: contact_id.clone(),
+                    returned: *returned as usize,
+                })
+            }
+            Some(_) => {
+                return Err(ApiError::invalid("page_token", "page token is malformed").into());
+            }
+        };
+        let page = scan::scan(
+            &self.ctx.db,
+            &self.ctx.contacts,
+            &caller.tenant,
+            rules,
+            from,
+            page_size,
+            scan::SCAN_BUDGET,
+        )
+        .await?;
+        let wanted: Vec<String> = page.pairs.iter().map(|p| p.newer.clone()).collect();
+        let contacts = self.contacts_by_name(&caller.tenant, &wanted).await?;
+        let candidates = page
+            .pairs
+            .into_iter()
+            .filter_map(|pair| {
+                contacts
+                    .get(&pair.newer)
+                    .cloned()
+                    .map(|duplicate| DuplicateCandidate {
+                        contact: pair.older,
+                        duplicate: Some(duplicate),
+                        score: pair.score,
+                        matched_fields: pair.matches,
+                    })
+            })
+            .collect();
+        let next_page_token = match page.next {
+            None => String::new(),
+            Some(cursor) => self.ctx.tokens.encode(
+                &caller.tenant,
+                &fingerprint,
+                vec![
+                    CursorValue::Text(cursor.contact_id),
+                    CursorValue::Int(cursor.returned as i64),
+                ],
+            )?,
+        };
+        Ok(Response::new(FindDuplicatesResponse {
+            candidates,
+            next_page_token,
+        }))
+    }
+
     pub async fn find_duplicates(
         &self,
         request: Request<FindDuplicatesRequest>,
@@ -63,12 +137,16 @@ impl DuplicatesApi {
         if request.min_score > 0.0 {
             rules.min_score = request.min_score;
         }
-        let target_key = match &request.target {
-            Some(find_duplicates_request::Target::Contact(name)) => name.clone(),
-            Some(find_duplicates_request::Target::Probe(probe)) => {
+        let Some(target) = request.target else {
+            return self
+                .scan_tenant(&caller, &request.page_token, page_size, &rules)
+                .await;
+        };
+        let target_key = match &target {
+            find_duplicates_request::Target::Contact(name) => name.clone(),
+            find_duplicates_request::Target::Probe(probe) => {
                 idempotency::request_hash(&prost::Message::encode_to_vec(probe))
             }
-            None => String::new(),
         };
         let fingerprint = PageTokens::fingerprint(&[&target_key, &request.min_score.to_string()]);
         let offset =
@@ -77,8 +155,8 @@ impl DuplicatesApi {
                 .decode_offset(&request.page_token, &caller.tenant, &fingerprint)?;
 
         // (the contact duplicated, the duplicate, score, matches), best first.
-        let found: Vec<(String, String, f64, Vec<DuplicateMatch>)> = match request.target {
-            Some(find_duplicates_request::Target::Contact(name)) => {
+        let found: Vec<(String, String, f64, Vec<DuplicateMatch>)> = match target {
+            find_duplicates_request::Target::Contact(name) => {
                 let id = names::parse(names::CONTACTS, "contact", &name)?;
                 let stored = self
                     .ctx
@@ -99,7 +177,7 @@ impl DuplicatesApi {
                 .map(|c| (name.clone(), c.contact, c.score, c.matches))
                 .collect()
             }
-            Some(find_duplicates_request::Target::Probe(mut probe)) => {
+            find_duplicates_request::Target::Probe(mut probe) => {
                 let mut violations = Violations::new();
                 validate::contact(&mut violations, "probe", &mut probe);
                 violations.into_result()?;
@@ -111,11 +189,6 @@ impl DuplicatesApi {
                     .map(|c| (String::new(), c.contact, c.score, c.matches))
                     .collect()
             }
-            None => matching::tenant_pairs(&self.ctx.db, &caller.tenant, &rules)
-                .await?
-                .into_iter()
-                .map(|p| (p.older, p.newer, p.score, p.matches))
-                .collect(),
         };
         let page: Vec<_> = found.iter().skip(offset).take(page_size).collect();
         let wanted: Vec<String> = page.iter().map(|(_, dup, _, _)| dup.clone()).collect();

@@ -144,32 +144,8 @@ async fn finds_duplicates_by_email_phone_and_similar_name(backend: Backend) {
     assert_eq!(found[0].0, by_phone.name);
     assert_eq!(found[0].2, [DuplicateMatchRule::ExactPhone as i32]);
 
-    // The tenant scan lists each pair once, the older contact first, best first.
-    let mut pairs = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .find_duplicates(authed(
-                FindDuplicatesRequest {
-                    page_size: 1,
-                    page_token: page_token.clone(),
-                    ..Default::default()
-                },
-                &token,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        pairs.extend(
-            page.candidates
-                .into_iter()
-                .map(|c| (c.contact, c.duplicate.unwrap().name, c.score)),
-        );
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
+    // The tenant scan lists each pair once, the older contact first.
+    let pairs = scan_pairs(&mut client, &token, 1).await;
     assert!(
         pairs.contains(&(anna.name.clone(), same_email.name.clone(), 1.0)),
         "{pairs:?}"
@@ -178,8 +154,8 @@ async fn finds_duplicates_by_email_phone_and_similar_name(backend: Backend) {
         pairs.iter().any(|p| p.0 == anna.name && p.1 == typo.name),
         "{pairs:?}"
     );
-    assert!(pairs.windows(2).all(|w| w[0].2 >= w[1].2));
     let mut unique = pairs.clone();
+    unique.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
     unique.dedup();
     assert_eq!(unique.len(), pairs.len());
 
@@ -197,6 +173,142 @@ async fn finds_duplicates_by_email_phone_and_similar_name(backend: Backend) {
     server.finish().await;
 }
 on_both_backends!(finds_duplicates_by_email_phone_and_similar_name);
+
+/// Every pair of the tenant scan, page after page of `page_size`: (older, newer,
+/// score). Each page is best first.
+async fn scan_pairs(
+    client: &mut Client,
+    token: &str,
+    page_size: i32,
+) -> Vec<(String, String, f64)> {
+    let mut pairs = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .find_duplicates(authed(
+                FindDuplicatesRequest {
+                    page_size,
+                    page_token: page_token.clone(),
+                    ..Default::default()
+                },
+                token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.candidates.len() <= page_size as usize);
+        assert!(
+            page.candidates.windows(2).all(|w| w[0].score >= w[1].score),
+            "best first: {:?}",
+            page.candidates
+        );
+        pairs.extend(
+            page.candidates
+                .into_iter()
+                .map(|c| (c.contact, c.duplicate.unwrap().name, c.score)),
+        );
+        if page.next_page_token.is_empty() {
+            return pairs;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// A tenant scan looks at a bounded number of contacts per call (1,000): behind more
+/// people than that without a duplicate, a page comes back empty with a token, and the
+/// pairs after it come on the next pages, each once, however small the pages.
+async fn tenant_scan_goes_on_past_its_budget(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut client = server.client().await;
+    let token = admin("acme");
+    let strangers: Vec<ImportRow> = (0..1_100)
+        .map(|i| {
+            crate::transfer::row(
+                &i.to_string(),
+                person(
+                    &format!("G{i}"),
+                    &format!("F{i}"),
+                    &format!("p{i}@d{i}.example"),
+                ),
+            )
+        })
+        .collect();
+    let (_, summary) = crate::transfer::import(
+        &mut client,
+        &token,
+        crate::transfer::options(ImportMode::CreateOnly),
+        strangers.chunks(500).map(<[ImportRow]>::to_vec).collect(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.created, 1_100);
+    // Four people with one address, created after everyone else: six pairs.
+    let mut twins = Vec::new();
+    for given in ["Ada", "Bea", "Cleo", "Dana"] {
+        twins.push(
+            create(
+                &mut client,
+                &token,
+                person(given, "Lovelace", "twin@acme.ch"),
+            )
+            .await
+            .name,
+        );
+    }
+    let mut expected = Vec::new();
+    for (i, older) in twins.iter().enumerate() {
+        for newer in &twins[i + 1..] {
+            expected.push((older.clone(), newer.clone()));
+        }
+    }
+
+    let first = client
+        .find_duplicates(authed(FindDuplicatesRequest::default(), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(first.candidates.is_empty(), "{:?}", first.candidates);
+    assert!(!first.next_page_token.is_empty());
+
+    for page_size in [1, 2, 50] {
+        let pairs = scan_pairs(&mut client, &token, page_size).await;
+        let mut found: Vec<(String, String)> =
+            pairs.iter().map(|p| (p.0.clone(), p.1.clone())).collect();
+        found.sort();
+        let mut wanted = expected.clone();
+        wanted.sort();
+        assert_eq!(found, wanted, "page size {page_size}");
+        assert!(pairs.iter().all(|p| p.2 == 1.0));
+    }
+
+    // A token is bound to its kind of call and its minimum score.
+    let stale = client
+        .find_duplicates(authed(
+            FindDuplicatesRequest {
+                min_score: 0.99,
+                page_token: first.next_page_token.clone(),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Code::InvalidArgument);
+    let other_kind = client
+        .find_duplicates(authed(
+            FindDuplicatesRequest {
+                target: Some(find_duplicates_request::Target::Contact(twins[0].clone())),
+                page_token: first.next_page_token,
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(other_kind.code(), Code::InvalidArgument);
+    server.finish().await;
+}
+on_both_backends!(tenant_scan_goes_on_past_its_budget);
 
 async fn duplicate_rules_decide_create(backend: Backend) {
     let server = TestServer::start(backend).await;
