@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use prost::Message as _;
 use sea_orm::sea_query::{Condition, Expr};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, Select,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, QueryTrait, Select,
 };
 
 use crm_platform::ApiError;
@@ -120,13 +120,19 @@ fn base(tenant: &str, query: &AuditQuery) -> Select<outbox::Entity> {
     select
 }
 
+/// The trail's `total_size`, as listings give it: exact up to
+/// [`crm_platform::db::EXACT_COUNT_LIMIT`] events, the planner's estimate past it on
+/// Postgres, so that a tenant's first page does not count a million events.
 pub async fn count(
     db: &DatabaseConnection,
     tenant: &str,
     query: &AuditQuery,
 ) -> Result<u64, ApiError> {
-    base(tenant, query)
-        .count(db)
+    let select = base(tenant, query)
+        .select_only()
+        .column(outbox::Column::Id)
+        .into_query();
+    crm_platform::db::total_size(db, select)
         .await
         .map_err(|e| from_db(e, "audit events"))
 }
