@@ -474,12 +474,7 @@ fn translate_compare(
             if raw.is_empty() {
                 return Err(value_error(position, name, "value may not be empty"));
             }
-            let element = raw.to_lowercase();
-            let has = if backend == DbBackend::Postgres {
-                list_contains(spec.column, element)
-            } else {
-                SqlExpr::col(spec.column).like(like(format!("%|{}|%", escape_like(&element))))
-            };
+            let has = list_holds(backend, spec.column, &raw.to_lowercase());
             match op {
                 Op::Has | Op::Eq => Ok(has),
                 Op::Ne => Ok(has.not()),
@@ -489,15 +484,20 @@ fn translate_compare(
     }
 }
 
-/// `string_to_array(column, '|') @> string_to_array(element, '|')`: the list column
-/// holds `element` (which has no `|` and is not empty, so the right side is the
-/// one-element array of it). The left side is the expression the GIN indexes of list
-/// columns are built on ([`list_index_sql`]), so that Postgres answers it from them.
-fn list_contains(column: &'static str, element: String) -> SimpleExpr {
-    SqlExpr::cust_with_exprs(
-        "string_to_array($1, '|') @> string_to_array($2, '|')",
-        [SqlExpr::col(column), SqlExpr::val(element)],
-    )
+/// The list column `column` (`|a|b|`) holds `element`. On Postgres, for an element
+/// without `|` and not empty: `string_to_array(column, '|') @> string_to_array(element,
+/// '|')`, whose left side is the expression the GIN indexes of list columns are built on
+/// ([`list_index_sql`]), so that the index answers it instead of a scan of the tenant.
+/// Otherwise (SQLite, or an element no list can hold as one) a `LIKE` of `|element|`.
+pub fn list_holds(backend: DbBackend, column: &'static str, element: &str) -> SimpleExpr {
+    if backend == DbBackend::Postgres && !element.is_empty() && !element.contains('|') {
+        SqlExpr::cust_with_exprs(
+            "string_to_array($1, '|') @> string_to_array($2, '|')",
+            [SqlExpr::col(column), SqlExpr::val(element)],
+        )
+    } else {
+        SqlExpr::col(column).like(like(format!("%|{}|%", escape_like(element))))
+    }
 }
 
 /// The Postgres statement that creates the GIN index `name` on the elements of the

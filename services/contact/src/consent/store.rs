@@ -3,7 +3,8 @@
 //! need. Only merge (re-pointing) and erasure (removing personal content) rewrite rows.
 
 use prost::Message as _;
-use sea_orm::sea_query::{Condition, Expr, ExprTrait as _, LikeExpr};
+use sea_orm::IdenStatic as _;
+use sea_orm::sea_query::{Condition, Expr};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
     PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
@@ -13,6 +14,7 @@ use crm_platform::ApiError;
 use crm_platform::auth::Caller;
 use crm_platform::errors::from_db;
 use crm_platform::events::{self, EventFeed, NewEvent};
+use crm_platform::filter::list_holds;
 use crm_platform::idempotency;
 use crm_platform::pagination::{self, CursorValue, KeysetColumn};
 use crm_proto::contact::ConsentRecord;
@@ -142,7 +144,9 @@ pub async fn resolve_contact<C: ConnectionTrait>(
     Err(ApiError::internal("contact merge redirects form a cycle"))
 }
 
-/// The contacts, not merged away, whose list index (`|a|b|`) holds `value`.
+/// The contacts, not merged away, whose list index (`|a|b|`) holds `value`: on
+/// Postgres through the list's GIN index (a `GetConsent` by address read the whole
+/// tenant: 200 ms at 1 M).
 pub async fn contacts_with<C: ConnectionTrait>(
     conn: &C,
     tenant: &str,
@@ -150,18 +154,11 @@ pub async fn contacts_with<C: ConnectionTrait>(
     value: &str,
     limit: u64,
 ) -> Result<Vec<ContactRef>, ApiError> {
-    let escaped: String = value
-        .chars()
-        .flat_map(|c| match c {
-            '%' | '_' | '\\' => vec!['\\', c],
-            _ => vec![c],
-        })
-        .collect();
-    let pattern = format!("%|{escaped}|%");
+    let holds = list_holds(conn.get_database_backend(), column.as_str(), value);
     let rows = contact_row::Entity::find()
         .filter(contact_row::Column::TenantId.eq(tenant))
         .filter(contact_row::Column::MergedInto.is_null())
-        .filter(Expr::col(column).like(LikeExpr::new(pattern).escape('\\')))
+        .filter(holds)
         .order_by_asc(contact_row::Column::Id)
         .limit(limit)
         .all(conn)

@@ -583,15 +583,20 @@ pub async fn prune_vocabulary<C: ConnectionTrait>(
         return Ok(());
     }
     let backend = conn.get_database_backend();
-    let in_use = Query::select()
-        .column(ContactTerms::Term)
+    // One posting is enough to keep a term: the correlated probe stops at the first,
+    // where `NOT IN` read every posting of every candidate (a common name's list is
+    // ~16,000 at 1 M).
+    let posting = Query::select()
+        .expr(Expr::val(1))
         .from(ContactTerms::Table)
-        .and_where(Expr::col(ContactTerms::TenantId).eq(tenant))
-        .and_where(any_text(
-            backend,
-            Expr::col(ContactTerms::Term),
-            candidates.iter().map(String::as_str),
-        ))
+        .and_where(
+            Expr::col((ContactTerms::Table, ContactTerms::TenantId))
+                .equals((SearchVocabulary::Table, SearchVocabulary::TenantId)),
+        )
+        .and_where(
+            Expr::col((ContactTerms::Table, ContactTerms::Term))
+                .equals((SearchVocabulary::Table, SearchVocabulary::Term)),
+        )
         .to_owned();
     conn.execute(
         &Query::delete()
@@ -602,7 +607,7 @@ pub async fn prune_vocabulary<C: ConnectionTrait>(
                 Expr::col(SearchVocabulary::Term),
                 candidates.iter().map(String::as_str),
             ))
-            .and_where(Expr::col(SearchVocabulary::Term).not_in_subquery(in_use))
+            .and_where(Expr::exists(posting).not())
             .to_owned(),
     )
     .await

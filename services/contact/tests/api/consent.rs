@@ -983,6 +983,28 @@ async fn unknown_without_record_and_phone_forms(backend: Backend) {
     .await;
     assert!(stranger.contacts.is_empty());
     assert_eq!(stranger.consents[0].status, UNKNOWN);
+    // Only a whole stored address is the person's: not its end, not a pattern.
+    let stored = ana.emails[0].address.clone();
+    let (local, domain) = stored.split_once('@').unwrap();
+    for address in [
+        format!("{}@{domain}", &local[1..]),
+        format!("{}_{}@{domain}", &local[..1], &local[2..]),
+        format!("{}%@{domain}", &local[..1]),
+    ] {
+        let nobody = consent_of(
+            &mut client,
+            &system,
+            Person::EmailAddress(address.clone()),
+            &[EMAIL],
+            &[MARKETING],
+        )
+        .await;
+        assert!(
+            nobody.contacts.is_empty(),
+            "{address}: {:?}",
+            nobody.contacts
+        );
+    }
 
     // By phone, written in another form than it was stored.
     let sms_in = record(
