@@ -33,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(crm_platform::idempotency::IdempotencyMigration),
             Box::new(crm_platform::events::OutboxUnstampedIndexMigration),
             Box::new(crm_platform::events::FeedPositionsMigration),
+            Box::new(crm_platform::idempotency::IdempotencyExpiryMigration),
         ]
     }
 }
@@ -78,7 +79,8 @@ pub async fn add_to(
     _keys: &KeyMaterial,
 ) -> anyhow::Result<EventFeed> {
     let database = db::open::<Migrator>(config, SERVICE).await?;
-    let feed = EventFeed::start(database, SERVICE, config.events.clone());
+    let feed = EventFeed::start(database.clone(), SERVICE, config.events.clone());
+    crm_platform::idempotency::spawn_expiry(database, SERVICE, config, feed.clone());
     let max = config.server.max_message_bytes;
     let server = AnalyticsServiceServer::new(AnalyticsApi { feed: feed.clone() })
         .max_decoding_message_size(max)

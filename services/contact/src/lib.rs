@@ -44,6 +44,7 @@ pub async fn add_to(
 ) -> anyhow::Result<EventFeed> {
     let database = db::open::<migrations::Migrator>(config, grpc::SERVICE).await?;
     let feed = EventFeed::start(database.clone(), grpc::SERVICE, config.events.clone());
+    crm_platform::idempotency::spawn_expiry(database.clone(), grpc::SERVICE, config, feed.clone());
     let cache = CacheHandle::new(
         cache::from_config(&config.cache)?,
         Duration::from_secs(config.cache.ttl_s.max(1)),

@@ -28,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(crate::index::migration::ContactTermSetsMigration),
             Box::new(crate::index::migration::TermsInCodePointOrder),
             Box::new(crm_platform::events::FeedPositionsMigration),
+            Box::new(crm_platform::idempotency::IdempotencyExpiryMigration),
         ]
     }
 }

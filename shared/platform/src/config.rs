@@ -41,6 +41,9 @@ pub struct ServerConfig {
     pub admission_queue: usize,
     /// Largest request or response message.
     pub max_message_bytes: usize,
+    /// How long a `request_id` is remembered: a retry within it answers as the first
+    /// call did; after it (keys are deleted once a minute) the same id is a new request.
+    pub request_id_retention_hours: u64,
     /// Connections are asked to reconnect after this long (GOAWAY), so clients re-spread
     /// over pods; 0 disables.
     pub max_connection_age_s: u64,
@@ -204,6 +207,7 @@ impl Default for ServerConfig {
             admission_wait_ms: 100,
             admission_queue: 1024,
             max_message_bytes: 4 * 1024 * 1024,
+            request_id_retention_hours: 24,
             max_connection_age_s: 300,
             max_connection_age_grace_s: 30,
             shutdown_drain_delay_ms: 2_000,

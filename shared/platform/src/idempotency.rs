@@ -3,7 +3,7 @@
 //! transaction as the change, with a hash of the request, so a request id reused for a
 //! different request is refused.
 
-use sea_orm::sea_query::{Expr, Query};
+use sea_orm::sea_query::{Expr, Order, Query};
 use sea_orm::{ConnectionTrait, DbErr};
 use sea_orm_migration::prelude::*;
 use sha2::{Digest, Sha256};
@@ -86,6 +86,114 @@ impl MigrationTrait for IdempotencyMigration {
     }
 }
 
+/// An index on the keys' creation time, so that expired keys are found without a scan.
+pub struct IdempotencyExpiryMigration;
+
+impl MigrationName for IdempotencyExpiryMigration {
+    fn name(&self) -> &str {
+        "m0000_platform_idempotency_expiry"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for IdempotencyExpiryMigration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_index(
+                Index::create()
+                    .if_not_exists()
+                    .name("idempotency_keys_by_time")
+                    .table(IdempotencyKeys::Table)
+                    .col(IdempotencyKeys::CreateTimeUs)
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+/// Keys deleted per statement, so that a large backlog never holds one long lock.
+const EXPIRY_BATCH: u64 = 5_000;
+
+/// Deletes the request ids recorded before `cutoff` (µs since the epoch), oldest first,
+/// in batches; returns how many. A retry after that is a new request.
+pub async fn delete_recorded_before<C: ConnectionTrait>(
+    conn: &C,
+    cutoff: i64,
+) -> Result<u64, DbErr> {
+    delete_in_batches(conn, cutoff, EXPIRY_BATCH).await
+}
+
+async fn delete_in_batches<C: ConnectionTrait>(
+    conn: &C,
+    cutoff: i64,
+    batch: u64,
+) -> Result<u64, DbErr> {
+    let key = || {
+        Expr::tuple([
+            Expr::col(IdempotencyKeys::TenantId),
+            Expr::col(IdempotencyKeys::Method),
+            Expr::col(IdempotencyKeys::RequestId),
+        ])
+    };
+    let mut deleted = 0;
+    loop {
+        let oldest = Query::select()
+            .columns([
+                IdempotencyKeys::TenantId,
+                IdempotencyKeys::Method,
+                IdempotencyKeys::RequestId,
+            ])
+            .from(IdempotencyKeys::Table)
+            .and_where(Expr::col(IdempotencyKeys::CreateTimeUs).lt(cutoff))
+            .order_by(IdempotencyKeys::CreateTimeUs, Order::Asc)
+            .limit(batch)
+            .to_owned();
+        let n = conn
+            .execute(
+                &Query::delete()
+                    .from_table(IdempotencyKeys::Table)
+                    .and_where(key().in_subquery(oldest))
+                    .to_owned(),
+            )
+            .await?
+            .rows_affected();
+        deleted += n;
+        if n < batch {
+            return Ok(deleted);
+        }
+    }
+}
+
+/// Forgets request ids older than `server.request_id_retention_hours`, once a minute,
+/// until the service's feed stops (its life). Each service runs it on its own database.
+pub fn spawn_expiry(
+    db: sea_orm::DatabaseConnection,
+    service: &'static str,
+    config: &crate::config::Config,
+    feed: crate::events::EventFeed,
+) -> tokio::task::JoinHandle<()> {
+    let retention = config
+        .server
+        .request_id_retention_hours
+        .saturating_mul(3_600_000_000);
+    let retention = <i64 as TryFrom<u64>>::try_from(retention).unwrap_or(i64::MAX);
+    tokio::spawn(async move {
+        let mut every_minute = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = feed.stopped() => return,
+                _ = every_minute.tick() => {}
+            }
+            let cutoff = now_micros().saturating_sub(retention);
+            match delete_recorded_before(&db, cutoff).await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(service, deleted, "expired request ids deleted"),
+                Err(err) => tracing::warn!(service, error = %err, "request id expiry failed"),
+            }
+        }
+    })
+}
+
 /// A request id, checked: 1 to 128 printable ASCII characters (a UUID is typical).
 pub fn validate(request_id: &str) -> Result<(), ApiError> {
     if request_id.len() > 128 || !request_id.chars().all(|c| c.is_ascii_graphic()) {
@@ -166,4 +274,72 @@ pub async fn record<C: ConnectionTrait>(
     )
     .await
     .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sea_orm::DatabaseConnection;
+    use sea_orm_migration::SchemaManager;
+
+    async fn database() -> (DatabaseConnection, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/keys.db?mode=rwc", dir.path().display());
+        let db = sea_orm::Database::connect(url).await.unwrap();
+        let schema = SchemaManager::new(&db);
+        IdempotencyMigration.up(&schema).await.unwrap();
+        IdempotencyExpiryMigration.up(&schema).await.unwrap();
+        (db, dir)
+    }
+
+    #[tokio::test]
+    async fn expired_request_ids_are_deleted_oldest_first_in_batches() {
+        let (db, _dir) = database().await;
+        for n in 0..7 {
+            let id = format!("req-{n}");
+            record(
+                &db,
+                "acme",
+                "CreateContact",
+                &id,
+                "h",
+                &format!("contacts/{n}"),
+            )
+            .await
+            .unwrap();
+        }
+        // Five of them were recorded long ago, at times 1 to 5.
+        db.execute_unprepared(
+            "UPDATE idempotency_keys SET create_time_us = CAST(substr(request_id, 5) AS INTEGER) + 1 \
+             WHERE request_id IN ('req-0', 'req-1', 'req-2', 'req-3', 'req-4')",
+        )
+        .await
+        .unwrap();
+        assert_eq!(delete_in_batches(&db, 3, 2).await.unwrap(), 2);
+        assert_eq!(delete_in_batches(&db, 1_000, 2).await.unwrap(), 3);
+        assert_eq!(delete_in_batches(&db, 1_000, 2).await.unwrap(), 0);
+        for n in 0..5 {
+            let found = lookup(&db, "acme", "CreateContact", &format!("req-{n}"), "h")
+                .await
+                .unwrap();
+            assert_eq!(found, None, "req-{n} is forgotten");
+        }
+        for n in 5..7 {
+            let found = lookup(&db, "acme", "CreateContact", &format!("req-{n}"), "h")
+                .await
+                .unwrap();
+            assert_eq!(found, Some(format!("contacts/{n}")), "req-{n} is kept");
+        }
+        // A forgotten id is a new request: it can be recorded again.
+        record(
+            &db,
+            "acme",
+            "CreateContact",
+            "req-0",
+            "other",
+            "contacts/new",
+        )
+        .await
+        .unwrap();
+    }
 }
