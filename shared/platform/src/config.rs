@@ -355,6 +355,11 @@ impl Config {
                 "server.concurrency_limit and server.concurrency_limit_per_connection must be at least 1".into(),
             ));
         }
+        if self.server.request_id_retention_hours == 0 {
+            return Err(ConfigError(
+                "server.request_id_retention_hours must be at least 1 (a retry must find its first call)".into(),
+            ));
+        }
         if self.database.max_connections == 0 {
             return Err(ConfigError(
                 "database.max_connections must be at least 1".into(),
@@ -498,6 +503,26 @@ mod tests {
     fn unknown_keys_are_refused() {
         let err = Config::load_from(None, env(&[("CRM__SERVER__ADRESS", "x")])).unwrap_err();
         assert!(err.to_string().contains("adress"), "{err}");
+    }
+
+    #[test]
+    fn request_ids_are_kept_at_least_an_hour() {
+        let err = Config::load_from(
+            None,
+            env(&[("CRM__SERVER__REQUEST_ID_RETENTION_HOURS", "0")]),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("server.request_id_retention_hours"),
+            "{err}"
+        );
+        let config = Config::load_from(
+            None,
+            env(&[("CRM__SERVER__REQUEST_ID_RETENTION_HOURS", "1")]),
+        )
+        .unwrap();
+        assert_eq!(config.server.request_id_retention_hours, 1);
     }
 
     #[test]

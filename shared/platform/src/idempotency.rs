@@ -128,40 +128,47 @@ async fn delete_in_batches<C: ConnectionTrait>(
     cutoff: i64,
     batch: u64,
 ) -> Result<u64, DbErr> {
-    let key = || {
-        Expr::tuple([
-            Expr::col(IdempotencyKeys::TenantId),
-            Expr::col(IdempotencyKeys::Method),
-            Expr::col(IdempotencyKeys::RequestId),
-        ])
-    };
     let mut deleted = 0;
     loop {
-        let oldest = Query::select()
-            .columns([
-                IdempotencyKeys::TenantId,
-                IdempotencyKeys::Method,
-                IdempotencyKeys::RequestId,
-            ])
-            .from(IdempotencyKeys::Table)
-            .and_where(Expr::col(IdempotencyKeys::CreateTimeUs).lt(cutoff))
-            .order_by(IdempotencyKeys::CreateTimeUs, Order::Asc)
-            .limit(batch)
-            .to_owned();
-        let n = conn
-            .execute(
-                &Query::delete()
-                    .from_table(IdempotencyKeys::Table)
-                    .and_where(key().in_subquery(oldest))
-                    .to_owned(),
-            )
-            .await?
-            .rows_affected();
+        let n = delete_oldest(conn, cutoff, batch).await?;
         deleted += n;
         if n < batch {
             return Ok(deleted);
         }
     }
+}
+
+/// Deletes the `batch` oldest request ids recorded before `cutoff`; returns how many.
+async fn delete_oldest<C: ConnectionTrait>(
+    conn: &C,
+    cutoff: i64,
+    batch: u64,
+) -> Result<u64, DbErr> {
+    let oldest = Query::select()
+        .columns([
+            IdempotencyKeys::TenantId,
+            IdempotencyKeys::Method,
+            IdempotencyKeys::RequestId,
+        ])
+        .from(IdempotencyKeys::Table)
+        .and_where(Expr::col(IdempotencyKeys::CreateTimeUs).lt(cutoff))
+        .order_by(IdempotencyKeys::CreateTimeUs, Order::Asc)
+        .limit(batch)
+        .to_owned();
+    let key = Expr::tuple([
+        Expr::col(IdempotencyKeys::TenantId),
+        Expr::col(IdempotencyKeys::Method),
+        Expr::col(IdempotencyKeys::RequestId),
+    ]);
+    Ok(conn
+        .execute(
+            &Query::delete()
+                .from_table(IdempotencyKeys::Table)
+                .and_where(key.in_subquery(oldest))
+                .to_owned(),
+        )
+        .await?
+        .rows_affected())
 }
 
 /// Forgets request ids older than `server.request_id_retention_hours`, once a minute,
@@ -315,7 +322,30 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(delete_in_batches(&db, 3, 2).await.unwrap(), 2);
+        let left = |db: &DatabaseConnection| {
+            let db = db.clone();
+            async move {
+                let rows = db
+                    .query_all(
+                        &Query::select()
+                            .column(IdempotencyKeys::RequestId)
+                            .from(IdempotencyKeys::Table)
+                            .order_by(IdempotencyKeys::RequestId, Order::Asc)
+                            .to_owned(),
+                    )
+                    .await
+                    .unwrap();
+                rows.iter()
+                    .map(|row| row.try_get_by_index::<String>(0).unwrap())
+                    .collect::<Vec<_>>()
+            }
+        };
+        // One batch takes the oldest two.
+        assert_eq!(delete_oldest(&db, 1_000, 2).await.unwrap(), 2);
+        assert_eq!(
+            left(&db).await,
+            ["req-2", "req-3", "req-4", "req-5", "req-6"]
+        );
         assert_eq!(delete_in_batches(&db, 1_000, 2).await.unwrap(), 3);
         assert_eq!(delete_in_batches(&db, 1_000, 2).await.unwrap(), 0);
         for n in 0..5 {

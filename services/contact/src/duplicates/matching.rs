@@ -62,6 +62,15 @@ fn domains_of<'a>(emails: impl Iterator<Item = &'a String>) -> BTreeSet<String> 
         .collect()
 }
 
+/// When a contact was created, µs since the epoch (0 when unset).
+pub fn create_time_us(contact: &Contact) -> i64 {
+    contact
+        .create_time
+        .as_ref()
+        .map(|t| t.seconds * 1_000_000 + i64::from(t.nanos / 1_000))
+        .unwrap_or_default()
+}
+
 impl Profile {
     pub fn of_contact(contact: &Contact) -> Self {
         let emails: BTreeSet<String> = contact
@@ -71,11 +80,7 @@ impl Profile {
             .collect();
         Self {
             id: contact.name.trim_start_matches("contacts/").to_owned(),
-            create_time_us: contact
-                .create_time
-                .as_ref()
-                .map(|t| t.seconds * 1_000_000 + i64::from(t.nanos / 1_000))
-                .unwrap_or_default(),
+            create_time_us: create_time_us(contact),
             full_name: full_name(&contact.given_name, &contact.family_name),
             name_words: index::words(&contact.given_name)
                 .chain(index::words(&contact.family_name))
@@ -334,6 +339,30 @@ pub async fn candidates_for_batch<C: ConnectionTrait>(
     rules: &DuplicateRules,
 ) -> Result<Vec<Vec<Candidate>>, ApiError> {
     DuplicateLookup::of(probes).find(conn, tenant, rules).await
+}
+
+/// [`candidates_for_batch`], with each probe's candidates those it would get alone: a
+/// batch whose holders reach the limit may have left some probes short of theirs (the
+/// others' holders used the rows up), so its probes are looked up one at a time.
+pub async fn candidates_of_each<C: ConnectionTrait>(
+    conn: &C,
+    tenant: &str,
+    probes: &[Contact],
+    rules: &DuplicateRules,
+) -> Result<Vec<Vec<Candidate>>, ApiError> {
+    let lookup = DuplicateLookup::of(probes);
+    if lookup.is_empty() {
+        return Ok(vec![Vec::new(); probes.len()]);
+    }
+    let rows = lookup.holders(conn, tenant).await?;
+    if (rows.len() as u64) < HOLDERS_LIMIT || probes.len() == 1 {
+        return lookup.candidates(conn, tenant, rules, &rows).await;
+    }
+    let mut each = Vec::with_capacity(probes.len());
+    for probe in probes {
+        each.extend(candidates_for_batch(conn, tenant, std::slice::from_ref(probe), rules).await?);
+    }
+    Ok(each)
 }
 
 /// The keys under which a batch's probes find their likely duplicates, and the scoring

@@ -22,6 +22,9 @@ use crm_proto::contact::*;
 use crate::context::Context;
 use crate::domain::{names, validate};
 
+/// A candidate as found: (the contact it duplicates, the duplicate, score, matches).
+type Found = (String, String, f64, Vec<DuplicateMatch>);
+
 pub struct DuplicatesApi {
     ctx: Context,
 }
@@ -50,6 +53,28 @@ impl DuplicatesApi {
             .collect())
     }
 
+    /// The page's candidates with their stored duplicates (one read for the page); a
+    /// duplicate gone meanwhile is left out.
+    async fn candidates(
+        &self,
+        tenant: &str,
+        found: Vec<Found>,
+    ) -> Result<Vec<DuplicateCandidate>, ApiError> {
+        let wanted: Vec<String> = found.iter().map(|(_, dup, _, _)| dup.clone()).collect();
+        let contacts = self.contacts_by_name(tenant, &wanted).await?;
+        Ok(found
+            .into_iter()
+            .filter_map(|(contact, duplicate, score, matched_fields)| {
+                contacts.get(&duplicate).map(|stored| DuplicateCandidate {
+                    contact,
+                    duplicate: Some(stored.clone()),
+                    score,
+                    matched_fields,
+                })
+            })
+            .collect())
+    }
+
     /// One page of the tenant scan ([`scan`]): its token names the contact the next
     /// call goes on from and how many of that contact's pairs were returned.
     async fn scan_tenant(
@@ -69,10 +94,23 @@ impl DuplicatesApi {
             .as_deref()
         {
             None => None,
-            Some([CursorValue::Text(contact_id), CursorValue::Int(returned)]) if *returned >= 0 => {
-                Some(scan::ScanCursor {
+            Some([CursorValue::Text(contact_id)]) => Some(scan::ScanCursor::After {
+                contact_id: contact_id.clone(),
+            }),
+            Some(
+                [
+                    CursorValue::Text(contact_id),
+                    CursorValue::Text(score),
+                    CursorValue::Text(other_id),
+                ],
+            ) => {
+                let score = score
+                    .parse::<f64>()
+                    .map_err(|_| ApiError::invalid("page_token", "page token is malformed"))?;
+                Some(scan::ScanCursor::Within {
                     contact_id: contact_id.clone(),
-                    returned: *returned as usize,
+                    score,
+                    other_id: other_id.clone(),
                 })
             }
             Some(_) => {
@@ -80,8 +118,7 @@ impl DuplicatesApi {
             }
         };
         let page = scan::scan(
-            &self.ctx.db,
-            &self.ctx.contacts,
+            &self.ctx,
             &caller.tenant,
             rules,
             from,
@@ -89,31 +126,32 @@ impl DuplicatesApi {
             scan::SCAN_BUDGET,
         )
         .await?;
-        let wanted: Vec<String> = page.pairs.iter().map(|p| p.newer.clone()).collect();
-        let contacts = self.contacts_by_name(&caller.tenant, &wanted).await?;
-        let candidates = page
+        let found: Vec<Found> = page
             .pairs
             .into_iter()
-            .filter_map(|pair| {
-                contacts
-                    .get(&pair.newer)
-                    .cloned()
-                    .map(|duplicate| DuplicateCandidate {
-                        contact: pair.older,
-                        duplicate: Some(duplicate),
-                        score: pair.score,
-                        matched_fields: pair.matches,
-                    })
-            })
+            .map(|pair| (pair.older, pair.newer, pair.score, pair.matches))
             .collect();
+        let candidates = self.candidates(&caller.tenant, found).await?;
         let next_page_token = match page.next {
             None => String::new(),
-            Some(cursor) => self.ctx.tokens.encode(
+            Some(scan::ScanCursor::After { contact_id }) => self.ctx.tokens.encode(
                 &caller.tenant,
                 &fingerprint,
+                vec![CursorValue::Text(contact_id)],
+            )?,
+            Some(scan::ScanCursor::Within {
+                contact_id,
+                score,
+                other_id,
+            }) => self.ctx.tokens.encode(
+                &caller.tenant,
+                &fingerprint,
+                // The score as text: Rust prints the shortest form that parses back to
+                // the same f64, so the cursor's pair is found exactly.
                 vec![
-                    CursorValue::Text(cursor.contact_id),
-                    CursorValue::Int(cursor.returned as i64),
+                    CursorValue::Text(contact_id),
+                    CursorValue::Text(score.to_string()),
+                    CursorValue::Text(other_id),
                 ],
             )?,
         };
@@ -155,7 +193,7 @@ impl DuplicatesApi {
                 .decode_offset(&request.page_token, &caller.tenant, &fingerprint)?;
 
         // (the contact duplicated, the duplicate, score, matches), best first.
-        let found: Vec<(String, String, f64, Vec<DuplicateMatch>)> = match target {
+        let found: Vec<Found> = match target {
             find_duplicates_request::Target::Contact(name) => {
                 let id = names::parse(names::CONTACTS, "contact", &name)?;
                 let stored = self
@@ -190,27 +228,14 @@ impl DuplicatesApi {
                     .collect()
             }
         };
-        let page: Vec<_> = found.iter().skip(offset).take(page_size).collect();
-        let wanted: Vec<String> = page.iter().map(|(_, dup, _, _)| dup.clone()).collect();
-        let mut contacts = self.contacts_by_name(&caller.tenant, &wanted).await?;
-        let candidates = page
-            .into_iter()
-            .filter_map(|(contact, duplicate, score, matches)| {
-                contacts
-                    .remove(duplicate)
-                    .map(|duplicate| DuplicateCandidate {
-                        contact: contact.clone(),
-                        duplicate: Some(duplicate),
-                        score: *score,
-                        matched_fields: matches.clone(),
-                    })
-            })
-            .collect();
+        let total = found.len();
+        let page: Vec<Found> = found.into_iter().skip(offset).take(page_size).collect();
+        let candidates = self.candidates(&caller.tenant, page).await?;
         let next_page_token = self.ctx.tokens.encode_offset(
             &caller.tenant,
             &fingerprint,
             offset + page_size,
-            found.len(),
+            total,
         )?;
         Ok(Response::new(FindDuplicatesResponse {
             candidates,

@@ -310,6 +310,123 @@ async fn tenant_scan_goes_on_past_its_budget(backend: Backend) {
 }
 on_both_backends!(tenant_scan_goes_on_past_its_budget);
 
+/// The scan's cursor names the last pair returned, not how many: a pair gone between two
+/// calls (its duplicate deleted) neither hides the next one nor repeats one, and a
+/// cursor whose own contact is gone goes on after it. Pages of one pair, three contacts
+/// per call.
+async fn tenant_scan_resumes_after_its_pair_through_changes(backend: Backend) {
+    use crm_contact::duplicates::scan::{self, ScanCursor};
+
+    let server = TestServer::start(backend).await;
+    let mut client = server.client().await;
+    let token = admin("acme");
+    let db = server.database().await;
+    let feed = EventFeed::new(
+        db.clone(),
+        "contact",
+        crm_platform::config::EventsConfig::default(),
+    );
+    let ctx = crm_contact::context::Context {
+        db: db.clone(),
+        feed: feed.clone(),
+        cache: crm_platform::cache::CacheHandle::new(
+            std::sync::Arc::new(crm_platform::cache::NoCache),
+            Duration::from_secs(1),
+        ),
+        tokens: crm_platform::pagination::PageTokens::new(b"scan test"),
+        contacts: ContactStore::new(db.clone(), feed),
+    };
+    let rules = crm_contact::duplicates::matching::rules(&db, "acme")
+        .await
+        .unwrap();
+    let mut made = Vec::new();
+    for (given, email) in [
+        ("Ada", "ada@one.ch"),
+        ("Stranger", "s1@two.ch"),
+        ("Ada", "ada@one.ch"),
+        ("Bea", "bea@three.ch"),
+        ("Ada", "ada@one.ch"),
+        ("Other", "s2@four.ch"),
+        ("Bea", "bea@three.ch"),
+    ] {
+        made.push(
+            create(&mut client, &token, person(given, "Lovelace", email))
+                .await
+                .name,
+        );
+    }
+    let (a1, a2, a3, b1, b2) = (&made[0], &made[2], &made[4], &made[3], &made[6]);
+    let pair = |x: &String, y: &String| (x.clone(), y.clone());
+    let rest_of = |from: Option<ScanCursor>| {
+        let ctx = ctx.clone();
+        let rules = rules.clone();
+        async move {
+            let mut found = Vec::new();
+            let mut cursor = from;
+            loop {
+                let page = scan::scan(&ctx, "acme", &rules, cursor, 1, 3)
+                    .await
+                    .unwrap();
+                found.extend(page.pairs.into_iter().map(|p| (p.older, p.newer)));
+                match page.next {
+                    Some(next) => cursor = Some(next),
+                    None => return found,
+                }
+            }
+        }
+    };
+    let mut all = rest_of(None).await;
+    all.sort();
+    let mut expected = vec![pair(a1, a2), pair(a1, a3), pair(a2, a3), pair(b1, b2)];
+    expected.sort();
+    assert_eq!(all, expected);
+
+    // The first page: Ada's first pair, with the next Ada.
+    let first = scan::scan(&ctx, "acme", &rules, None, 1, 1_000)
+        .await
+        .unwrap();
+    let returned: Vec<_> = first
+        .pairs
+        .iter()
+        .map(|p| (p.older.clone(), p.newer.clone()))
+        .collect();
+    assert_eq!(returned, [pair(a1, a2)]);
+    let cursor = first.next.expect("more to come");
+    assert!(matches!(&cursor, ScanCursor::Within { .. }), "{cursor:?}");
+
+    // That duplicate is deleted: the first Ada's other pair still comes, once.
+    client
+        .delete_contact(authed(
+            DeleteContactRequest {
+                name: a2.clone(),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap();
+    let mut rest = rest_of(Some(cursor.clone())).await;
+    rest.sort();
+    let mut expected = vec![pair(a1, a3), pair(b1, b2)];
+    expected.sort();
+    assert_eq!(rest, expected);
+
+    // The cursor's own contact deleted: the scan goes on after it.
+    client
+        .delete_contact(authed(
+            DeleteContactRequest {
+                name: a1.clone(),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(rest_of(Some(cursor)).await, [pair(b1, b2)]);
+    server.finish().await;
+}
+on_both_backends!(tenant_scan_resumes_after_its_pair_through_changes);
+
 async fn duplicate_rules_decide_create(backend: Backend) {
     let server = TestServer::start(backend).await;
     let mut client = server.client().await;
