@@ -919,3 +919,81 @@ async fn term_sets_list_exactly_the_postings(backend: Backend) {
     server.finish().await;
 }
 on_both_backends!(term_sets_list_exactly_the_postings);
+
+/// A write that leaves a contact's search terms as they were (a new job title) keeps
+/// its postings and term set as stored, row for row; one that changes them rewrites
+/// them, and search follows.
+async fn unchanged_terms_are_not_rewritten(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut client = server.client().await;
+    let token = admin("acme");
+    let ada = create(&mut client, &token, person("Ada", "Lovelace", "ada@one.ch")).await;
+    // Another term set after Ada's, so that SQLite gives a rewritten row a new rowid.
+    create(&mut client, &token, person("Bea", "Curie", "bea@two.ch")).await;
+    let id = ada.name.trim_start_matches("contacts/").to_owned();
+    let db = server.database().await;
+    // The row version of the term set: a deletion and insertion makes a new one.
+    let version = || {
+        let column = match backend {
+            Backend::Postgres => "xmin::text",
+            Backend::Sqlite => "CAST(rowid AS TEXT)",
+        };
+        let sql = format!("SELECT {column} FROM contact_term_sets WHERE contact_id = '{id}'");
+        let statement = sea_orm::Statement::from_string(db.get_database_backend(), sql);
+        let db = &db;
+        async move {
+            let row = db
+                .query_one_raw(statement)
+                .await
+                .unwrap()
+                .expect("a term set");
+            row.try_get_by_index::<String>(0).unwrap()
+        }
+    };
+    let update = |contact: Contact, paths: &[&str]| UpdateContactRequest {
+        contact: Some(Contact {
+            name: ada.name.clone(),
+            ..contact
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+        }),
+        ..Default::default()
+    };
+    let before = version().await;
+    client
+        .update_contact(authed(
+            update(
+                Contact {
+                    job_title: "Analyst".into(),
+                    ..Default::default()
+                },
+                &["job_title"],
+            ),
+            &token,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(version().await, before, "a new job title rewrites no terms");
+    let found = search(&mut client, &token, "lovelace", "").await;
+    assert_eq!(found.len(), 1, "{found:?}");
+
+    client
+        .update_contact(authed(
+            update(
+                Contact {
+                    family_name: "Byron".into(),
+                    ..Default::default()
+                },
+                &["family_name"],
+            ),
+            &token,
+        ))
+        .await
+        .unwrap();
+    assert_ne!(version().await, before, "a new name rewrites them");
+    assert_eq!(search(&mut client, &token, "byron", "").await.len(), 1);
+    assert!(search(&mut client, &token, "lovelace", "").await.is_empty());
+    server.finish().await;
+}
+on_both_backends!(unchanged_terms_are_not_rewritten);
