@@ -114,8 +114,7 @@ pub(crate) fn active_model(
     contact: &Contact,
 ) -> contact_row::ActiveModel {
     let micros = |ts: &Option<prost_types::Timestamp>| {
-        ts.as_ref()
-            .map(|t| t.seconds * 1_000_000 + i64::from(t.nanos / 1_000))
+        ts.as_ref().map(crm_platform::db::timestamp_to_micros)
     };
     contact_row::ActiveModel {
         tenant_id: Set(tenant.to_owned()),

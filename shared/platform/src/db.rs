@@ -323,6 +323,12 @@ pub fn now_micros() -> i64 {
         .unwrap_or_default()
 }
 
+/// A protobuf timestamp as microseconds since the Unix epoch (sub-microsecond digits
+/// dropped), the inverse of [`micros_to_timestamp`].
+pub fn timestamp_to_micros(timestamp: &prost_types::Timestamp) -> i64 {
+    timestamp.seconds * 1_000_000 + i64::from(timestamp.nanos / 1_000)
+}
+
 pub fn micros_to_timestamp(micros: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: micros.div_euclid(1_000_000),

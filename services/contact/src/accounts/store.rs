@@ -94,8 +94,7 @@ pub struct Write<'a> {
 }
 
 pub(crate) fn micros(ts: &Option<prost_types::Timestamp>) -> Option<i64> {
-    ts.as_ref()
-        .map(|t| t.seconds * 1_000_000 + i64::from(t.nanos / 1_000))
+    ts.as_ref().map(crm_platform::db::timestamp_to_micros)
 }
 
 pub(crate) fn decode(row: &account_row::Model) -> Result<StoredAccount, ApiError> {

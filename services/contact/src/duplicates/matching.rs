@@ -67,7 +67,7 @@ pub fn create_time_us(contact: &Contact) -> i64 {
     contact
         .create_time
         .as_ref()
-        .map(|t| t.seconds * 1_000_000 + i64::from(t.nanos / 1_000))
+        .map(crm_platform::db::timestamp_to_micros)
         .unwrap_or_default()
 }
 

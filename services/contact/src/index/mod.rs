@@ -305,23 +305,24 @@ pub async fn write<C: ConnectionTrait>(
     // random index operations per person for nothing (an upserting import of people
     // already stored, for one).
     let stored = stored_term_sets(conn, tenant, contacts).await?;
-    let (same, changed): (Vec<&Contact>, Vec<&Contact>) = contacts.iter().partition(|contact| {
-        let terms = terms(contact);
-        match stored.get(contact_id(contact)) {
-            Some(set) => !terms.is_empty() && *set == encode_term_set(&terms),
-            None => terms.is_empty(),
-        }
-    });
+    let changed: Vec<Indexed> = contacts
+        .iter()
+        .map(|contact| Indexed::of(contact))
+        .filter(|indexed| match stored.get(contact_id(indexed.contact)) {
+            Some(set) => indexed.terms.is_empty() || *set != indexed.term_set,
+            None => !indexed.terms.is_empty(),
+        })
+        .collect();
     if !changed.is_empty() {
-        let ids: Vec<&str> = changed.iter().map(|c| contact_id(c)).collect();
+        let ids: Vec<&str> = changed.iter().map(|i| contact_id(i.contact)).collect();
         delete_terms(conn, tenant, &ids).await?;
     }
     delete_attributes(conn, tenant, RecordKind::Contact, &attributes_of(contacts)).await?;
-    let mut rows = new_rows(tenant, &changed);
+    let mut rows = term_rows(tenant, changed);
     rows.push(attribute_rows(
         tenant,
         RecordKind::Contact,
-        &attributes_of(&same),
+        &attributes_of(contacts),
     ));
     bulk::insert_all(conn, rows).await.map_err(db)
 }
@@ -449,10 +450,45 @@ pub fn decode_term_set(text: &str) -> Result<Vec<(String, TermField)>, ApiError>
         .collect())
 }
 
+/// A contact with its search terms and their term set as `contact_term_sets` holds
+/// it, computed once for both the comparison with the stored set and the rows.
+struct Indexed<'c> {
+    contact: &'c Contact,
+    terms: BTreeSet<(String, TermField)>,
+    term_set: String,
+}
+
+impl<'c> Indexed<'c> {
+    fn of(contact: &'c Contact) -> Self {
+        let terms = terms(contact);
+        let term_set = encode_term_set(&terms);
+        Self {
+            contact,
+            terms,
+            term_set,
+        }
+    }
+}
+
 /// The derived rows of contacts that have none yet: their search terms (postings, and
 /// one term set per contact that has any), the words they add to the vocabulary, and
 /// their indexed attributes, to insert (in this order) with `bulk::insert_all`.
 pub fn new_rows(tenant: &str, contacts: &[&Contact]) -> Vec<bulk::Rows> {
+    let indexed = contacts
+        .iter()
+        .map(|contact| Indexed::of(contact))
+        .collect();
+    let mut rows = term_rows(tenant, indexed);
+    rows.push(attribute_rows(
+        tenant,
+        RecordKind::Contact,
+        &attributes_of(contacts),
+    ));
+    rows
+}
+
+/// The postings, term sets and vocabulary words of the contacts.
+fn term_rows(tenant: &str, indexed: Vec<Indexed>) -> Vec<bulk::Rows> {
     let mut term_insert = bulk::Rows::new(
         ContactTerms::Table,
         [
@@ -472,15 +508,15 @@ pub fn new_rows(tenant: &str, contacts: &[&Contact]) -> Vec<bulk::Rows> {
     );
     let mut vocabulary = BTreeSet::new();
     let mut postings: Vec<(String, TermField, &str)> = Vec::new();
-    for contact in contacts {
+    for Indexed {
+        contact,
+        terms,
+        term_set,
+    } in indexed
+    {
         let id = contact_id(contact);
-        let terms = terms(contact);
         if !terms.is_empty() {
-            term_sets.push(vec![
-                tenant.into(),
-                id.into(),
-                encode_term_set(&terms).into(),
-            ]);
+            term_sets.push(vec![tenant.into(), id.into(), term_set.into()]);
         }
         for (term, field) in terms {
             if field.in_vocabulary() {
@@ -508,8 +544,7 @@ pub fn new_rows(tenant: &str, contacts: &[&Contact]) -> Vec<bulk::Rows> {
     for term in vocabulary {
         vocabulary_insert.push(vec![tenant.into(), term.into()]);
     }
-    let attributes = attribute_rows(tenant, RecordKind::Contact, &attributes_of(contacts));
-    vec![term_insert, term_sets, vocabulary_insert, attributes]
+    vec![term_insert, term_sets, vocabulary_insert]
 }
 
 /// Each contact's id and the attributes to index: none for a tombstone, which is never

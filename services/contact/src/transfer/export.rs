@@ -114,7 +114,7 @@ pub fn project(contact: Contact, paths: &[String]) -> Contact {
 fn cursor_of(contact: &Contact, order: &[(SortField, bool)]) -> Vec<CursorValue> {
     let micros = |ts: &Option<prost_types::Timestamp>| {
         ts.as_ref()
-            .map(|t| t.seconds * 1_000_000 + i64::from(t.nanos / 1_000))
+            .map(crm_platform::db::timestamp_to_micros)
             .unwrap_or_default()
     };
     order
