@@ -38,6 +38,25 @@ const MAX_GROUP: u64 = 2_000;
 /// The most (key, contact) rows a duplicate lookup reads.
 const HOLDERS_LIMIT: u64 = MAX_GROUP * 50;
 
+/// How much one duplicate lookup reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LookupLimits {
+    /// The most holders of one key compared. A name word held by more people at one
+    /// domain or in one account is not compared by name (the group says little); an
+    /// address or number held by more yields its first `group` holders.
+    pub group: u64,
+    /// The most (key, contact) rows of one lookup. A batch that reaches it is looked up
+    /// again probe by probe ([`candidates_of_each`]).
+    pub holders: u64,
+}
+
+impl LookupLimits {
+    pub const DEFAULT: Self = Self {
+        group: MAX_GROUP,
+        holders: HOLDERS_LIMIT,
+    };
+}
+
 /// What matching needs to know of a contact.
 #[derive(Debug, Clone, Default)]
 pub struct Profile {
@@ -350,17 +369,33 @@ pub async fn candidates_of_each<C: ConnectionTrait>(
     probes: &[Contact],
     rules: &DuplicateRules,
 ) -> Result<Vec<Vec<Candidate>>, ApiError> {
-    let lookup = DuplicateLookup::of(probes);
+    candidates_of_each_within(conn, tenant, probes, rules, LookupLimits::DEFAULT).await
+}
+
+/// [`candidates_of_each`] within other limits than the default ones.
+pub async fn candidates_of_each_within<C: ConnectionTrait>(
+    conn: &C,
+    tenant: &str,
+    probes: &[Contact],
+    rules: &DuplicateRules,
+    limits: LookupLimits,
+) -> Result<Vec<Vec<Candidate>>, ApiError> {
+    let lookup = DuplicateLookup::of(probes).within(limits);
     if lookup.is_empty() {
         return Ok(vec![Vec::new(); probes.len()]);
     }
     let rows = lookup.holders(conn, tenant).await?;
-    if (rows.len() as u64) < HOLDERS_LIMIT || probes.len() == 1 {
+    if (rows.len() as u64) < limits.holders || probes.len() == 1 {
         return lookup.candidates(conn, tenant, rules, &rows).await;
     }
+    tracing::debug!(
+        probes = probes.len(),
+        "duplicate lookup reached its row limit; looking up probe by probe"
+    );
     let mut each = Vec::with_capacity(probes.len());
     for probe in probes {
-        each.extend(candidates_for_batch(conn, tenant, std::slice::from_ref(probe), rules).await?);
+        let alone = DuplicateLookup::of(std::slice::from_ref(probe)).within(limits);
+        each.extend(alone.find(conn, tenant, rules).await?);
     }
     Ok(each)
 }
@@ -373,6 +408,7 @@ pub struct DuplicateLookup {
     profiles: Vec<Profile>,
     /// Every key a probe can share with a stored contact, and the probes holding it.
     wanted: HashMap<(i16, String), Vec<usize>>,
+    limits: LookupLimits,
 }
 
 impl DuplicateLookup {
@@ -384,7 +420,16 @@ impl DuplicateLookup {
                 wanted.entry((field.code(), term)).or_default().push(i);
             }
         }
-        Self { profiles, wanted }
+        Self {
+            profiles,
+            wanted,
+            limits: LookupLimits::DEFAULT,
+        }
+    }
+
+    /// The same lookup within other limits.
+    pub fn within(self, limits: LookupLimits) -> Self {
+        Self { limits, ..self }
     }
 
     /// No probe has a key: none can have a duplicate.
@@ -401,6 +446,7 @@ impl DuplicateLookup {
             .map(|(field, term)| (*field, term.clone()))
             .unzip();
         let tenant = tenant.to_owned();
+        let limits = self.limits;
         Box::new(move |first| {
             (
                 holders_sql_postgres(first),
@@ -408,7 +454,9 @@ impl DuplicateLookup {
                     tenant.into(),
                     fields.into(),
                     terms.into(),
-                    (HOLDERS_LIMIT as i64).into(),
+                    // One more than a group holds tells a group too large to compare.
+                    (limits.group.saturating_add(1) as i64).into(),
+                    (limits.holders as i64).into(),
                 ],
             )
         })
@@ -430,7 +478,7 @@ impl DuplicateLookup {
     }
 
     /// The (field, term, contact id) rows of the stored contacts holding any of the
-    /// keys, at most `HOLDERS_LIMIT` in all.
+    /// keys: at most one more than a group of each key, and `limits.holders` in all.
     async fn holders<C: ConnectionTrait>(
         &self,
         conn: &C,
@@ -453,11 +501,18 @@ impl DuplicateLookup {
                         .add(any_text(backend, Expr::col(ContactTerms::Term), terms)),
                 );
             }
-            backend.build(
-                postings_of_tenant(tenant)
-                    .cond_where(any)
-                    .limit(HOLDERS_LIMIT),
-            )
+            let postings = backend.build(postings_of_tenant(tenant).cond_where(any));
+            let mut values = postings.values.map(|values| values.0).unwrap_or_default();
+            values.push((self.limits.group.saturating_add(1) as i64).into());
+            values.push((self.limits.holders as i64).into());
+            // SQLite has no lateral join: number each key's holders instead.
+            let sql = format!(
+                "SELECT field, term, contact_id FROM (SELECT field, term, contact_id, \
+                 row_number() OVER (PARTITION BY field, term) AS holder \
+                 FROM ({})) WHERE holder <= ? LIMIT ?",
+                postings.sql
+            );
+            Statement::from_sql_and_values(backend, sql, values)
         };
         conn.query_all_raw(query)
             .await
@@ -475,13 +530,25 @@ impl DuplicateLookup {
     ) -> Result<Vec<Vec<Candidate>>, ApiError> {
         let mut per_probe: Vec<BTreeSet<String>> = vec![BTreeSet::new(); self.profiles.len()];
         let mut ids = HashSet::new();
+        let mut by_key: HashMap<(i16, String), Vec<String>> = HashMap::new();
         for row in rows {
             let (field, term, id) = posting(row)?;
-            if let Some(holders) = self.wanted.get(&(field, term)) {
-                for &i in holders {
-                    per_probe[i].insert(id.clone());
+            by_key.entry((field, term)).or_default().push(id);
+        }
+        let group = usize::try_from(self.limits.group).unwrap_or(usize::MAX);
+        for (key, mut holders_of_key) in by_key {
+            if holders_of_key.len() > group {
+                let exact = key.0 == TermField::Email.code() || key.0 == TermField::Phone.code();
+                if !exact {
+                    continue;
                 }
-                ids.insert(id);
+                holders_of_key.truncate(group);
+            }
+            if let Some(probes) = self.wanted.get(&key) {
+                for &i in probes {
+                    per_probe[i].extend(holders_of_key.iter().cloned());
+                }
+                ids.extend(holders_of_key);
             }
         }
         let stored: HashMap<String, Profile> = load_profiles(conn, tenant, &ids, &BTreeSet::new())
@@ -540,18 +607,20 @@ fn posting(row: &sea_orm::QueryResult) -> Result<(i16, String, String), ApiError
     ))
 }
 
-/// The holders query on Postgres, its parameters (tenant, fields, terms, limit)
+/// The holders query on Postgres, its parameters (tenant, fields, terms, per-key limit,
+/// limit)
 /// numbered from `$first`. Its text does not depend on the keys, each looked up by the
 /// primary key: its plan is made once per connection (or once per shape of the insert
 /// statement it ends), not at every call (planning the OR of per-field lists cost more
 /// than running it).
 fn holders_sql_postgres(first: usize) -> String {
-    let [tenant, fields, terms, limit] = [first, first + 1, first + 2, first + 3];
+    let [tenant, fields, terms, per_key, limit] =
+        [first, first + 1, first + 2, first + 3, first + 4];
     format!(
         "SELECT k.field, k.term, t.contact_id \
          FROM unnest(${fields}::int2[], ${terms}::text[]) AS k(field, term) \
          CROSS JOIN LATERAL (SELECT c.contact_id FROM contact_terms c \
-         WHERE c.tenant_id = ${tenant} AND c.term = k.term AND c.field = k.field LIMIT ${limit}) AS t \
+         WHERE c.tenant_id = ${tenant} AND c.term = k.term AND c.field = k.field LIMIT ${per_key}) AS t \
          LIMIT ${limit}"
     )
 }

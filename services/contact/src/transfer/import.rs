@@ -302,7 +302,8 @@ impl Importer {
             self.add_dry_entries(&mut working, emails);
         }
 
-        // Duplicate candidates of the rows that may create, in one round for the batch.
+        // Duplicate candidates of the rows that may create, in one round for the batch
+        // (probe by probe if the batch's keys have more holders than one lookup reads).
         let action = self.on_import();
         let mode = self.plan.mode;
         let mut candidates: HashMap<usize, Vec<String>> = HashMap::new();
@@ -329,7 +330,7 @@ impl Importer {
                         .insert(*position, earlier.iter().map(|k| positions[*k]).collect());
                 }
                 let found =
-                    matching::candidates_for_batch(conn, &tenant, &probes, &self.rules).await?;
+                    matching::candidates_of_each(conn, &tenant, &probes, &self.rules).await?;
                 for (position, list) in positions.into_iter().zip(found) {
                     candidates.insert(
                         position,

@@ -729,6 +729,117 @@ async fn create_and_query_reads_the_tenant_before_the_insert(backend: Backend) {
 }
 on_both_backends!(create_and_query_reads_the_tenant_before_the_insert);
 
+/// A name word held by more people at one domain than a group holds is not compared by
+/// name; an address held by more yields a group of holders; and a batch whose keys'
+/// holders reach the lookup's row limit is looked up probe by probe, so no probe loses
+/// its candidates (an exact address among them) to the others'.
+async fn lookup_limits_bound_groups_and_batches(backend: Backend) {
+    use crm_contact::duplicates::matching::{self, LookupLimits};
+
+    let server = TestServer::start(backend).await;
+    let mut client = server.client().await;
+    let token = admin("acme");
+    let db = server.database().await;
+    let rules = matching::rules(&db, "acme").await.unwrap();
+    // Five people named Ada at one company domain, one of them Ada Lovelase; three
+    // sharing the address info@; one Grace with her own address.
+    for (family, email) in [
+        ("Lovelase", "lovelase@big.example"),
+        ("Byron", "byron@big.example"),
+        ("King", "king@big.example"),
+        ("Smith", "smith@big.example"),
+        ("Jones", "jones@big.example"),
+    ] {
+        create(&mut client, &token, person("Ada", family, email)).await;
+    }
+    for family in ["One", "Two", "Three"] {
+        create(
+            &mut client,
+            &token,
+            person("Info", family, "info@desk.example"),
+        )
+        .await;
+    }
+    let grace = create(
+        &mut client,
+        &token,
+        person("Grace", "Hopper", "grace@navy.example"),
+    )
+    .await;
+
+    let probe = |given: &str, family: &str, email: &str| {
+        let mut contact = person(given, family, email);
+        prepare_new(&mut contact, &uuid::Uuid::now_v7().to_string());
+        contact
+    };
+    let names = |found: &[matching::Candidate]| -> Vec<String> {
+        let mut names: Vec<String> = found.iter().map(|c| c.contact.clone()).collect();
+        names.sort();
+        names
+    };
+    let lovelace = probe("Ada", "Lovelace", "ada.lovelace@big.example");
+    let info = probe("Desk", "Person", "info@desk.example");
+    let hopper = probe("G.", "H.", "grace@navy.example");
+    let probes = [lovelace, info, hopper];
+
+    let roomy = matching::candidates_of_each(&db, "acme", &probes, &rules)
+        .await
+        .unwrap();
+    assert_eq!(
+        roomy[0].len(),
+        1,
+        "Ada Lovelase by a similar name: {:?}",
+        roomy[0]
+    );
+    assert_eq!(roomy[1].len(), 3, "the three holders of info@");
+    assert_eq!(names(&roomy[2]), vec![grace.name.clone()]);
+
+    // Groups of two: five Adas are too many to compare by name; three holders of one
+    // address give two of them.
+    let small_groups = LookupLimits {
+        group: 2,
+        holders: LookupLimits::DEFAULT.holders,
+    };
+    let found = matching::candidates_of_each_within(&db, "acme", &probes, &rules, small_groups)
+        .await
+        .unwrap();
+    assert!(
+        found[0].is_empty(),
+        "a name word of five is not compared: {:?}",
+        found[0]
+    );
+    assert_eq!(
+        found[1].len(),
+        2,
+        "an address's holders, as many as a group holds"
+    );
+    assert_eq!(names(&found[2]), vec![grace.name.clone()]);
+
+    // Three rows for a batch whose keys have four holders: read at once, the batch
+    // loses candidates; the lookup goes on probe by probe and each gets its own.
+    let few_rows = LookupLimits {
+        group: LookupLimits::DEFAULT.group,
+        holders: 3,
+    };
+    let pair = [probes[1].clone(), probes[2].clone()];
+    let batch = DuplicateLookup::of(&pair)
+        .within(few_rows)
+        .find(&db, "acme", &rules)
+        .await
+        .unwrap();
+    assert!(
+        batch.iter().map(Vec::len).sum::<usize>() < 4,
+        "the batch alone is cut short: {batch:?}"
+    );
+    let each = matching::candidates_of_each_within(&db, "acme", &pair, &rules, few_rows)
+        .await
+        .unwrap();
+    assert_eq!(names(&each[0]), names(&roomy[1]));
+    assert_eq!(names(&each[1]), vec![grace.name.clone()]);
+    server.finish().await;
+}
+on_both_backends!(lookup_limits_bound_groups_and_batches);
+
 fn token_for_rep() -> String {
     token("acme", "rep-1", &[Role::SalesRep])
 }
