@@ -666,12 +666,24 @@ impl EventFeed {
             violations.add("heartbeat_seconds", "must not be negative");
         }
         violations.into_result()?;
-        let (_, pruned_through) = read_state(&self.db).await?;
+        let (head, pruned_through) = read_state(&self.db).await?;
         if request.after_position < pruned_through {
             return Err(ApiError::FailedPrecondition {
-                reason: "CHECKPOINT_EXPIRED",
+                reason: CHECKPOINT_EXPIRED,
                 message: format!(
                     "events up to position {pruned_through} are past the retention; re-sync from the List methods"
+                ),
+            });
+        }
+        // Positions only grow, so a checkpoint beyond the head was taken from another
+        // feed (a database restored from an older backup, or another one): waiting for
+        // the feed to reach it would skip every event up to it.
+        if request.after_position > head {
+            return Err(ApiError::FailedPrecondition {
+                reason: CHECKPOINT_AHEAD_OF_FEED,
+                message: format!(
+                    "position {} is beyond the newest position of this feed ({head}); re-sync from the List methods",
+                    request.after_position
                 ),
             });
         }
@@ -711,6 +723,20 @@ async fn read_state<C: ConnectionTrait>(conn: &C) -> Result<(i64, i64), DbErr> {
         .await?
         .ok_or_else(|| DbErr::RecordNotFound("feed_state".into()))?;
     Ok((row.try_get_by_index(0)?, row.try_get_by_index(1)?))
+}
+
+/// `WatchEvents`' reason for a checkpoint behind what the retention kept.
+pub const CHECKPOINT_EXPIRED: &str = "CHECKPOINT_EXPIRED";
+/// `WatchEvents`' reason for a checkpoint beyond the feed's newest position.
+pub const CHECKPOINT_AHEAD_OF_FEED: &str = "CHECKPOINT_AHEAD_OF_FEED";
+
+/// Which of the two checkpoint refusals a `FAILED_PRECONDITION` of `WatchEvents` is.
+fn checkpoint_refusal(status: &tonic::Status) -> &'static str {
+    use tonic_types::StatusExt as _;
+    match status.get_details_error_info() {
+        Some(info) if info.reason == CHECKPOINT_AHEAD_OF_FEED => CHECKPOINT_AHEAD_OF_FEED,
+        _ => CHECKPOINT_EXPIRED,
+    }
 }
 
 /// The newest position the relay has given.
@@ -910,7 +936,7 @@ where
             Ok(stream) => stream,
             Err(status) if status.code() == tonic::Code::FailedPrecondition => {
                 return Err(ApiError::FailedPrecondition {
-                    reason: "CHECKPOINT_EXPIRED",
+                    reason: checkpoint_refusal(&status),
                     message: status.message().to_owned(),
                 });
             }
@@ -1249,6 +1275,37 @@ mod tests {
             )
             .await
             .is_ok()
+        );
+
+        // A checkpoint beyond the head is another feed's: refused, not waited for.
+        let ahead = feed
+            .watch(
+                &caller(),
+                WatchEventsRequest {
+                    after_position: 7,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect_err("beyond the head");
+        assert!(
+            matches!(
+                ahead,
+                ApiError::FailedPrecondition {
+                    reason: CHECKPOINT_AHEAD_OF_FEED,
+                    ..
+                }
+            ),
+            "{ahead:?}"
+        );
+        // A consumer tells the two refusals apart from the status.
+        assert_eq!(
+            checkpoint_refusal(&tonic::Status::from(ahead)),
+            CHECKPOINT_AHEAD_OF_FEED
+        );
+        assert_eq!(
+            checkpoint_refusal(&tonic::Status::from(behind)),
+            CHECKPOINT_EXPIRED
         );
     }
 
