@@ -305,6 +305,29 @@ pub async fn lock_in_transaction<C: ConnectionTrait>(conn: &C, name: &str) -> Re
     .map(|_| ())
 }
 
+/// Tries the transaction-level advisory lock `name` on Postgres: false if another
+/// transaction holds it (the caller leaves the work to that one). Elsewhere it always
+/// succeeds: SQLite serialises writers already.
+pub async fn try_lock_in_transaction<C: ConnectionTrait>(
+    conn: &C,
+    name: &str,
+) -> Result<bool, DbErr> {
+    if conn.get_database_backend() != DbBackend::Postgres {
+        return Ok(true);
+    }
+    let row = conn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_try_advisory_xact_lock($1)",
+            [advisory_key(name).into()],
+        ))
+        .await?;
+    match row {
+        Some(row) => row.try_get_by_index(0),
+        None => Ok(false),
+    }
+}
+
 /// A stable 63-bit key for Postgres advisory locks.
 pub fn advisory_key(name: &str) -> i64 {
     use sha2::{Digest, Sha256};

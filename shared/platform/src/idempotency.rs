@@ -4,11 +4,11 @@
 //! different request is refused.
 
 use sea_orm::sea_query::{Expr, Order, Query};
-use sea_orm::{ConnectionTrait, DbErr};
+use sea_orm::{ConnectionTrait, DbErr, TransactionSession, TransactionTrait};
 use sea_orm_migration::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::db::now_micros;
+use crate::db::{now_micros, try_lock_in_transaction};
 use crate::errors::ApiError;
 
 pub struct IdempotencyMigration;
@@ -115,25 +115,37 @@ impl MigrationTrait for IdempotencyExpiryMigration {
 const EXPIRY_BATCH: u64 = 5_000;
 
 /// Deletes the request ids recorded before `cutoff` (µs since the epoch), oldest first,
-/// in batches; returns how many. A retry after that is a new request.
-pub async fn delete_recorded_before<C: ConnectionTrait>(
-    conn: &C,
+/// in batches; returns how many. A retry after that is a new request. Each batch is a
+/// transaction holding the service's expiry lock, so that the replicas of a service
+/// take turns instead of deleting the same keys at once: `None` if another replica
+/// held it before this one deleted anything (the pass is left to that one).
+pub async fn delete_recorded_before<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    service: &str,
     cutoff: i64,
-) -> Result<u64, DbErr> {
-    delete_in_batches(conn, cutoff, EXPIRY_BATCH).await
+) -> Result<Option<u64>, DbErr> {
+    delete_in_batches(db, service, cutoff, EXPIRY_BATCH).await
 }
 
-async fn delete_in_batches<C: ConnectionTrait>(
-    conn: &C,
+async fn delete_in_batches<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    service: &str,
     cutoff: i64,
     batch: u64,
-) -> Result<u64, DbErr> {
+) -> Result<Option<u64>, DbErr> {
+    let lock = format!("request-id-expiry:{service}");
     let mut deleted = 0;
     loop {
-        let n = delete_oldest(conn, cutoff, batch).await?;
+        let txn = db.begin().await?;
+        if !try_lock_in_transaction(&txn, &lock).await? {
+            txn.rollback().await?;
+            return Ok((deleted > 0).then_some(deleted));
+        }
+        let n = delete_oldest(&txn, cutoff, batch).await?;
+        txn.commit().await?;
         deleted += n;
         if n < batch {
-            return Ok(deleted);
+            return Ok(Some(deleted));
         }
     }
 }
@@ -192,9 +204,12 @@ pub fn spawn_expiry(
                 _ = every_minute.tick() => {}
             }
             let cutoff = now_micros().saturating_sub(retention);
-            match delete_recorded_before(&db, cutoff).await {
-                Ok(0) => {}
-                Ok(deleted) => tracing::info!(service, deleted, "expired request ids deleted"),
+            match delete_recorded_before(&db, service, cutoff).await {
+                Ok(Some(0)) => {}
+                Ok(Some(deleted)) => {
+                    tracing::info!(service, deleted, "expired request ids deleted")
+                }
+                Ok(None) => tracing::debug!(service, "another replica is expiring request ids"),
                 Err(err) => tracing::warn!(service, error = %err, "request id expiry failed"),
             }
         }
@@ -346,8 +361,14 @@ mod tests {
             left(&db).await,
             ["req-2", "req-3", "req-4", "req-5", "req-6"]
         );
-        assert_eq!(delete_in_batches(&db, 1_000, 2).await.unwrap(), 3);
-        assert_eq!(delete_in_batches(&db, 1_000, 2).await.unwrap(), 0);
+        assert_eq!(
+            delete_in_batches(&db, "test", 1_000, 2).await.unwrap(),
+            Some(3)
+        );
+        assert_eq!(
+            delete_in_batches(&db, "test", 1_000, 2).await.unwrap(),
+            Some(0)
+        );
         for n in 0..5 {
             let found = lookup(&db, "acme", "CreateContact", &format!("req-{n}"), "h")
                 .await
