@@ -60,6 +60,8 @@ struct World {
     dynamic_segment: String,
     /// A's next-page token of ListContacts.
     contacts_page_token: String,
+    /// A's next-page token of the tenant scan of FindDuplicates.
+    scan_page_token: String,
     b_contact: String,
     b_static_segment: String,
 }
@@ -689,6 +691,15 @@ fn contact_cases() -> Vec<(&'static str, Cases)> {
                     FindDuplicatesRequest::default(),
                     NoLeak,
                 ),
+                read(
+                    "A's scan token",
+                    FindDuplicatesRequest {
+                        page_size: 1,
+                        page_token: w.scan_page_token.clone(),
+                        ..Default::default()
+                    },
+                    code(InvalidArgument),
+                ),
             ]
         }),
         case("MergeContacts", |w| {
@@ -1201,6 +1212,19 @@ async fn build_world(a: &Actor<'_>, b: &Actor<'_>) -> World {
         )
         .await;
     assert!(!page.next_page_token.is_empty());
+    let scan: FindDuplicatesResponse = a
+        .contact(
+            "FindDuplicates",
+            FindDuplicatesRequest {
+                page_size: 1,
+                ..Default::default()
+            },
+        )
+        .await;
+    assert!(
+        !scan.next_page_token.is_empty(),
+        "A's pair fills a page of one"
+    );
 
     let b_contact: Contact = b
         .contact(
@@ -1228,6 +1252,7 @@ async fn build_world(a: &Actor<'_>, b: &Actor<'_>) -> World {
         static_segment: static_segment.name,
         dynamic_segment: dynamic_segment.name,
         contacts_page_token: page.next_page_token,
+        scan_page_token: scan.next_page_token,
         b_contact: b_contact.name,
         b_static_segment: b_static_segment.name,
     }
