@@ -608,11 +608,10 @@ fn posting(row: &sea_orm::QueryResult) -> Result<(i16, String, String), ApiError
 }
 
 /// The holders query on Postgres, its parameters (tenant, fields, terms, per-key limit,
-/// limit)
-/// numbered from `$first`. Its text does not depend on the keys, each looked up by the
-/// primary key: its plan is made once per connection (or once per shape of the insert
-/// statement it ends), not at every call (planning the OR of per-field lists cost more
-/// than running it).
+/// limit) numbered from `$first`. Its text does not depend on the keys, each looked up
+/// by the primary key: its plan is made once per connection (or once per shape of the
+/// insert statement it ends), not at every call (planning the OR of per-field lists
+/// cost more than running it).
 fn holders_sql_postgres(first: usize) -> String {
     let [tenant, fields, terms, per_key, limit] =
         [first, first + 1, first + 2, first + 3, first + 4];
