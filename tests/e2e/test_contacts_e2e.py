@@ -410,6 +410,25 @@ def test_watch_events_saw_the_changes(contact_watch, tenant_a, state):
     assert heartbeats, "no heartbeat on a stream with heartbeat_seconds=1"
 
 
+def test_watch_events_refuses_a_checkpoint_ahead_of_the_feed(contacts, tenant_a):
+    """A consumer whose checkpoint is beyond the feed (taken before the database was
+    restored from an older backup) is told so, instead of waiting for positions the
+    feed will reach with other events."""
+
+    def first_message(request, **kwargs):
+        return next(contacts.WatchEvents(request, **kwargs))
+
+    err = expect_rpc_error(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        first_message,
+        events_pb2.WatchEventsRequest(after_position=2**62, heartbeat_seconds=1),
+        metadata=tenant_a.metadata,
+        timeout=RPC_TIMEOUT_S,
+    )
+    _, info, _ = error_details(err)
+    assert info is not None and info.reason == "CHECKPOINT_AHEAD_OF_FEED", info
+
+
 def test_pipeline_watch_events_heartbeat(pipeline, tenant_a):
     call = pipeline.WatchEvents(
         events_pb2.WatchEventsRequest(after_position=0, heartbeat_seconds=1),

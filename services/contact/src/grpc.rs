@@ -270,14 +270,12 @@ impl ContactApi {
     /// The likely duplicates of a contact just created, scored from the holders of its
     /// keys that its insert statement read. The contact is stored whatever happens
     /// here, so a failure costs only the warning, not the answer.
-    async fn duplicates_after_create(
-        &self,
-        tenant: &str,
+    fn duplicates_after_create(
         rules: &DuplicateRules,
         lookup: &matching::DuplicateLookup,
         holders: &[sea_orm::QueryResult],
     ) -> Vec<String> {
-        match lookup.candidates(&self.db, tenant, rules, holders).await {
+        match lookup.candidates(rules, holders) {
             Ok(found) => candidate_names(found),
             Err(err) => {
                 tracing::warn!(error = %err, "duplicates of a created contact not scored");
@@ -522,9 +520,7 @@ impl ContactService for ContactApi {
             let query = lookup.holders_query_postgres(&caller.tenant);
             match self.store.create_and_query(&caller, contact, query).await? {
                 CreatedWithQuery::Created(stored, holders) => {
-                    let duplicates = self
-                        .duplicates_after_create(&caller.tenant, rules, lookup, &holders)
-                        .await;
+                    let duplicates = Self::duplicates_after_create(rules, lookup, &holders);
                     return Ok(self
                         .answer_created(&caller.tenant, stored, &duplicates)
                         .await);

@@ -1,15 +1,14 @@
 //! Scoring likely duplicates: exact email, exact phone, and similar names within the
 //! same account or email domain.
 //!
-//! Candidates come from the terms index (shared addresses, numbers and name words)
-//! and from the probe's account, so a batch of probes costs a fixed number of queries.
+//! Candidates are the contacts sharing a key of the terms index with a probe (an
+//! address, a number, a name word at a domain or in an account), read with what scoring
+//! needs of them in one query, so a batch of probes costs one query.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 
 use sea_orm::sea_query::{Condition, Expr, ExprTrait, Query, SelectStatement};
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QuerySelect, Statement,
-};
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
 use crm_platform::ApiError;
 use crm_platform::errors::from_db;
@@ -18,7 +17,6 @@ use crm_proto::contact::{Contact, DuplicateMatch, DuplicateMatchRule, DuplicateR
 
 use crate::index::migration::ContactTerms;
 use crate::index::{self, TermField};
-use crate::store::contact_row;
 
 /// A stored contact a probe looks like.
 #[derive(Debug, Clone, PartialEq)]
@@ -143,7 +141,7 @@ impl Profile {
     }
 }
 
-#[derive(Debug, Clone, sea_orm::FromQueryResult)]
+/// A holder's columns as the holders query reads them.
 struct ProfileRow {
     id: String,
     given_name: String,
@@ -246,69 +244,6 @@ pub async fn rules<C: ConnectionTrait>(conn: &C, tenant: &str) -> Result<Duplica
         .map(|(rules, _)| rules)
 }
 
-fn live_profiles() -> sea_orm::Select<contact_row::Entity> {
-    contact_row::Entity::find()
-        .select_only()
-        .columns([
-            contact_row::Column::Id,
-            contact_row::Column::GivenName,
-            contact_row::Column::FamilyName,
-            contact_row::Column::EmailsIndex,
-            contact_row::Column::PhonesIndex,
-            contact_row::Column::Account,
-            contact_row::Column::CreateTimeUs,
-        ])
-        .filter(contact_row::Column::DeleteTimeUs.is_null())
-        .filter(contact_row::Column::MergedInto.is_null())
-}
-
-/// The live contacts with these ids, or in these accounts.
-async fn load_profiles<C: ConnectionTrait>(
-    conn: &C,
-    tenant: &str,
-    ids: &HashSet<String>,
-    accounts: &BTreeSet<String>,
-) -> Result<Vec<Profile>, ApiError> {
-    let mut profiles: HashMap<String, Profile> = HashMap::new();
-    let ids: Vec<&String> = ids.iter().collect();
-    for chunk in ids.chunks(1_000) {
-        let rows = live_profiles()
-            .filter(contact_row::Column::TenantId.eq(tenant))
-            .filter(any_text(
-                conn.get_database_backend(),
-                Expr::col(contact_row::Column::Id),
-                chunk.iter().map(|s| s.as_str()),
-            ))
-            .into_model::<ProfileRow>()
-            .all(conn)
-            .await
-            .map_err(|e| from_db(e, "contacts"))?;
-        for row in &rows {
-            profiles.insert(row.id.clone(), Profile::of_row(row));
-        }
-    }
-    if !accounts.is_empty() {
-        let rows = live_profiles()
-            .filter(contact_row::Column::TenantId.eq(tenant))
-            .filter(any_text(
-                conn.get_database_backend(),
-                Expr::col(contact_row::Column::Account),
-                accounts.iter().map(String::as_str),
-            ))
-            .limit(MAX_GROUP)
-            .into_model::<ProfileRow>()
-            .all(conn)
-            .await
-            .map_err(|e| from_db(e, "contacts"))?;
-        for row in &rows {
-            profiles
-                .entry(row.id.clone())
-                .or_insert_with(|| Profile::of_row(row));
-        }
-    }
-    Ok(profiles.into_values().collect())
-}
-
 /// The terms-index keys under which a contact's likely duplicates are found: its
 /// addresses, its numbers, and its name words at its company domains and account.
 fn lookup_keys(profile: &Profile, contact: &Contact) -> Vec<(String, TermField)> {
@@ -386,7 +321,7 @@ pub async fn candidates_of_each_within<C: ConnectionTrait>(
     }
     let rows = lookup.holders(conn, tenant).await?;
     if (rows.len() as u64) < limits.holders || probes.len() == 1 {
-        return lookup.candidates(conn, tenant, rules, &rows).await;
+        return lookup.candidates(rules, &rows);
     }
     tracing::debug!(
         probes = probes.len(),
@@ -474,7 +409,7 @@ impl DuplicateLookup {
             return Ok(vec![Vec::new(); self.profiles.len()]);
         }
         let rows = self.holders(conn, tenant).await?;
-        self.candidates(conn, tenant, rules, &rows).await
+        self.candidates(rules, &rows)
     }
 
     /// The (field, term, contact id) rows of the stored contacts holding any of the
@@ -505,11 +440,15 @@ impl DuplicateLookup {
             let mut values = postings.values.map(|values| values.0).unwrap_or_default();
             values.push((self.limits.group.saturating_add(1) as i64).into());
             values.push((self.limits.holders as i64).into());
+            values.push(tenant.into());
             // SQLite has no lateral join: number each key's holders instead.
             let sql = format!(
-                "SELECT field, term, contact_id FROM (SELECT field, term, contact_id, \
+                "SELECT h.field, h.term, h.contact_id, {PROFILE_COLUMNS} \
+                 FROM (SELECT field, term, contact_id FROM (SELECT field, term, contact_id, \
                  row_number() OVER (PARTITION BY field, term) AS holder \
-                 FROM ({})) WHERE holder <= ? LIMIT ?",
+                 FROM ({})) WHERE holder <= ? LIMIT ?) AS h \
+                 LEFT JOIN contacts p ON p.tenant_id = ? AND p.id = h.contact_id \
+                 AND p.delete_time_us IS NULL AND p.merged_into IS NULL",
                 postings.sql
             );
             Statement::from_sql_and_values(backend, sql, values)
@@ -519,21 +458,26 @@ impl DuplicateLookup {
             .map_err(|e| from_db(e, "contacts"))
     }
 
-    /// Scores the stored contacts of `rows` (from the holders query) against each
-    /// probe: for each, those scoring at least the rules' minimum, best first.
-    pub async fn candidates<C: ConnectionTrait>(
+    /// Scores the stored contacts of `rows` (from the holders query, which reads each
+    /// holder's profile with it) against each probe: for each, those scoring at least
+    /// the rules' minimum, best first.
+    pub fn candidates(
         &self,
-        conn: &C,
-        tenant: &str,
         rules: &DuplicateRules,
         rows: &[sea_orm::QueryResult],
     ) -> Result<Vec<Vec<Candidate>>, ApiError> {
         let mut per_probe: Vec<BTreeSet<String>> = vec![BTreeSet::new(); self.profiles.len()];
-        let mut ids = HashSet::new();
+        let mut stored: HashMap<String, Profile> = HashMap::new();
         let mut by_key: HashMap<(i16, String), Vec<String>> = HashMap::new();
         for row in rows {
-            let (field, term, id) = posting(row)?;
-            by_key.entry((field, term)).or_default().push(id);
+            let holder = holder(row)?;
+            if let Some(profile) = holder.profile {
+                stored.entry(holder.contact_id.clone()).or_insert(profile);
+            }
+            by_key
+                .entry((holder.field, holder.term))
+                .or_default()
+                .push(holder.contact_id);
         }
         let group = usize::try_from(self.limits.group).unwrap_or(usize::MAX);
         for (key, mut holders_of_key) in by_key {
@@ -548,14 +492,8 @@ impl DuplicateLookup {
                 for &i in probes {
                     per_probe[i].extend(holders_of_key.iter().cloned());
                 }
-                ids.extend(holders_of_key);
             }
         }
-        let stored: HashMap<String, Profile> = load_profiles(conn, tenant, &ids, &BTreeSet::new())
-            .await?
-            .into_iter()
-            .map(|p| (p.id.clone(), p))
-            .collect();
         Ok(self
             .profiles
             .iter()
@@ -616,12 +554,51 @@ fn holders_sql_postgres(first: usize) -> String {
     let [tenant, fields, terms, per_key, limit] =
         [first, first + 1, first + 2, first + 3, first + 4];
     format!(
-        "SELECT k.field, k.term, t.contact_id \
+        "SELECT k.field, k.term, t.contact_id, {PROFILE_COLUMNS} \
          FROM unnest(${fields}::int2[], ${terms}::text[]) AS k(field, term) \
          CROSS JOIN LATERAL (SELECT c.contact_id FROM contact_terms c \
          WHERE c.tenant_id = ${tenant} AND c.term = k.term AND c.field = k.field LIMIT ${per_key}) AS t \
+         LEFT JOIN contacts p ON p.tenant_id = ${tenant} AND p.id = t.contact_id \
+         AND p.delete_time_us IS NULL AND p.merged_into IS NULL \
          LIMIT ${limit}"
     )
+}
+
+/// What matching needs of a holder (`p`), read with its posting; all null when the
+/// holder is no longer live.
+const PROFILE_COLUMNS: &str =
+    "p.given_name, p.family_name, p.emails_index, p.phones_index, p.account, p.create_time_us";
+
+/// One row of the holders query: a key, a contact holding it, and that contact's
+/// profile if it is live.
+struct Holder {
+    field: i16,
+    term: String,
+    contact_id: String,
+    profile: Option<Profile>,
+}
+
+fn holder(row: &sea_orm::QueryResult) -> Result<Holder, ApiError> {
+    let (field, term, contact_id) = posting(row)?;
+    let given_name: Option<String> = row.try_get_by_index(3).map_err(ApiError::internal)?;
+    let profile = match given_name {
+        None => None,
+        Some(given_name) => Some(Profile::of_row(&ProfileRow {
+            id: contact_id.clone(),
+            given_name,
+            family_name: row.try_get_by_index(4).map_err(ApiError::internal)?,
+            emails_index: row.try_get_by_index(5).map_err(ApiError::internal)?,
+            phones_index: row.try_get_by_index(6).map_err(ApiError::internal)?,
+            account: row.try_get_by_index(7).map_err(ApiError::internal)?,
+            create_time_us: row.try_get_by_index(8).map_err(ApiError::internal)?,
+        })),
+    };
+    Ok(Holder {
+        field,
+        term,
+        contact_id,
+        profile,
+    })
 }
 
 #[cfg(test)]
