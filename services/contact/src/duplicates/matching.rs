@@ -412,8 +412,9 @@ impl DuplicateLookup {
         self.candidates(rules, &rows)
     }
 
-    /// The (field, term, contact id) rows of the stored contacts holding any of the
-    /// keys: at most one more than a group of each key, and `limits.holders` in all.
+    /// The (field, term, contact id, profile) rows of the stored contacts holding any of
+    /// the keys ([`holder`]): at most one more than a group of each key, and
+    /// `limits.holders` in all.
     async fn holders<C: ConnectionTrait>(
         &self,
         conn: &C,
