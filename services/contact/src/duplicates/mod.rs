@@ -14,7 +14,7 @@ use crm_platform::auth::Caller;
 use crm_platform::db::{micros_to_timestamp, now_micros};
 use crm_platform::errors::from_db;
 use crm_platform::events::{self, NewEvent};
-use crm_platform::pagination::{self, CursorValue, PageTokens};
+use crm_platform::pagination::{self, PageTokens};
 use crm_platform::{ApiError, Violations, idempotency};
 use crm_proto::common::FieldChange;
 use crm_proto::contact::*;
@@ -76,7 +76,7 @@ impl DuplicatesApi {
     }
 
     /// One page of the tenant scan ([`scan`]): its token names the contact the next
-    /// call goes on from and how many of that contact's pairs were returned.
+    /// call goes on from and, within that contact's pairs, the last one returned.
     async fn scan_tenant(
         &self,
         caller: &Caller,
@@ -87,36 +87,13 @@ impl DuplicatesApi {
         // The scan's tokens are not offsets: a token of another kind of call, or of
         // another minimum score, does not fit.
         let fingerprint = PageTokens::fingerprint(&["tenant scan", &rules.min_score.to_string()]);
-        let from = match self
+        let from = self
             .ctx
             .tokens
             .decode(page_token, &caller.tenant, &fingerprint)?
             .as_deref()
-        {
-            None => None,
-            Some([CursorValue::Text(contact_id)]) => Some(scan::ScanCursor::After {
-                contact_id: contact_id.clone(),
-            }),
-            Some(
-                [
-                    CursorValue::Text(contact_id),
-                    CursorValue::Text(score),
-                    CursorValue::Text(other_id),
-                ],
-            ) => {
-                let score = score
-                    .parse::<f64>()
-                    .map_err(|_| ApiError::invalid("page_token", "page token is malformed"))?;
-                Some(scan::ScanCursor::Within {
-                    contact_id: contact_id.clone(),
-                    score,
-                    other_id: other_id.clone(),
-                })
-            }
-            Some(_) => {
-                return Err(ApiError::invalid("page_token", "page token is malformed").into());
-            }
-        };
+            .map(scan::ScanCursor::from_token_values)
+            .transpose()?;
         let page = scan::scan(
             &self.ctx,
             &caller.tenant,
@@ -134,26 +111,11 @@ impl DuplicatesApi {
         let candidates = self.candidates(&caller.tenant, found).await?;
         let next_page_token = match page.next {
             None => String::new(),
-            Some(scan::ScanCursor::After { contact_id }) => self.ctx.tokens.encode(
-                &caller.tenant,
-                &fingerprint,
-                vec![CursorValue::Text(contact_id)],
-            )?,
-            Some(scan::ScanCursor::Within {
-                contact_id,
-                score,
-                other_id,
-            }) => self.ctx.tokens.encode(
-                &caller.tenant,
-                &fingerprint,
-                // The score as text: Rust prints the shortest form that parses back to
-                // the same f64, so the cursor's pair is found exactly.
-                vec![
-                    CursorValue::Text(contact_id),
-                    CursorValue::Text(score.to_string()),
-                    CursorValue::Text(other_id),
-                ],
-            )?,
+            Some(cursor) => {
+                self.ctx
+                    .tokens
+                    .encode(&caller.tenant, &fingerprint, cursor.to_token_values())?
+            }
         };
         Ok(Response::new(FindDuplicatesResponse {
             candidates,

@@ -11,6 +11,7 @@
 use std::cmp::Ordering;
 
 use crm_platform::ApiError;
+use crm_platform::pagination::CursorValue;
 use crm_proto::contact::{Contact, DuplicateMatch, DuplicateRules};
 
 use super::matching::{self, Candidate};
@@ -36,6 +37,47 @@ pub enum ScanCursor {
         score: f64,
         other_id: String,
     },
+}
+
+impl ScanCursor {
+    /// The cursor as a page token holds it: the contact id, then for a cursor within
+    /// its pairs the score and the other contact's id. The score goes as text: Rust
+    /// prints the shortest form that parses back to the same f64, so the cursor's pair
+    /// is found exactly.
+    pub fn to_token_values(&self) -> Vec<CursorValue> {
+        match self {
+            Self::After { contact_id } => vec![CursorValue::Text(contact_id.clone())],
+            Self::Within {
+                contact_id,
+                score,
+                other_id,
+            } => vec![
+                CursorValue::Text(contact_id.clone()),
+                CursorValue::Text(score.to_string()),
+                CursorValue::Text(other_id.clone()),
+            ],
+        }
+    }
+
+    /// The cursor a page token's values name ([`Self::to_token_values`]).
+    pub fn from_token_values(values: &[CursorValue]) -> Result<Self, ApiError> {
+        let malformed = || ApiError::invalid("page_token", "page token is malformed");
+        match values {
+            [CursorValue::Text(contact_id)] => Ok(Self::After {
+                contact_id: contact_id.clone(),
+            }),
+            [
+                CursorValue::Text(contact_id),
+                CursorValue::Text(score),
+                CursorValue::Text(other_id),
+            ] => Ok(Self::Within {
+                contact_id: contact_id.clone(),
+                score: score.parse().map_err(|_| malformed())?,
+                other_id: other_id.clone(),
+            }),
+            _ => Err(malformed()),
+        }
+    }
 }
 
 /// A likely duplicate pair: the older contact first.

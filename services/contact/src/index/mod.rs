@@ -317,13 +317,10 @@ pub async fn write<C: ConnectionTrait>(
         let ids: Vec<&str> = changed.iter().map(|i| contact_id(i.contact)).collect();
         delete_terms(conn, tenant, &ids).await?;
     }
-    delete_attributes(conn, tenant, RecordKind::Contact, &attributes_of(contacts)).await?;
+    let attributes = attributes_of(contacts);
+    delete_attributes(conn, tenant, RecordKind::Contact, &attributes).await?;
     let mut rows = term_rows(tenant, changed);
-    rows.push(attribute_rows(
-        tenant,
-        RecordKind::Contact,
-        &attributes_of(contacts),
-    ));
+    rows.push(attribute_rows(tenant, RecordKind::Contact, &attributes));
     bulk::insert_all(conn, rows).await.map_err(db)
 }
 
