@@ -16,6 +16,9 @@ use bytes::Bytes;
 
 use crate::config::{CacheBackend, CacheConfig};
 
+mod local;
+use local::LocalCopies;
+
 /// A cached value and the version it was stored with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedValue {
@@ -151,6 +154,8 @@ impl Cache for MemoryCache {
 /// Redis, single node (ConnectionManager, reconnecting by itself) or cluster.
 pub struct RedisCache {
     connection: RedisConnection,
+    /// Values also kept in the process (single node, `redis_local_entries` > 0).
+    local: Option<Arc<LocalCopies>>,
     ttl: Duration,
     timeout: Duration,
     put_script: redis::Script,
@@ -182,21 +187,19 @@ return 1
 impl RedisCache {
     pub fn new(config: &CacheConfig) -> Result<Self, CacheError> {
         let timeout = Duration::from_millis(config.timeout_ms.max(1));
-        let connection = if config.redis_cluster {
+        let (connection, local) = if config.redis_cluster {
             let urls: Vec<&str> = config.redis_url.split(',').map(str::trim).collect();
-            let mut builder = redis::cluster::ClusterClient::builder(urls)
+            let client = redis::cluster::ClusterClient::builder(urls)
                 .connection_timeout(timeout)
-                .response_timeout(timeout);
-            if let Some(local) = local_cache(config) {
-                builder = builder
-                    .use_protocol(redis::ProtocolVersion::RESP3)
-                    .cache_config(local);
-            }
-            let client = builder.build().map_err(|e| CacheError(e.to_string()))?;
-            RedisConnection::Cluster(Box::new(ClusterState {
+                .response_timeout(timeout)
+                .build()
+                .map_err(|e| CacheError(e.to_string()))?;
+            let connection = RedisConnection::Cluster(Box::new(ClusterState {
                 client,
                 connection: tokio::sync::OnceCell::new(),
-            }))
+            }));
+            // A cluster's invalidations come per node; local copies are single-node only.
+            (connection, None)
         } else {
             let mut info =
                 redis::IntoConnectionInfo::into_connection_info(config.redis_url.as_str())
@@ -206,23 +209,37 @@ impl RedisCache {
                 .set_connection_timeout(Some(timeout))
                 .set_number_of_retries(1)
                 .set_max_delay(Duration::from_secs(1));
-            if let Some(local) = local_cache(config) {
+            let local = (config.redis_local_entries > 0).then(|| {
+                Arc::new(LocalCopies::new(
+                    config.redis_local_entries,
+                    LOCAL_LIFETIME.min(Duration::from_secs(config.ttl_s.max(1))),
+                ))
+            });
+            if let Some(local) = &local {
+                // Invalidations are push messages, which need RESP3 on this connection.
                 let settings = info
                     .redis_settings()
                     .clone()
                     .set_protocol(redis::ProtocolVersion::RESP3);
                 info = info.set_redis_settings(settings);
-                manager_config = manager_config.set_cache_config(local);
+                let copies = local.clone();
+                manager_config = manager_config.set_push_sender(
+                    move |push: redis::PushInfo| -> Result<(), std::convert::Infallible> {
+                        copies.handle_push(&push);
+                        Ok(())
+                    },
+                );
             }
             let client = redis::Client::open(info).map_err(|e| CacheError(e.to_string()))?;
             // Lazy: a Redis that is down at start does not stop the service.
             let manager =
                 redis::aio::ConnectionManager::new_lazy_with_config(client, manager_config)
                     .map_err(|e| CacheError(e.to_string()))?;
-            RedisConnection::Single(manager)
+            (RedisConnection::Single(manager), local)
         };
         Ok(Self {
             connection,
+            local,
             ttl: Duration::from_secs(config.ttl_s.max(1)),
             timeout,
             put_script: redis::Script::new(PUT_IF_NEWER),
@@ -232,12 +249,7 @@ impl RedisCache {
     /// Reads answered by the process-side cache since start, when it is on (single
     /// node; a cluster connection keeps its statistics per node).
     pub fn local_hits(&self) -> Option<u64> {
-        match &self.connection {
-            RedisConnection::Single(manager) => {
-                manager.get_cache_statistics().map(|stats| stats.hit as u64)
-            }
-            RedisConnection::Cluster(_) => None,
-        }
+        self.local.as_ref().map(|local| local.hits())
     }
 
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, CacheError>
@@ -269,21 +281,6 @@ impl RedisCache {
 /// drops a local value when anyone changes it, and a reconnection drops them all; this
 /// bounds the one case neither covers, a connection that goes silent without closing.
 const LOCAL_LIFETIME: Duration = Duration::from_secs(10);
-
-/// The process-side cache of Redis values, when configured: Redis tracks the keys this
-/// connection read (RESP3 client tracking, opt-in per GET) and pushes their
-/// invalidation when anyone changes them, so a hit costs no round trip and a value
-/// another process replaced is dropped within the push's delay. This process's own
-/// writes are guarded, as before, by [`CacheHandle`]'s written versions.
-fn local_cache(config: &CacheConfig) -> Option<redis::caching::CacheConfig> {
-    let entries = std::num::NonZeroUsize::new(config.redis_local_entries)?;
-    Some(
-        redis::caching::CacheConfig::new()
-            .set_mode(redis::caching::CacheMode::OptIn)
-            .set_size(entries)
-            .set_default_client_ttl(LOCAL_LIFETIME.min(Duration::from_secs(config.ttl_s.max(1)))),
-    )
-}
 
 /// One connection handle of either kind, usable by redis commands.
 pub enum RedisConn {
@@ -322,6 +319,19 @@ impl redis::aio::ConnectionLike for RedisConn {
     }
 }
 
+/// A stored value: its zero-padded version, then its bytes; anything else is a miss.
+fn decode_stored(raw: Vec<u8>) -> Option<CachedValue> {
+    let version = std::str::from_utf8(raw.get(..VERSION_WIDTH)?)
+        .ok()?
+        .parse::<i64>()
+        .ok()?;
+    let mut bytes = Bytes::from(raw);
+    Some(CachedValue {
+        version,
+        bytes: bytes.split_off(VERSION_WIDTH),
+    })
+}
+
 fn encode_version(version: i64) -> String {
     format!("{:0width$}", version.max(0), width = VERSION_WIDTH)
 }
@@ -329,26 +339,41 @@ fn encode_version(version: i64) -> String {
 #[async_trait]
 impl Cache for RedisCache {
     async fn get(&self, key: &str) -> Result<Option<CachedValue>, CacheError> {
-        let key = key.to_owned();
-        let raw: Option<Vec<u8>> = self
-            .run(|mut conn| async move {
-                let mut get = redis::cmd("GET");
-                get.arg(&key)
-                    .set_cache_config(redis::CommandCacheConfig::new().set_enable_cache(true));
-                get.query_async(&mut conn).await
-            })
-            .await?;
-        let Some(raw) = raw else { return Ok(None) };
-        if raw.len() < VERSION_WIDTH {
-            return Ok(None);
+        let Some(local) = &self.local else {
+            let key = key.to_owned();
+            let raw: Option<Vec<u8>> =
+                self.run(|mut conn| async move {
+                    redis::cmd("GET").arg(&key).query_async(&mut conn).await
+                })
+                .await?;
+            return Ok(raw.and_then(decode_stored));
+        };
+        if let Some(value) = local.get(key) {
+            return Ok(Some(value));
         }
-        let version = std::str::from_utf8(&raw[..VERSION_WIDTH])
-            .ok()
-            .and_then(|v| v.parse::<i64>().ok());
-        Ok(version.map(|version| CachedValue {
-            version,
-            bytes: Bytes::copy_from_slice(&raw[VERSION_WIDTH..]),
-        }))
+        let read = local.register(key);
+        // Tracking is switched on with every read that is tracked, so that a connection
+        // the manager opened again has it too; CACHING YES makes Redis track the next
+        // command's key. A pipeline is written whole, so no other call comes between.
+        let mut pipeline = redis::pipe();
+        pipeline
+            .cmd("CLIENT")
+            .arg("TRACKING")
+            .arg("ON")
+            .arg("OPTIN")
+            .ignore()
+            .cmd("CLIENT")
+            .arg("CACHING")
+            .arg("YES")
+            .ignore()
+            .cmd("GET")
+            .arg(key);
+        let (raw,): (Option<Vec<u8>>,) = self
+            .run(|mut conn| async move { pipeline.query_async(&mut conn).await })
+            .await?;
+        let value = raw.and_then(decode_stored);
+        read.store(value.clone());
+        Ok(value)
     }
 
     async fn put_if_newer(&self, key: &str, version: i64, bytes: &[u8]) -> Result<(), CacheError> {

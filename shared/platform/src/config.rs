@@ -108,7 +108,7 @@ pub struct CacheConfig {
     pub memory_max_entries: usize,
     /// With the Redis backend: values kept in the process as well, up to this many,
     /// and dropped when Redis reports a change to them (server-assisted client-side
-    /// caching over RESP3). 0 reads every value from Redis.
+    /// caching over RESP3; single node only). 0 reads every value from Redis.
     pub redis_local_entries: usize,
 }
 

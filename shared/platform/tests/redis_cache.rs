@@ -1,7 +1,7 @@
 //! The Redis cache with values kept in the process (`cache.redis_local_entries`),
 //! against the real Redis at `CRM_TEST_REDIS_URL` (default 127.0.0.1:6379): repeated
 //! reads are answered in the process, and a value another process replaces or deletes
-//! is not served from it once Redis has said so.
+//! is not served from it once Redis has said so; a miss is never kept.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -87,5 +87,53 @@ async fn an_older_version_never_replaces_a_newer_one_held_locally() {
     for _ in 0..3 {
         assert_eq!(cache.get(&key).await.unwrap().unwrap().version, 5);
     }
+    cache.delete(&key).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_miss_is_not_kept_in_the_process() {
+    let reader = RedisCache::new(&config(100)).unwrap();
+    let writer = RedisCache::new(&config(100)).unwrap();
+    let key = unique_key();
+    assert_eq!(reader.get(&key).await.unwrap(), None);
+    writer.put_if_newer(&key, 1, b"one").await.unwrap();
+    // No wait for an invalidation: a miss was never kept, so this read asks Redis.
+    let value = reader
+        .get(&key)
+        .await
+        .unwrap()
+        .expect("the put is seen at once");
+    assert_eq!((value.version, value.bytes.as_ref()), (1, b"one".as_ref()));
+    writer.delete(&key).await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_first_reads_keep_the_value_put_after_them() {
+    // Many readers miss the same key at once; one puts it. Whatever order their answers
+    // and Redis's invalidation are handled in, reads soon come from the process and
+    // give the value put, not a kept miss.
+    let cache = std::sync::Arc::new(RedisCache::new(&config(100)).unwrap());
+    let key = unique_key();
+    let readers: Vec<_> = (0..32)
+        .map(|_| {
+            let cache = cache.clone();
+            let key = key.clone();
+            tokio::spawn(async move { cache.get(&key).await.unwrap() })
+        })
+        .collect();
+    cache.put_if_newer(&key, 1, b"one").await.unwrap();
+    for reader in readers {
+        let seen = reader.await.unwrap();
+        assert!(seen.is_none() || seen.unwrap().version == 1);
+    }
+    assert_eq!(until_seen(&cache, &key, Some(1)).await, Some(1));
+    let before = cache.local_hits().unwrap();
+    for _ in 0..10 {
+        assert_eq!(cache.get(&key).await.unwrap().unwrap().version, 1);
+    }
+    assert!(
+        cache.local_hits().unwrap() >= before + 9,
+        "the value is read from the process"
+    );
     cache.delete(&key).await.unwrap();
 }
