@@ -53,7 +53,7 @@ impl Violations {
 }
 
 /// Errors a request can end in, each with its canonical code.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     #[error("request has invalid fields")]
     InvalidArgument(Vec<FieldViolation>),
