@@ -246,8 +246,8 @@ impl RedisCache {
         })
     }
 
-    /// Reads answered by the process-side cache since start, when it is on (single
-    /// node; a cluster connection keeps its statistics per node).
+    /// Reads answered from the copies kept in the process since start, when they are
+    /// kept (single node, `redis_local_entries` > 0).
     pub fn local_hits(&self) -> Option<u64> {
         self.local.as_ref().map(|local| local.hits())
     }

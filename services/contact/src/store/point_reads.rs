@@ -91,10 +91,11 @@ async fn answer(db: &DatabaseConnection, batch: Vec<Read>) {
     for (tenant, reads) in by_tenant {
         let ids: Vec<&str> = reads.iter().map(|read| read.id.as_str()).collect();
         match select(db, &tenant, &ids).await {
-            Ok(mut found) => {
+            Ok(found) => {
                 for read in reads {
+                    // Two reads of one id may share the statement: each gets the row.
                     // A caller that gave up (its deadline passed) no longer listens.
-                    let _ = read.reply.send(Ok(found.remove(&read.id)));
+                    let _ = read.reply.send(Ok(found.get(&read.id).cloned()));
                 }
             }
             Err(err) => {
@@ -205,6 +206,8 @@ mod tests {
                     let tenant = if i % 2 == 0 { "a" } else { "b" };
                     let id = match i % 5 {
                         0 => format!("missing{i}"),
+                        // The same few ids, read by many at once.
+                        2 => format!("{tenant}{}", i % 4),
                         1 => format!("{}{}", if tenant == "a" { "b" } else { "a" }, i % 100),
                         _ => format!("{tenant}{}", i % 100),
                     };
@@ -217,7 +220,7 @@ mod tests {
             match i % 5 {
                 0 | 1 => assert_eq!(found, None, "read {i}: nothing of tenant {tenant}"),
                 _ => {
-                    let n = (i % 100) as i64;
+                    let n = if i % 5 == 2 { i % 4 } else { i % 100 } as i64;
                     assert_eq!(
                         found,
                         Some((n, format!("{tenant}-{n}").into_bytes())),
