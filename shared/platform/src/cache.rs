@@ -71,6 +71,27 @@ impl Cache for NoCache {
     }
 }
 
+/// Makes room for `key` in a map of at most `capacity` entries: the entries no longer
+/// `live` go first, and if it is still full, an arbitrary tenth (a cache holds copies,
+/// so any entry may go, and this keeps an insert at full capacity cheap).
+fn make_room<V>(
+    entries: &mut HashMap<String, V>,
+    capacity: usize,
+    key: &str,
+    live: impl Fn(&V) -> bool,
+) {
+    if entries.len() < capacity || entries.contains_key(key) {
+        return;
+    }
+    entries.retain(|_, entry| live(entry));
+    if entries.len() >= capacity {
+        let evict: Vec<String> = entries.keys().take(capacity / 10 + 1).cloned().collect();
+        for key in evict {
+            entries.remove(&key);
+        }
+    }
+}
+
 /// An in-process cache with a TTL and a bounded number of entries.
 pub struct MemoryCache {
     entries: Mutex<HashMap<String, (CachedValue, Instant)>>,
@@ -114,20 +135,9 @@ impl Cache for MemoryCache {
         {
             return Ok(());
         }
-        if entries.len() >= self.max_entries && !entries.contains_key(key) {
-            entries.retain(|_, (_, expires)| *expires > now);
-            if entries.len() >= self.max_entries {
-                // Still full of live entries: drop an arbitrary tenth to make room.
-                let evict: Vec<String> = entries
-                    .keys()
-                    .take(self.max_entries / 10 + 1)
-                    .cloned()
-                    .collect();
-                for k in evict {
-                    entries.remove(&k);
-                }
-            }
-        }
+        make_room(&mut entries, self.max_entries, key, |(_, expires)| {
+            *expires > now
+        });
         entries.insert(
             key.to_owned(),
             (

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use redis::{PushInfo, PushKind, Value};
 
-use super::CachedValue;
+use super::{CachedValue, make_room};
 
 pub(super) struct LocalCopies {
     state: Mutex<State>,
@@ -29,13 +29,13 @@ pub(super) struct LocalCopies {
 
 #[derive(Default)]
 struct State {
-    copies: HashMap<String, Copy>,
+    copies: HashMap<String, LocalCopy>,
     /// Reads in flight that may store their answer: key → the ticket of the newest.
     registered: HashMap<String, u64>,
     next_ticket: u64,
 }
 
-struct Copy {
+struct LocalCopy {
     value: CachedValue,
     expires: Instant,
 }
@@ -128,25 +128,12 @@ impl LocalCopies {
         state.registered.remove(key);
         let Some(value) = value else { return };
         let now = Instant::now();
-        if state.copies.len() >= self.capacity && !state.copies.contains_key(key) {
-            state.copies.retain(|_, copy| copy.expires > now);
-            if state.copies.len() >= self.capacity {
-                // Any eighth goes: the copies are a hot set over Redis, not the cache of
-                // record, and this keeps an insert at full capacity cheap.
-                let excess: Vec<String> = state
-                    .copies
-                    .keys()
-                    .take((self.capacity / 8).max(1))
-                    .cloned()
-                    .collect();
-                for key in excess {
-                    state.copies.remove(&key);
-                }
-            }
-        }
+        make_room(&mut state.copies, self.capacity, key, |copy| {
+            copy.expires > now
+        });
         state.copies.insert(
             key.to_owned(),
-            Copy {
+            LocalCopy {
                 value,
                 expires: now + self.lifetime,
             },
