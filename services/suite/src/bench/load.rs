@@ -105,6 +105,9 @@ impl Outcome {
     }
 }
 
+/// The tokio timer's resolution.
+const TIMER_TICK: Duration = Duration::from_millis(1);
+
 /// The callers' outcomes merged; a caller that panicked counts as one error.
 async fn join_callers(mut callers: tokio::task::JoinSet<Outcome>) -> Outcome {
     let mut total = Outcome::new();
@@ -186,13 +189,15 @@ pub async fn fixed(
     total
 }
 
-/// Calls started at `rate` per second for `duration`; at most `max_in_flight` at once
-/// (a call that cannot start on time because of that counts as an error, "overrun").
+/// Calls started at `rate` per second for `warmup` (not recorded: new connections and
+/// cold caches) and then `duration`; at most `max_in_flight` at once (a call that cannot
+/// start on time because of that counts as an error, "overrun").
 /// Calls are dealt round-robin to `workers` caller slots, as the closed loop's callers
 /// are, so that they spread over the same connections and per-caller data.
 pub async fn open(
     workload: Arc<dyn Workload>,
     rate: f64,
+    warmup: Duration,
     duration: Duration,
     max_in_flight: usize,
     workers: usize,
@@ -200,8 +205,10 @@ pub async fn open(
     let workers = workers.max(1) as u64;
     let rate = rate.max(0.001);
     let interval = Duration::from_secs_f64(1.0 / rate);
-    let total_calls = (rate * duration.as_secs_f64()).ceil() as u64;
+    let warmup_calls = (rate * warmup.as_secs_f64()).ceil() as u64;
+    let total_calls = warmup_calls + (rate * duration.as_secs_f64()).ceil() as u64;
     let start = Instant::now();
+    let measure_from = start + interval.mul_f64(warmup_calls as f64);
     let in_flight = Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1)));
     let (results, mut received) = tokio::sync::mpsc::unbounded_channel::<(CallResult, Duration)>();
     // Results are recorded as they arrive, so that a long run holds histograms, not
@@ -216,23 +223,37 @@ pub async fn open(
     let mut overruns = Outcome::new();
     for seq in 0..total_calls {
         let scheduled = start + interval.mul_f64(seq as f64);
-        tokio::time::sleep_until(scheduled.into()).await;
+        // The timer ends a sleep on its first millisecond tick at or after the deadline:
+        // sleeping to the deadline itself would add up to a millisecond of the
+        // generator's own to every latency. Waking a tick early sends the call at most
+        // that much before its slot, and then its latency counts from when it was sent.
+        if let Some(wake) = scheduled.checked_sub(TIMER_TICK)
+            && wake > Instant::now()
+        {
+            tokio::time::sleep_until(wake.into()).await;
+        }
+        let counted_from = Instant::now().min(scheduled);
+        let recorded = seq >= warmup_calls;
         let Ok(permit) = in_flight.clone().try_acquire_owned() else {
-            overruns.record(Err("overrun".into()), scheduled.elapsed());
+            if recorded {
+                overruns.record(Err("overrun".into()), counted_from.elapsed());
+            }
             continue;
         };
         let workload = workload.clone();
         let results = results.clone();
         tokio::spawn(async move {
             let result = workload.call((seq % workers) as usize, seq).await;
-            let _ = results.send((result, scheduled.elapsed()));
+            if recorded {
+                let _ = results.send((result, counted_from.elapsed()));
+            }
             drop(permit);
         });
     }
     drop(results);
     let mut outcome = recorder.await.unwrap_or_else(|_| Outcome::new());
     outcome.merge(overruns);
-    outcome.elapsed = start.elapsed().max(duration);
+    outcome.elapsed = measure_from.elapsed().max(duration);
     outcome
 }
 
@@ -276,9 +297,28 @@ mod tests {
 
     #[tokio::test]
     async fn open_loop_keeps_its_schedule_and_counts_overruns() {
-        let outcome = open(sleeper(1), 200.0, Duration::from_millis(250), 64, 4).await;
+        // 10 warm-up calls (one of them failing), then 50 recorded.
+        let outcome = open(
+            sleeper(1),
+            200.0,
+            Duration::from_millis(50),
+            Duration::from_millis(250),
+            64,
+            4,
+        )
+        .await;
         assert_eq!(outcome.calls, 50);
-        let overrun = open(sleeper(200), 200.0, Duration::from_millis(100), 2, 4).await;
+        assert_eq!(outcome.errors, 5);
+        assert!(outcome.elapsed >= Duration::from_millis(250));
+        let overrun = open(
+            sleeper(200),
+            200.0,
+            Duration::ZERO,
+            Duration::from_millis(100),
+            2,
+            4,
+        )
+        .await;
         assert_eq!(overrun.calls, 20);
         assert_eq!(overrun.error_kinds.get("overrun"), Some(&18));
     }

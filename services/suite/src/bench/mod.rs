@@ -48,7 +48,8 @@ pub struct BenchArgs {
     /// Seconds each scenario and floor is measured (after the warm-up).
     #[arg(long, default_value_t = 10)]
     duration: u64,
-    /// Seconds of unrecorded load before each closed-loop measurement.
+    /// Seconds of unrecorded load before each measurement (at the same rate in an open
+    /// loop).
     #[arg(long, default_value_t = 2)]
     warmup: u64,
     /// Concurrent callers (closed loop).
@@ -371,7 +372,8 @@ pub async fn run_bench(
         eprintln!("measuring {name}");
         match rate {
             Some(rate) => {
-                let outcome = load::open(workload, rate, duration, 10_000, concurrency).await;
+                let outcome =
+                    load::open(workload, rate, warmup, duration, 10_000, concurrency).await;
                 Line::from_outcome(&name, format!("open/{rate}"), &outcome)
             }
             None => {
