@@ -322,4 +322,33 @@ mod tests {
         assert_eq!(overrun.calls, 20);
         assert_eq!(overrun.error_kinds.get("overrun"), Some(&18));
     }
+
+    /// A generator that cannot send on time counts the delay, from each call's slot: here
+    /// the first call holds the test's one thread for 100 ms, so the calls due every 5 ms
+    /// meanwhile (each answered at once) all leave at ~100 ms.
+    #[tokio::test]
+    async fn open_loop_counts_late_sends_from_their_slots() {
+        let first_blocks: Arc<dyn Workload> = Arc::new(|_worker: usize, seq: u64| -> Call {
+            Box::pin(async move {
+                if seq == 0 {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Ok(1)
+            })
+        });
+        let outcome = open(
+            first_blocks,
+            200.0,
+            Duration::ZERO,
+            Duration::from_millis(100),
+            64,
+            4,
+        )
+        .await;
+        assert_eq!(outcome.calls, 20);
+        // Counted from their slots, the late calls took 5 to 95 ms; counted from when
+        // they left, they would all be near zero.
+        let median = outcome.percentile_us(0.5);
+        assert!(median >= 30_000.0, "median {median} µs");
+    }
 }
