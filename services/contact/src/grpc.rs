@@ -12,7 +12,7 @@ use crm_platform::auth::Caller;
 use crm_platform::cache::{self, CacheHandle};
 use crm_platform::db::{micros_to_timestamp, now_micros};
 use crm_platform::events::EventFeed;
-use crm_platform::filter::{self, FieldKind, FilterField};
+use crm_platform::filter::{self, FieldKind, FilterField, FilterScope};
 use crm_platform::idempotency;
 use crm_platform::pagination::{self, CursorValue, PageTokens};
 use crm_platform::{ApiError, Violations};
@@ -63,17 +63,17 @@ pub const CONTACT_FILTER_FIELDS: &[FilterField] = &[
     FilterField {
         name: "email",
         column: "emails_index",
-        kind: FieldKind::List,
+        kind: FieldKind::TenantList,
     },
     FilterField {
         name: "phone",
         column: "phones_index",
-        kind: FieldKind::List,
+        kind: FieldKind::TenantList,
     },
     FilterField {
         name: "tags",
         column: "tags_index",
-        kind: FieldKind::List,
+        kind: FieldKind::TenantList,
     },
     FilterField {
         name: "job_title",
@@ -132,13 +132,13 @@ pub const CONTACT_FILTER_FIELDS: &[FilterField] = &[
     },
 ];
 
-/// A ListContacts filter (AIP-160) as a condition on the contacts table for `backend`
+/// A ListContacts filter (AIP-160) as a condition on the contacts table for `scope`
 /// (also used by segments, search and export); `None` when it is empty.
 pub fn contact_filter(
     filter: &str,
-    backend: sea_orm::DbBackend,
+    scope: FilterScope,
 ) -> Result<Option<sea_orm::sea_query::Condition>, ApiError> {
-    filter::condition(filter, CONTACT_FILTER_FIELDS, backend)
+    filter::condition(filter, CONTACT_FILTER_FIELDS, scope)
 }
 
 fn parse_stage(name: &str) -> Option<i32> {
@@ -607,7 +607,13 @@ impl ContactService for ContactApi {
         let request = request.into_inner();
         let limit = pagination::page_size(request.page_size, 50, 1000)?;
         let order = parse_order(&request.order_by)?;
-        let condition = contact_filter(&request.filter, self.db.get_database_backend())?;
+        let condition = contact_filter(
+            &request.filter,
+            FilterScope {
+                backend: self.db.get_database_backend(),
+                tenant: &caller.tenant,
+            },
+        )?;
         let fingerprint = PageTokens::fingerprint(&[
             &request.filter,
             &request.order_by,

@@ -29,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(crate::index::migration::TermsInCodePointOrder),
             Box::new(crm_platform::events::FeedPositionsMigration),
             Box::new(crm_platform::idempotency::IdempotencyExpiryMigration),
+            Box::new(TenantListIndexes),
         ]
     }
 }
@@ -230,6 +231,66 @@ impl MigrationTrait for ListElementIndexes {
             manager
                 .get_connection()
                 .execute_unprepared(&crm_platform::filter::list_index_sql(name, table, column))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Replaces the GIN indexes of `ListElementIndexes` by ones keyed by tenant and element
+/// (`crm_platform::filter::FieldKind::TenantList`). An element's entry in the old ones
+/// held every tenant's rows, so `tags: "vip"` in a tenant of 2,000 people built a bitmap
+/// of the 66,779 "vip" people of all tenants and read them: 13.7 ms beside a tenant of
+/// a million.
+struct TenantListIndexes;
+
+impl MigrationName for TenantListIndexes {
+    fn name(&self) -> &str {
+        "m0015_tenant_list_indexes"
+    }
+}
+
+/// (index, table, list column, the index it replaces) of each tenant-scoped GIN index.
+const TENANT_LIST_INDEXES: &[(&str, &str, &str, &str)] = &[
+    (
+        "contacts_emails_by_tenant",
+        "contacts",
+        "emails_index",
+        "contacts_emails_elements",
+    ),
+    (
+        "contacts_phones_by_tenant",
+        "contacts",
+        "phones_index",
+        "contacts_phones_elements",
+    ),
+    (
+        "contacts_tags_by_tenant",
+        "contacts",
+        "tags_index",
+        "contacts_tags_elements",
+    ),
+    (
+        "accounts_tags_by_tenant",
+        "accounts",
+        "tags_index",
+        "accounts_tags_elements",
+    ),
+];
+
+#[async_trait::async_trait]
+impl MigrationTrait for TenantListIndexes {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        if manager.get_database_backend() != sea_orm::DbBackend::Postgres {
+            return Ok(());
+        }
+        let db = manager.get_connection();
+        for (name, table, column, replaced) in TENANT_LIST_INDEXES {
+            db.execute_unprepared(&crm_platform::filter::tenant_list_index_sql(
+                name, table, column,
+            ))
+            .await?;
+            db.execute_unprepared(&format!("DROP INDEX IF EXISTS \"{replaced}\""))
                 .await?;
         }
         Ok(())

@@ -335,6 +335,11 @@ pub enum FieldKind {
     /// which a GIN index on that expression answers (a migration of the table must
     /// create it); elsewhere `column LIKE '%|value|%'`.
     List,
+    /// A list as [`FieldKind::List`] whose GIN index holds each element with the row's
+    /// tenant ([`tenant_list_index_sql`]), so that a filter in one tenant reads only
+    /// that tenant's matches, not those of every tenant of the table. The table's tenant
+    /// column must be `tenant_id`, and the query must not join another table with one.
+    TenantList,
     /// A boolean column.
     Bool,
     /// A family of fields named `<name><key>` (the field's `name` ends in `.`), such as
@@ -398,12 +403,20 @@ pub fn parse_timestamp_micros(text: &str) -> Option<i64> {
         .checked_add(i64::from(ts.nanos / 1_000))
 }
 
+/// What a filter's condition is written for: the database, and the tenant the query
+/// is scoped to (the key of [`FieldKind::TenantList`] indexes).
+#[derive(Clone, Copy)]
+pub struct FilterScope<'a> {
+    pub backend: DbBackend,
+    pub tenant: &'a str,
+}
+
 fn translate_compare(
     spec: &FilterField,
     op: Op,
     value: &Value,
     position: usize,
-    backend: DbBackend,
+    scope: FilterScope,
 ) -> Result<SimpleExpr, ApiError> {
     let name = spec.name;
     let raw = value.as_str();
@@ -466,7 +479,7 @@ fn translate_compare(
                 _ => Err(unsupported()),
             }
         }
-        FieldKind::List => {
+        FieldKind::List | FieldKind::TenantList => {
             if raw.contains('|') {
                 return Err(value_error(position, name, "value may not contain '|'"));
             }
@@ -474,7 +487,12 @@ fn translate_compare(
             if raw.is_empty() {
                 return Err(value_error(position, name, "value may not be empty"));
             }
-            let has = list_holds(backend, spec.column, &raw.to_lowercase());
+            let element = raw.to_lowercase();
+            let has = if matches!(spec.kind, FieldKind::TenantList) {
+                tenant_list_holds(scope.backend, scope.tenant, spec.column, &element)
+            } else {
+                list_holds(scope.backend, spec.column, &element)
+            };
             match op {
                 Op::Has | Op::Eq => Ok(has),
                 Op::Ne => Ok(has.not()),
@@ -508,28 +526,72 @@ pub fn list_index_sql(name: &str, table: &str, column: &str) -> String {
     )
 }
 
-/// Translates a parsed filter over `fields` into a condition for `backend`.
+/// The elements of the list column `column` (`|a|b|`), each as `tenant:element` with the
+/// row's `tenant_id` (`{tenant:a, tenant:b}`; `{}` for an empty list, so that `NOT`
+/// holds for it): the expression the tenant-scoped list indexes are built on and
+/// [`tenant_list_holds`] compares.
+pub fn tenant_elements_sql(column: &str) -> String {
+    format!(
+        "COALESCE(string_to_array(\"tenant_id\"::text || ':' || replace(NULLIF(btrim(\"{column}\", '|'), ''), '|', '|' || \"tenant_id\"::text || ':'), '|'), '{{}}')"
+    )
+}
+
+/// The list column `column` of a row of `tenant` holds `element`. On Postgres, for an
+/// element without `|` and not empty, through the tenant-scoped GIN index of the column
+/// ([`tenant_list_index_sql`]): one key, `tenant:element`, whose entries are that
+/// tenant's matches only. Otherwise as [`list_holds`]. The query must also keep to
+/// `tenant`'s rows (`tenant_id` is not compared here) and name no other table's
+/// `tenant_id`.
+pub fn tenant_list_holds(
+    backend: DbBackend,
+    tenant: &str,
+    column: &'static str,
+    element: &str,
+) -> SimpleExpr {
+    if backend == DbBackend::Postgres && !element.is_empty() && !element.contains('|') {
+        SqlExpr::cust_with_exprs(
+            format!(
+                "{} @> string_to_array($1, '|')",
+                tenant_elements_sql(column)
+            ),
+            [SqlExpr::val(format!("{tenant}:{element}"))],
+        )
+    } else {
+        list_holds(backend, column, element)
+    }
+}
+
+/// The Postgres statement that creates the tenant-scoped GIN index `name` on the
+/// elements of the list column `column` of `table`, for `FieldKind::TenantList`.
+pub fn tenant_list_index_sql(name: &str, table: &str, column: &str) -> String {
+    format!(
+        "CREATE INDEX IF NOT EXISTS \"{name}\" ON \"{table}\" USING gin ({})",
+        tenant_elements_sql(column)
+    )
+}
+
+/// Translates a parsed filter over `fields` into a condition for `scope`.
 pub fn to_condition(
     expr: &Expr,
     fields: &[FilterField],
-    backend: DbBackend,
+    scope: FilterScope,
 ) -> Result<Condition, ApiError> {
     Ok(match expr {
         Expr::And(terms) => {
             let mut condition = Condition::all();
             for term in terms {
-                condition = condition.add(to_condition(term, fields, backend)?);
+                condition = condition.add(to_condition(term, fields, scope)?);
             }
             condition
         }
         Expr::Or(terms) => {
             let mut condition = Condition::any();
             for term in terms {
-                condition = condition.add(to_condition(term, fields, backend)?);
+                condition = condition.add(to_condition(term, fields, scope)?);
             }
             condition
         }
-        Expr::Not(inner) => to_condition(inner, fields, backend)?.not(),
+        Expr::Not(inner) => to_condition(inner, fields, scope)?.not(),
         Expr::Compare {
             field,
             op,
@@ -563,7 +625,7 @@ pub fn to_condition(
                     ),
                 )
             })?;
-            Condition::all().add(translate_compare(spec, *op, value, *position, backend)?)
+            Condition::all().add(translate_compare(spec, *op, value, *position, scope)?)
         }
     })
 }
@@ -572,10 +634,10 @@ pub fn to_condition(
 pub fn condition(
     filter: &str,
     fields: &[FilterField],
-    backend: DbBackend,
+    scope: FilterScope,
 ) -> Result<Option<Condition>, ApiError> {
     parse(filter)?
-        .map(|expr| to_condition(&expr, fields, backend))
+        .map(|expr| to_condition(&expr, fields, scope))
         .transpose()
 }
 
@@ -594,6 +656,11 @@ mod tests {
             name: "email",
             column: "emails_index",
             kind: FieldKind::List,
+        },
+        FilterField {
+            name: "tags",
+            column: "tags_index",
+            kind: FieldKind::TenantList,
         },
         FilterField {
             name: "age",
@@ -616,9 +683,16 @@ mod tests {
         },
     ];
 
-    /// `SELECT "id" FROM "t" WHERE <filter>` for `backend`.
+    fn scope(backend: DbBackend) -> FilterScope<'static> {
+        FilterScope {
+            backend,
+            tenant: "acme",
+        }
+    }
+
+    /// `SELECT "id" FROM "t" WHERE <filter>` for `backend`, in tenant `acme`.
     fn select_where(filter: &str, backend: DbBackend) -> sea_query::SelectStatement {
-        let condition = condition(filter, FIELDS, backend).unwrap().unwrap();
+        let condition = condition(filter, FIELDS, scope(backend)).unwrap().unwrap();
         Query::select()
             .column("id")
             .from("t")
@@ -631,7 +705,7 @@ mod tests {
     }
 
     fn error(filter: &str) -> String {
-        match condition(filter, FIELDS, DbBackend::Sqlite) {
+        match condition(filter, FIELDS, scope(DbBackend::Sqlite)) {
             Err(ApiError::InvalidArgument(v)) => v[0].description.clone(),
             other => panic!(
                 "expected an error for {filter:?}, got {other:?}",
@@ -690,6 +764,27 @@ mod tests {
     }
 
     #[test]
+    fn tenant_lists_on_postgres_compare_the_tenants_own_elements() {
+        let (statement, values) = select_where(r#"tags: "VIP""#, DbBackend::Postgres)
+            .build(sea_query::PostgresQueryBuilder);
+        let elements = r#"COALESCE(string_to_array("tenant_id"::text || ':' || replace(NULLIF(btrim("tags_index", '|'), ''), '|', '|' || "tenant_id"::text || ':'), '|'), '{}')"#;
+        assert_eq!(
+            statement,
+            format!(r#"SELECT "id" FROM "t" WHERE {elements} @> string_to_array($1, '|')"#)
+        );
+        assert_eq!(values.0, vec![sea_query::Value::from("acme:vip")]);
+        // The index is built on the same expression, so that the planner can use it.
+        assert_eq!(
+            tenant_list_index_sql("contacts_tags_by_tenant", "contacts", "tags_index"),
+            format!(
+                r#"CREATE INDEX IF NOT EXISTS "contacts_tags_by_tenant" ON "contacts" USING gin ({elements})"#
+            )
+        );
+        // SQLite, and elements no list holds, compare as plain lists do.
+        assert!(sql(r#"tags: "vip""#).contains(r"LIKE '%|vip|%' ESCAPE '\'"));
+    }
+
+    #[test]
     fn injection_stays_a_value() {
         let out = sql(r#"given_name = "x' OR 1=1 --""#);
         assert!(out.contains(r#""given_name" = 'x'' OR 1=1 --'"#), "{out}");
@@ -720,13 +815,13 @@ mod tests {
         assert!(sql(r#"given_name = "\"x""#).contains(r#"'"x'"#));
         assert!(error("given_name = \"\\").contains("dangling escape"));
         let crash = "given_ne ma= \"'\\\\' g\u{fffd}'\\\u{fffd}\"";
-        assert!(condition(crash, FIELDS, DbBackend::Sqlite).is_err());
+        assert!(condition(crash, FIELDS, scope(DbBackend::Sqlite)).is_err());
     }
 
     #[test]
     fn blank_filter_matches_all() {
         assert!(
-            condition("   ", FIELDS, DbBackend::Sqlite)
+            condition("   ", FIELDS, scope(DbBackend::Sqlite))
                 .unwrap()
                 .is_none()
         );

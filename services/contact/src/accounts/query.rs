@@ -2,7 +2,7 @@
 //! `order_by` fields, and the field changes events carry.
 
 use crm_platform::ApiError;
-use crm_platform::filter::{self, FieldKind, FilterField};
+use crm_platform::filter::{self, FieldKind, FilterField, FilterScope};
 use crm_platform::pagination::CursorValue;
 use crm_proto::common::FieldChange;
 use crm_proto::contact::{Account, AccountTier};
@@ -60,7 +60,7 @@ pub const ACCOUNT_FILTER_FIELDS: &[FilterField] = &[
     FilterField {
         name: "tags",
         column: "tags_index",
-        kind: FieldKind::List,
+        kind: FieldKind::TenantList,
     },
     FilterField {
         name: "address.country_code",
@@ -87,9 +87,9 @@ pub const ACCOUNT_FILTER_FIELDS: &[FilterField] = &[
 /// A ListAccounts filter as a condition on the accounts table.
 pub fn account_filter(
     filter: &str,
-    backend: sea_orm::DbBackend,
+    scope: FilterScope,
 ) -> Result<Option<sea_orm::sea_query::Condition>, ApiError> {
-    filter::condition(filter, ACCOUNT_FILTER_FIELDS, backend)
+    filter::condition(filter, ACCOUNT_FILTER_FIELDS, scope)
 }
 
 /// "STRATEGIC" or "ACCOUNT_TIER_STRATEGIC".

@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 
 use crm_platform::auth::Caller;
 use crm_platform::db::{micros_to_timestamp, now_micros};
-use crm_platform::filter::{self, FieldKind, FilterField};
+use crm_platform::filter::{self, FieldKind, FilterField, FilterScope};
 use crm_platform::idempotency;
 use crm_platform::pagination::{self, CursorValue};
 use crm_platform::{ApiError, Violations};
@@ -375,7 +375,10 @@ impl ConsentApi {
         let condition = match filter::condition(
             &request.filter,
             CONSENT_FILTER_FIELDS,
-            self.ctx.db.get_database_backend(),
+            FilterScope {
+                backend: self.ctx.db.get_database_backend(),
+                tenant: &caller.tenant,
+            },
         ) {
             Ok(condition) => condition,
             Err(ApiError::InvalidArgument(found)) => {
@@ -565,7 +568,10 @@ mod tests {
             filter::condition(
                 "channel = \"EMAIL\" AND status = \"OPTED_IN\"",
                 CONSENT_FILTER_FIELDS,
-                sea_orm::DbBackend::Sqlite,
+                FilterScope {
+                    backend: sea_orm::DbBackend::Sqlite,
+                    tenant: "acme",
+                },
             )
             .is_ok()
         );
@@ -573,7 +579,10 @@ mod tests {
             filter::condition(
                 "evidence = \"x\"",
                 CONSENT_FILTER_FIELDS,
-                sea_orm::DbBackend::Sqlite
+                FilterScope {
+                    backend: sea_orm::DbBackend::Sqlite,
+                    tenant: "acme",
+                },
             )
             .is_err()
         );

@@ -14,7 +14,7 @@ use crm_platform::ApiError;
 use crm_platform::auth::Caller;
 use crm_platform::errors::from_db;
 use crm_platform::events::{self, EventFeed, NewEvent};
-use crm_platform::filter::list_holds;
+use crm_platform::filter::tenant_list_holds;
 use crm_platform::idempotency;
 use crm_platform::pagination::{self, CursorValue, KeysetColumn};
 use crm_proto::contact::ConsentRecord;
@@ -154,7 +154,7 @@ pub async fn contacts_with<C: ConnectionTrait>(
     value: &str,
     limit: u64,
 ) -> Result<Vec<ContactRef>, ApiError> {
-    let holds = list_holds(conn.get_database_backend(), column.as_str(), value);
+    let holds = tenant_list_holds(conn.get_database_backend(), tenant, column.as_str(), value);
     let rows = contact_row::Entity::find()
         .filter(contact_row::Column::TenantId.eq(tenant))
         .filter(contact_row::Column::MergedInto.is_null())

@@ -51,8 +51,12 @@ pub fn segment(violations: &mut Violations, prefix: &str, segment: &Segment) {
                 violations.add(filter_path, "is required for DYNAMIC segments");
             } else if let Err(err) = crate::grpc::contact_filter(
                 &segment.filter,
-                // Only whether the filter reads is asked here, the same on every backend.
-                sea_orm::DbBackend::Sqlite,
+                // Only whether the filter reads is asked here, the same on every backend
+                // and in every tenant; the condition is not used.
+                crm_platform::filter::FilterScope {
+                    backend: sea_orm::DbBackend::Sqlite,
+                    tenant: "",
+                },
             ) {
                 match err {
                     ApiError::InvalidArgument(found) => found

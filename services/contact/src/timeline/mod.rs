@@ -285,8 +285,13 @@ impl TimelineApi {
                 );
             }
         };
-        let filter =
-            query::interaction_filter(&request.filter, self.ctx.db.get_database_backend())?;
+        let filter = query::interaction_filter(
+            &request.filter,
+            crm_platform::filter::FilterScope {
+                backend: self.ctx.db.get_database_backend(),
+                tenant: &caller.tenant,
+            },
+        )?;
         let order = query::order(
             &request.order_by,
             &[
@@ -485,7 +490,13 @@ impl TimelineApi {
         let caller = Caller::from_request(&request)?;
         let request = request.into_inner();
         let limit = pagination::page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)?;
-        let filter = query::episode_filter(&request.filter, self.ctx.db.get_database_backend())?;
+        let filter = query::episode_filter(
+            &request.filter,
+            crm_platform::filter::FilterScope {
+                backend: self.ctx.db.get_database_backend(),
+                tenant: &caller.tenant,
+            },
+        )?;
         let order = query::order(
             &request.order_by,
             &[

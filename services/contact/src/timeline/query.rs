@@ -1,10 +1,9 @@
 //! The filters and sort orders of ListInteractions and ListEpisodes.
 
-use sea_orm::DbBackend;
 use sea_orm::sea_query::{Condition, Expr, ExprTrait as _};
 
 use crm_platform::ApiError;
-use crm_platform::filter::{self, FieldKind, FilterField, Op};
+use crm_platform::filter::{self, FieldKind, FilterField, FilterScope, Op};
 use crm_proto::common::Channel;
 use crm_proto::contact::{InteractionDirection, InteractionOutcome, InteractionType};
 
@@ -84,24 +83,24 @@ fn translate(
     expr: &filter::Expr,
     fields: &[FilterField],
     presence: &[(&str, &'static str, bool)],
-    backend: DbBackend,
+    scope: FilterScope,
 ) -> Result<Condition, ApiError> {
     Ok(match expr {
         filter::Expr::And(terms) => {
             let mut all = Condition::all();
             for term in terms {
-                all = all.add(translate(term, fields, presence, backend)?);
+                all = all.add(translate(term, fields, presence, scope)?);
             }
             all
         }
         filter::Expr::Or(terms) => {
             let mut any = Condition::any();
             for term in terms {
-                any = any.add(translate(term, fields, presence, backend)?);
+                any = any.add(translate(term, fields, presence, scope)?);
             }
             any
         }
-        filter::Expr::Not(inner) => translate(inner, fields, presence, backend)?.not(),
+        filter::Expr::Not(inner) => translate(inner, fields, presence, scope)?.not(),
         filter::Expr::Compare {
             field,
             op: Op::Has,
@@ -119,7 +118,7 @@ fn translate(
                 Expr::col(column).ne("")
             })
         }
-        compare => filter::to_condition(compare, fields, backend)?,
+        compare => filter::to_condition(compare, fields, scope)?,
     })
 }
 
@@ -127,24 +126,19 @@ fn condition(
     text: &str,
     fields: &[FilterField],
     presence: &[(&str, &'static str, bool)],
-    backend: DbBackend,
+    scope: FilterScope,
 ) -> Result<Option<Condition>, ApiError> {
     filter::parse(text)?
-        .map(|expr| translate(&expr, fields, presence, backend))
+        .map(|expr| translate(&expr, fields, presence, scope))
         .transpose()
 }
 
-pub fn interaction_filter(text: &str, backend: DbBackend) -> Result<Option<Condition>, ApiError> {
-    condition(
-        text,
-        INTERACTION_FILTER_FIELDS,
-        INTERACTION_PRESENCE,
-        backend,
-    )
+pub fn interaction_filter(text: &str, scope: FilterScope) -> Result<Option<Condition>, ApiError> {
+    condition(text, INTERACTION_FILTER_FIELDS, INTERACTION_PRESENCE, scope)
 }
 
-pub fn episode_filter(text: &str, backend: DbBackend) -> Result<Option<Condition>, ApiError> {
-    condition(text, EPISODE_FILTER_FIELDS, EPISODE_PRESENCE, backend)
+pub fn episode_filter(text: &str, scope: FilterScope) -> Result<Option<Condition>, ApiError> {
+    condition(text, EPISODE_FILTER_FIELDS, EPISODE_PRESENCE, scope)
 }
 
 /// Parses `order_by` over `allowed` fields (name and key); the id ends every order,
@@ -204,6 +198,7 @@ pub fn order(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sea_orm::DbBackend;
 
     #[test]
     fn orders() {
@@ -226,16 +221,14 @@ mod tests {
 
     #[test]
     fn filters_parse() {
-        assert!(
-            interaction_filter("type = CALL AND channel = CHANNEL_PHONE", DbBackend::Sqlite)
-                .is_ok()
-        );
-        assert!(interaction_filter("type = NOPE", DbBackend::Sqlite).is_err());
-        assert!(
-            interaction_filter("participants.user: \"u1\" AND episode:*", DbBackend::Sqlite)
-                .is_ok()
-        );
-        assert!(episode_filter("end_time:* AND NOT contact:*", DbBackend::Sqlite).is_ok());
-        assert!(episode_filter("body = 1", DbBackend::Sqlite).is_err());
+        let sqlite = FilterScope {
+            backend: DbBackend::Sqlite,
+            tenant: "acme",
+        };
+        assert!(interaction_filter("type = CALL AND channel = CHANNEL_PHONE", sqlite).is_ok());
+        assert!(interaction_filter("type = NOPE", sqlite).is_err());
+        assert!(interaction_filter("participants.user: \"u1\" AND episode:*", sqlite).is_ok());
+        assert!(episode_filter("end_time:* AND NOT contact:*", sqlite).is_ok());
+        assert!(episode_filter("body = 1", sqlite).is_err());
     }
 }

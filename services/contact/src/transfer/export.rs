@@ -161,7 +161,13 @@ impl Export {
             0 => DEFAULT_CHUNK,
             n => (n as u64).min(MAX_CHUNK),
         };
-        let filter = contact_filter(&request.filter, store.backend())?;
+        let filter = contact_filter(
+            &request.filter,
+            crm_platform::filter::FilterScope {
+                backend: store.backend(),
+                tenant: &tenant,
+            },
+        )?;
         let order = parse_order(&request.order_by)?;
         let paths = read_paths(request.read_mask.as_ref())?;
         let mask_text = paths.as_ref().map(|p| p.join(",")).unwrap_or_default();
