@@ -5,6 +5,7 @@ use sea_orm::DatabaseConnection;
 
 use crm_platform::cache::CacheHandle;
 use crm_platform::events::EventFeed;
+use crm_platform::filter::FilterScope;
 use crm_platform::pagination::PageTokens;
 
 use crate::store::ContactStore;
@@ -16,4 +17,14 @@ pub struct Context {
     pub cache: CacheHandle,
     pub tokens: PageTokens,
     pub contacts: ContactStore,
+}
+
+impl Context {
+    /// Filters of `tenant`'s listings, for this service's database.
+    pub fn filter_scope<'a>(&self, tenant: &'a str) -> FilterScope<'a> {
+        FilterScope {
+            backend: self.db.get_database_backend(),
+            tenant,
+        }
+    }
 }

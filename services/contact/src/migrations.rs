@@ -204,7 +204,7 @@ impl MigrationTrait for ContactsByStage {
 /// (`email`, `phone` and `tags` of contacts, `tags` of accounts), so that `email:
 /// "ana@example.com"` finds its contact through the index instead of testing every
 /// contact of the tenant (`crm_platform::filter::FieldKind::List`). SQLite compares
-/// the lists with `LIKE` and has no such index.
+/// the lists with `LIKE` and has no such index. `TenantListIndexes` replaces them.
 struct ListElementIndexes;
 
 impl MigrationName for ListElementIndexes {

@@ -201,13 +201,8 @@ impl AccountsApi {
         let request = request.into_inner();
         let limit = pagination::page_size(request.page_size, 50, 1000)?;
         let order = query::parse_order(&request.order_by)?;
-        let condition = query::account_filter(
-            &request.filter,
-            crm_platform::filter::FilterScope {
-                backend: self.ctx.db.get_database_backend(),
-                tenant: &caller.tenant,
-            },
-        )?;
+        let condition =
+            query::account_filter(&request.filter, self.ctx.filter_scope(&caller.tenant))?;
         let fingerprint = PageTokens::fingerprint(&[
             "accounts",
             &request.filter,

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use crm_platform::ApiError;
 use crm_platform::auth::Caller;
-use crm_platform::filter::{self, FilterField, FilterScope};
+use crm_platform::filter::{self, FilterField};
 use crm_platform::pagination::{self, PageTokens};
 use crm_proto::contact::*;
 
@@ -109,10 +109,7 @@ impl AuditApi {
         let condition = filter::condition(
             listing.filter,
             listing.fields,
-            FilterScope {
-                backend: self.ctx.db.get_database_backend(),
-                tenant: &caller.tenant,
-            },
+            self.ctx.filter_scope(&caller.tenant),
         )?;
         let fingerprint = PageTokens::fingerprint(&[
             listing.kind,

@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 
 use crm_platform::auth::Caller;
 use crm_platform::db::{micros_to_timestamp, now_micros};
-use crm_platform::filter::{self, FieldKind, FilterField, FilterScope};
+use crm_platform::filter::{self, FieldKind, FilterField};
 use crm_platform::idempotency;
 use crm_platform::pagination::{self, CursorValue};
 use crm_platform::{ApiError, Violations};
@@ -375,10 +375,7 @@ impl ConsentApi {
         let condition = match filter::condition(
             &request.filter,
             CONSENT_FILTER_FIELDS,
-            FilterScope {
-                backend: self.ctx.db.get_database_backend(),
-                tenant: &caller.tenant,
-            },
+            self.ctx.filter_scope(&caller.tenant),
         ) {
             Ok(condition) => condition,
             Err(ApiError::InvalidArgument(found)) => {
@@ -546,6 +543,7 @@ impl ConsentApi {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crm_platform::filter::FilterScope;
 
     #[test]
     fn filter_enums_parse_with_or_without_prefix() {
@@ -564,28 +562,19 @@ mod tests {
             Some(LegalBasis::Contract as i32)
         );
         assert_eq!(parse_channel("PIGEON"), None);
+        let sqlite = FilterScope {
+            backend: sea_orm::DbBackend::Sqlite,
+            tenant: "acme",
+        };
         assert!(
             filter::condition(
                 "channel = \"EMAIL\" AND status = \"OPTED_IN\"",
                 CONSENT_FILTER_FIELDS,
-                FilterScope {
-                    backend: sea_orm::DbBackend::Sqlite,
-                    tenant: "acme",
-                },
+                sqlite,
             )
             .is_ok()
         );
-        assert!(
-            filter::condition(
-                "evidence = \"x\"",
-                CONSENT_FILTER_FIELDS,
-                FilterScope {
-                    backend: sea_orm::DbBackend::Sqlite,
-                    tenant: "acme",
-                },
-            )
-            .is_err()
-        );
+        assert!(filter::condition("evidence = \"x\"", CONSENT_FILTER_FIELDS, sqlite).is_err());
     }
 
     #[test]

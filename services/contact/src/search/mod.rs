@@ -504,13 +504,8 @@ impl SearchApi {
             .into());
         }
         let page_size = pagination::page_size(request.page_size, 20, 100)? as usize;
-        let condition = crate::grpc::contact_filter(
-            &request.filter,
-            crm_platform::filter::FilterScope {
-                backend: self.ctx.db.get_database_backend(),
-                tenant: &caller.tenant,
-            },
-        )?;
+        let condition =
+            crate::grpc::contact_filter(&request.filter, self.ctx.filter_scope(&caller.tenant))?;
         let fingerprint = PageTokens::fingerprint(&[query, &request.filter]);
         let offset =
             self.ctx

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crm_platform::auth::Caller;
 use crm_platform::db::{micros_to_timestamp, now_micros};
-use crm_platform::filter::{self, FieldKind, FilterField, FilterScope};
+use crm_platform::filter::{self, FieldKind, FilterField};
 use crm_platform::idempotency;
 use crm_platform::pagination::{self, CursorValue, PageTokens};
 use crm_platform::{ApiError, Violations};
@@ -119,11 +119,7 @@ impl SegmentsApi {
         if row.segment_type == SegmentType::Static as i32 {
             return Ok(store::static_members(tenant, &row.id));
         }
-        let scope = FilterScope {
-            backend: self.ctx.db.get_database_backend(),
-            tenant,
-        };
-        match crate::grpc::contact_filter(&row.filter, scope) {
+        match crate::grpc::contact_filter(&row.filter, self.ctx.filter_scope(tenant)) {
             Ok(Some(condition)) => Ok(condition),
             // A dynamic segment always has a filter; an empty one would select everyone.
             Ok(None) | Err(_) => Err(ApiError::FailedPrecondition {
@@ -239,10 +235,7 @@ impl SegmentsApi {
         let condition = filter::condition(
             &request.filter,
             SEGMENT_FILTER_FIELDS,
-            FilterScope {
-                backend: self.ctx.db.get_database_backend(),
-                tenant: &caller.tenant,
-            },
+            self.ctx.filter_scope(&caller.tenant),
         )?;
         let fingerprint =
             PageTokens::fingerprint(&["segments", &request.filter, &request.order_by]);
@@ -363,13 +356,8 @@ impl SegmentsApi {
         let id = parse_name("segment", &request.segment)?;
         let limit = pagination::page_size(request.page_size, 50, 1000)?;
         let order = crate::grpc::parse_order(&request.order_by)?;
-        let extra = crate::grpc::contact_filter(
-            &request.filter,
-            FilterScope {
-                backend: self.ctx.db.get_database_backend(),
-                tenant: &caller.tenant,
-            },
-        )?;
+        let extra =
+            crate::grpc::contact_filter(&request.filter, self.ctx.filter_scope(&caller.tenant))?;
         let row = self
             .store
             .get(&caller.tenant, &id)

@@ -285,13 +285,8 @@ impl TimelineApi {
                 );
             }
         };
-        let filter = query::interaction_filter(
-            &request.filter,
-            crm_platform::filter::FilterScope {
-                backend: self.ctx.db.get_database_backend(),
-                tenant: &caller.tenant,
-            },
-        )?;
+        let filter =
+            query::interaction_filter(&request.filter, self.ctx.filter_scope(&caller.tenant))?;
         let order = query::order(
             &request.order_by,
             &[
@@ -490,13 +485,7 @@ impl TimelineApi {
         let caller = Caller::from_request(&request)?;
         let request = request.into_inner();
         let limit = pagination::page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)?;
-        let filter = query::episode_filter(
-            &request.filter,
-            crm_platform::filter::FilterScope {
-                backend: self.ctx.db.get_database_backend(),
-                tenant: &caller.tenant,
-            },
-        )?;
+        let filter = query::episode_filter(&request.filter, self.ctx.filter_scope(&caller.tenant))?;
         let order = query::order(
             &request.order_by,
             &[
