@@ -508,14 +508,25 @@ fn translate_compare(
 /// ([`list_index_sql`]), so that the index answers it instead of a scan of the tenant.
 /// Otherwise (SQLite, or an element no list can hold as one) a `LIKE` of `|element|`.
 pub fn list_holds(backend: DbBackend, column: &'static str, element: &str) -> SimpleExpr {
-    if backend == DbBackend::Postgres && !element.is_empty() && !element.contains('|') {
+    if compares_as_array(backend, element) {
         SqlExpr::cust_with_exprs(
             "string_to_array($1, '|') @> string_to_array($2, '|')",
             [SqlExpr::col(column), SqlExpr::val(element)],
         )
     } else {
-        SqlExpr::col(column).like(like(format!("%|{}|%", escape_like(element))))
+        list_like(column, element)
     }
+}
+
+/// Whether a list comparison with `element` is written as array containment, which the
+/// GIN indexes of list columns answer: on Postgres, for an element a list can hold.
+fn compares_as_array(backend: DbBackend, element: &str) -> bool {
+    backend == DbBackend::Postgres && !element.is_empty() && !element.contains('|')
+}
+
+/// `column LIKE '%|element|%'`, the list comparison of every backend.
+fn list_like(column: &'static str, element: &str) -> SimpleExpr {
+    SqlExpr::col(column).like(like(format!("%|{}|%", escape_like(element))))
 }
 
 /// The Postgres statement that creates the GIN index `name` on the elements of the
@@ -539,7 +550,7 @@ pub fn tenant_elements_sql(column: &str) -> String {
 /// The list column `column` of a row of `tenant` holds `element`. On Postgres, for an
 /// element without `|` and not empty, through the tenant-scoped GIN index of the column
 /// ([`tenant_list_index_sql`]): one key, `tenant:element`, whose entries are that
-/// tenant's matches only. Otherwise as [`list_holds`]. The query must also keep to
+/// tenant's matches only. Otherwise a `LIKE`, as [`list_holds`]. The query must also keep to
 /// `tenant`'s rows (`tenant_id` is not compared here) and name no other table's
 /// `tenant_id`.
 pub fn tenant_list_holds(
@@ -548,7 +559,7 @@ pub fn tenant_list_holds(
     column: &'static str,
     element: &str,
 ) -> SimpleExpr {
-    if backend == DbBackend::Postgres && !element.is_empty() && !element.contains('|') {
+    if compares_as_array(backend, element) {
         SqlExpr::cust_with_exprs(
             format!(
                 "{} @> string_to_array($1, '|')",
@@ -557,7 +568,7 @@ pub fn tenant_list_holds(
             [SqlExpr::val(format!("{tenant}:{element}"))],
         )
     } else {
-        list_holds(backend, column, element)
+        list_like(column, element)
     }
 }
 
