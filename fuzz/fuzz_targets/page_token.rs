@@ -9,8 +9,8 @@
 //! - decoding any string never panics, and without the
 //!   key it never yields a sort key: a token the fuzzer writes is refused (or, if empty,
 //!   means the first page);
-//! - round trip: `decode(encode(tenant, fingerprint, key))` is `key`, and the offset
-//!   codec round-trips an offset;
+//! - round trip: `decode(encode(tenant, fingerprint, key))` is `key`, a listing's total
+//!   rides after a non-empty key, and the offset codec round-trips an offset;
 //! - the same token is refused for another tenant, another fingerprint or another
 //!   secret;
 //! - every truncation of a token, and every one-character change of it, is refused.
@@ -59,6 +59,7 @@ fuzz_target!(|data: &[u8]| {
         Err(_) => {}
     }
     let _ = tokens.decode_offset(&raw, &input.tenant, &fingerprint);
+    let _ = tokens.decode_with_total(&raw, &input.tenant, &fingerprint);
 
     // Round trip.
     let key: Vec<CursorValue> = input
@@ -80,9 +81,24 @@ fuzz_target!(|data: &[u8]| {
     }
     assert_eq!(
         tokens.decode(&token, &input.tenant, &fingerprint).ok(),
-        Some(Some(key)),
+        Some(Some(key.clone())),
         "round trip of {token}"
     );
+    if !key.is_empty() {
+        let total = u64::from(input.offset);
+        let with_total = tokens
+            .encode_with_total(&input.tenant, &fingerprint, Some(key.clone()), total)
+            .expect("encoding never fails");
+        if with_total.len() <= MAX_TOKEN_LEN {
+            assert_eq!(
+                tokens
+                    .decode_with_total(&with_total, &input.tenant, &fingerprint)
+                    .ok(),
+                Some(Some((key, total))),
+                "round trip of {with_total}"
+            );
+        }
+    }
     let offset = input.offset as usize;
     let offset_token = tokens
         .encode_offset(&input.tenant, &fingerprint, offset, offset + 1)

@@ -14,7 +14,7 @@ use crm_platform::db::{micros_to_timestamp, now_micros};
 use crm_platform::events::EventFeed;
 use crm_platform::filter::{self, FieldKind, FilterField, FilterScope};
 use crm_platform::idempotency;
-use crm_platform::pagination::{self, CursorValue, PageTokens};
+use crm_platform::pagination::{self, PageTokens};
 use crm_platform::{ApiError, Violations};
 use crm_proto::common::{Event, WatchEventsRequest};
 use crm_proto::contact::contact_service_server::ContactService;
@@ -619,33 +619,16 @@ impl ContactService for ContactApi {
             &request.order_by,
             if request.show_deleted { "deleted" } else { "" },
         ]);
-        // The token carries the sort key of the last row, then the total of page one.
-        let (after, total) =
-            match self
-                .tokens
-                .decode(&request.page_token, &caller.tenant, &fingerprint)?
-            {
-                Some(mut key) => match key.pop() {
-                    Some(CursorValue::Int(total)) => (Some(key), total as u64),
-                    _ => {
-                        return Err(
-                            ApiError::invalid("page_token", "page token is malformed").into()
-                        );
-                    }
-                },
-                None => (
-                    None,
-                    self.store
-                        .count(&caller.tenant, condition.clone(), request.show_deleted)
-                        .await?,
-                ),
-            };
+        let (after, carried) = self
+            .tokens
+            .decode_with_total(&request.page_token, &caller.tenant, &fingerprint)?
+            .unzip();
         let (stored, cursor) = self
             .store
             .list(
                 &caller.tenant,
                 ListQuery {
-                    filter: condition,
+                    filter: condition.clone(),
                     order,
                     after,
                     limit,
@@ -653,13 +636,17 @@ impl ContactService for ContactApi {
                 },
             )
             .await?;
-        let next_page_token = match cursor {
-            Some(mut key) => {
-                key.push(CursorValue::Int(total as i64));
-                self.tokens.encode(&caller.tenant, &fingerprint, key)?
-            }
-            None => String::new(),
-        };
+        let total = pagination::listing_total(
+            carried,
+            stored.len(),
+            cursor.is_some(),
+            self.store
+                .count(&caller.tenant, condition, request.show_deleted),
+        )
+        .await?;
+        let next_page_token =
+            self.tokens
+                .encode_with_total(&caller.tenant, &fingerprint, cursor, total)?;
         Ok(Response::new(ListContactsResponse {
             contacts: stored.into_iter().map(|s| s.contact).collect(),
             next_page_token,

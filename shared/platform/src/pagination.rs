@@ -115,6 +115,44 @@ impl PageTokens {
         Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(payload))
     }
 
+    /// A keyset listing's page token: the sort key of the page's last row, then the
+    /// listing's total, which page one works out and later pages carry so that it is
+    /// worked out once. Empty when `last_key` is `None` (the page is the last).
+    pub fn encode_with_total(
+        &self,
+        tenant: &str,
+        fingerprint: &str,
+        last_key: Option<Vec<CursorValue>>,
+        total: u64,
+    ) -> Result<String, ApiError> {
+        match last_key {
+            Some(mut key) => {
+                key.push(CursorValue::Int(i64::try_from(total).unwrap_or(i64::MAX)));
+                self.encode(tenant, fingerprint, key)
+            }
+            None => Ok(String::new()),
+        }
+    }
+
+    /// The inverse of [`Self::encode_with_total`]: the sort key after which the page
+    /// starts and the total page one reported; `None` for an empty token (page one).
+    pub fn decode_with_total(
+        &self,
+        token: &str,
+        tenant: &str,
+        fingerprint: &str,
+    ) -> Result<Option<(Vec<CursorValue>, u64)>, ApiError> {
+        match self.decode(token, tenant, fingerprint)? {
+            None => Ok(None),
+            Some(mut key) => match key.pop() {
+                Some(CursorValue::Int(total)) if total >= 0 && !key.is_empty() => {
+                    Ok(Some((key, total as u64)))
+                }
+                _ => Err(ApiError::invalid("page_token", "page token is malformed")),
+            },
+        }
+    }
+
     /// The sort key after which the next page starts; `None` for an empty token.
     pub fn decode(
         &self,
@@ -167,6 +205,35 @@ pub fn page_size(requested: i32, default: u64, max: u64) -> Result<u64, ApiError
         n if n < 0 => Err(ApiError::invalid("page_size", "must not be negative")),
         0 => Ok(default),
         n => Ok((n as u64).min(max)),
+    }
+}
+
+/// The sort key of a listing ordered by a time in microseconds, then by id.
+pub fn time_and_id_key((time, id): (i64, String)) -> Vec<CursorValue> {
+    vec![CursorValue::Int(time), CursorValue::Text(id)]
+}
+
+/// The inverse of [`time_and_id_key`].
+pub fn parse_time_and_id_key(key: &[CursorValue]) -> Result<(i64, String), ApiError> {
+    match key {
+        [CursorValue::Int(time), CursorValue::Text(id)] => Ok((*time, id.clone())),
+        _ => Err(ApiError::invalid("page_token", "page token is malformed")),
+    }
+}
+
+/// A keyset listing's `total_size`. After page one it is the total page one reported,
+/// `carried` by the token. A page one that is also the last holds the whole listing,
+/// so its rows are the total and `count` is not run; any other page one runs it.
+pub async fn listing_total<E>(
+    carried: Option<u64>,
+    page_rows: usize,
+    more: bool,
+    count: impl Future<Output = Result<u64, E>>,
+) -> Result<u64, E> {
+    match carried {
+        Some(total) => Ok(total),
+        None if !more => Ok(page_rows as u64),
+        None => count.await,
     }
 }
 
@@ -270,6 +337,69 @@ mod tests {
         );
         assert!(tokens.decode("%%%", "acme", &fp).is_err());
         assert!(tokens.decode("", "acme", &fp).unwrap().is_none());
+    }
+
+    #[test]
+    fn totals_ride_after_the_sort_key() {
+        let tokens = PageTokens::new(b"secret");
+        let fp = PageTokens::fingerprint(&["filter"]);
+        let key = vec![CursorValue::Text("b".into()), CursorValue::Int(7)];
+        let token = tokens
+            .encode_with_total("acme", &fp, Some(key.clone()), 1234)
+            .unwrap();
+        assert_eq!(
+            tokens.decode_with_total(&token, "acme", &fp).unwrap(),
+            Some((key, 1234))
+        );
+        assert_eq!(tokens.decode_with_total("", "acme", &fp).unwrap(), None);
+        assert_eq!(
+            tokens.encode_with_total("acme", &fp, None, 1234).unwrap(),
+            ""
+        );
+        // A key without a total, a negative total, or a total alone is malformed.
+        for key in [
+            vec![CursorValue::Text("b".into())],
+            vec![CursorValue::Text("b".into()), CursorValue::Int(-1)],
+            vec![CursorValue::Int(5)],
+        ] {
+            let token = tokens.encode("acme", &fp, key).unwrap();
+            match tokens.decode_with_total(&token, "acme", &fp) {
+                Err(ApiError::InvalidArgument(violations)) => {
+                    assert_eq!(violations[0].field, "page_token");
+                }
+                other => panic!("expected page_token to be invalid, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn time_and_id_keys_round_trip() {
+        let key = time_and_id_key((42, "id".into()));
+        assert_eq!(parse_time_and_id_key(&key).unwrap(), (42, "id".into()));
+        assert!(parse_time_and_id_key(&[CursorValue::Int(1)]).is_err());
+        assert!(
+            parse_time_and_id_key(&[CursorValue::Text("a".into()), CursorValue::Int(1)]).is_err()
+        );
+    }
+
+    /// The value of a future that needs nothing to wait for (the counts below).
+    fn ready<T>(future: impl Future<Output = T>) -> T {
+        let mut future = std::pin::pin!(future);
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        match future.as_mut().poll(&mut context) {
+            std::task::Poll::Ready(value) => value,
+            std::task::Poll::Pending => panic!("the future waited"),
+        }
+    }
+
+    #[test]
+    fn a_first_page_that_is_the_last_is_not_counted() {
+        let never = async { Err::<u64, &str>("counted") };
+        assert_eq!(ready(listing_total(None, 3, false, never)), Ok(3));
+        let never = async { Err::<u64, &str>("counted") };
+        assert_eq!(ready(listing_total(Some(40), 3, true, never)), Ok(40));
+        let counted = async { Ok::<u64, &str>(25) };
+        assert_eq!(ready(listing_total(None, 10, true, counted)), Ok(25));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use crm_platform::auth::Caller;
 use crm_platform::db::{micros_to_timestamp, now_micros};
 use crm_platform::idempotency;
-use crm_platform::pagination::{self, CursorValue, PageTokens};
+use crm_platform::pagination::{self, PageTokens};
 use crm_platform::{ApiError, Violations};
 use crm_proto::contact::*;
 
@@ -209,37 +209,16 @@ impl AccountsApi {
             &request.order_by,
             if request.show_deleted { "deleted" } else { "" },
         ]);
-        // The token carries the sort key of the last row, then the total of page one.
-        let (after, total) =
-            match self
-                .ctx
-                .tokens
-                .decode(&request.page_token, &caller.tenant, &fingerprint)?
-            {
-                Some(mut key) => match key.pop() {
-                    Some(CursorValue::Int(total)) => (Some(key), total as u64),
-                    _ => {
-                        return Err(
-                            ApiError::invalid("page_token", "page token is malformed").into()
-                        );
-                    }
-                },
-                None => (
-                    None,
-                    store::count(
-                        &self.ctx.db,
-                        &caller.tenant,
-                        condition.clone(),
-                        request.show_deleted,
-                    )
-                    .await?,
-                ),
-            };
+        let (after, carried) = self
+            .ctx
+            .tokens
+            .decode_with_total(&request.page_token, &caller.tenant, &fingerprint)?
+            .unzip();
         let (stored, cursor) = store::list(
             &self.ctx.db,
             &caller.tenant,
             ListQuery {
-                filter: condition,
+                filter: condition.clone(),
                 order,
                 after,
                 limit,
@@ -247,13 +226,22 @@ impl AccountsApi {
             },
         )
         .await?;
-        let next_page_token = match cursor {
-            Some(mut key) => {
-                key.push(CursorValue::Int(total as i64));
-                self.ctx.tokens.encode(&caller.tenant, &fingerprint, key)?
-            }
-            None => String::new(),
-        };
+        let total = pagination::listing_total(
+            carried,
+            stored.len(),
+            cursor.is_some(),
+            store::count(
+                &self.ctx.db,
+                &caller.tenant,
+                condition,
+                request.show_deleted,
+            ),
+        )
+        .await?;
+        let next_page_token =
+            self.ctx
+                .tokens
+                .encode_with_total(&caller.tenant, &fingerprint, cursor, total)?;
         let mut accounts: Vec<Account> = stored.into_iter().map(|s| s.account).collect();
         store::with_counts(&self.ctx.db, &caller.tenant, &mut accounts).await?;
         Ok(Response::new(ListAccountsResponse {

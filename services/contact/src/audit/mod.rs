@@ -124,29 +124,34 @@ impl AuditApi {
             after: None,
             limit,
         };
-        let total =
-            match self
-                .ctx
-                .tokens
-                .decode(listing.page_token, &caller.tenant, &fingerprint)?
-            {
-                Some(values) => {
-                    let (after, total) = query::parse_cursor(values)?;
-                    audit.after = Some(after);
-                    total
-                }
-                None => query::count(&self.ctx.db, &caller.tenant, &audit).await?,
-            };
+        let (key, carried) = self
+            .ctx
+            .tokens
+            .decode_with_total(listing.page_token, &caller.tenant, &fingerprint)?
+            .unzip();
+        audit.after = key
+            .as_deref()
+            .map(pagination::parse_time_and_id_key)
+            .transpose()?;
         let (events, cursor) = query::page(&self.ctx.db, &caller.tenant, &audit).await?;
-        let next_page_token = match cursor {
-            Some(last) => self.ctx.tokens.encode(
-                &caller.tenant,
-                &fingerprint,
-                query::cursor_values(last, total),
-            )?,
-            None => String::new(),
-        };
-        Ok((events, next_page_token, total as i64))
+        let total = pagination::listing_total(
+            carried,
+            events.len(),
+            cursor.is_some(),
+            query::count(&self.ctx.db, &caller.tenant, &audit),
+        )
+        .await?;
+        let next_page_token = self.ctx.tokens.encode_with_total(
+            &caller.tenant,
+            &fingerprint,
+            cursor.map(pagination::time_and_id_key),
+            total,
+        )?;
+        Ok((
+            events,
+            next_page_token,
+            i64::try_from(total).unwrap_or(i64::MAX),
+        ))
     }
 
     pub async fn get_record_history(

@@ -14,7 +14,7 @@ use crm_platform::db::micros_to_timestamp;
 use crm_platform::errors::from_db;
 use crm_platform::events::{HEARTBEAT_TYPE, outbox};
 use crm_platform::filter::{FieldKind, FilterField};
-use crm_platform::pagination::{self, CursorValue, KeysetColumn};
+use crm_platform::pagination::{self, KeysetColumn};
 use crm_proto::common::Event;
 use crm_proto::contact::AuditEvent;
 
@@ -181,27 +181,6 @@ pub async fn page(
     Ok((audit_events(db, &rows).await?, cursor))
 }
 
-/// The cursor in a page token: event time, id, then the total of page one.
-pub fn cursor_values((time, id): (i64, String), total: u64) -> Vec<CursorValue> {
-    vec![
-        CursorValue::Int(time),
-        CursorValue::Text(id),
-        CursorValue::Int(total as i64),
-    ]
-}
-
-/// The inverse of [`cursor_values`].
-pub fn parse_cursor(values: Vec<CursorValue>) -> Result<((i64, String), u64), ApiError> {
-    match values.as_slice() {
-        [
-            CursorValue::Int(time),
-            CursorValue::Text(id),
-            CursorValue::Int(total),
-        ] => Ok(((*time, id.clone()), (*total).max(0) as u64)),
-        _ => Err(ApiError::invalid("page_token", "page token is malformed")),
-    }
-}
-
 /// Outbox rows as audit entries, each with its feed position if it has one yet.
 pub(crate) async fn audit_events<C: ConnectionTrait>(
     conn: &C,
@@ -255,12 +234,5 @@ mod tests {
         assert!(!parse_order(" event_time  asc ").unwrap());
         assert!(parse_order("create_time").is_err());
         assert!(parse_order("event_time sideways").is_err());
-    }
-
-    #[test]
-    fn cursors_round_trip() {
-        let values = cursor_values((42, "id".into()), 7);
-        assert_eq!(parse_cursor(values).unwrap(), ((42, "id".into()), 7));
-        assert!(parse_cursor(vec![CursorValue::Int(1)]).is_err());
     }
 }

@@ -19,7 +19,7 @@ use crm_platform::auth::Caller;
 use crm_platform::db::{micros_to_timestamp, now_micros};
 use crm_platform::filter::{self, FieldKind, FilterField};
 use crm_platform::idempotency;
-use crm_platform::pagination::{self, CursorValue};
+use crm_platform::pagination;
 use crm_platform::{ApiError, Violations};
 use crm_proto::common::{Actor, Channel};
 use crm_proto::contact::*;
@@ -392,50 +392,36 @@ impl ConsentApi {
             .await?;
         // The token is bound to the contact asked for and the filter.
         let fingerprint = pagination::PageTokens::fingerprint(&[&request.contact, &request.filter]);
-        let (after, total) =
-            match self
-                .ctx
-                .tokens
-                .decode(&request.page_token, &caller.tenant, &fingerprint)?
-            {
-                Some(key) => match key.as_slice() {
-                    [
-                        CursorValue::Int(time),
-                        CursorValue::Text(id),
-                        CursorValue::Int(total),
-                    ] => (Some((*time, id.clone())), *total),
-                    _ => {
-                        return Err(
-                            ApiError::invalid("page_token", "page token is malformed").into()
-                        );
-                    }
-                },
-                None => (
-                    None,
-                    i64::try_from(
-                        self.records
-                            .count(&caller.tenant, &contact.id, condition.clone())
-                            .await?,
-                    )
-                    .unwrap_or(i64::MAX),
-                ),
-            };
+        let (key, carried) = self
+            .ctx
+            .tokens
+            .decode_with_total(&request.page_token, &caller.tenant, &fingerprint)?
+            .unzip();
+        let after = key
+            .as_deref()
+            .map(pagination::parse_time_and_id_key)
+            .transpose()?;
         let (consent_records, cursor) = self
             .records
-            .page(&caller.tenant, &contact.id, condition, after, limit)
+            .page(&caller.tenant, &contact.id, condition.clone(), after, limit)
             .await?;
-        let next_page_token = match cursor {
-            Some(cursor) => {
-                let mut key = store::cursor_values(cursor);
-                key.push(CursorValue::Int(total));
-                self.ctx.tokens.encode(&caller.tenant, &fingerprint, key)?
-            }
-            None => String::new(),
-        };
+        let total = pagination::listing_total(
+            carried,
+            consent_records.len(),
+            cursor.is_some(),
+            self.records.count(&caller.tenant, &contact.id, condition),
+        )
+        .await?;
+        let next_page_token = self.ctx.tokens.encode_with_total(
+            &caller.tenant,
+            &fingerprint,
+            cursor.map(pagination::time_and_id_key),
+            total,
+        )?;
         Ok(Response::new(ListConsentHistoryResponse {
             consent_records,
             next_page_token,
-            total_size: total,
+            total_size: i64::try_from(total).unwrap_or(i64::MAX),
         }))
     }
 

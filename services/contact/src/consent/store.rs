@@ -16,7 +16,7 @@ use crm_platform::errors::from_db;
 use crm_platform::events::{self, EventFeed, NewEvent};
 use crm_platform::filter::tenant_list_holds;
 use crm_platform::idempotency;
-use crm_platform::pagination::{self, CursorValue, KeysetColumn};
+use crm_platform::pagination::{self, KeysetColumn};
 use crm_proto::contact::ConsentRecord;
 
 use crate::domain::names;
@@ -379,11 +379,6 @@ impl ConsentStore {
         let records = rows.iter().map(decode).collect::<Result<_, _>>()?;
         Ok((records, cursor))
     }
-}
-
-/// A page cursor as page-token values.
-pub fn cursor_values((time, id): (i64, String)) -> Vec<CursorValue> {
-    vec![CursorValue::Int(time), CursorValue::Text(id)]
 }
 
 /// The rows of the contacts, for rewriting in place.

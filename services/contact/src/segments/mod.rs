@@ -14,7 +14,7 @@ use crm_platform::auth::Caller;
 use crm_platform::db::{micros_to_timestamp, now_micros};
 use crm_platform::filter::{self, FieldKind, FilterField};
 use crm_platform::idempotency;
-use crm_platform::pagination::{self, CursorValue, PageTokens};
+use crm_platform::pagination::{self, PageTokens};
 use crm_platform::{ApiError, Violations};
 use crm_proto::contact::*;
 
@@ -94,14 +94,6 @@ fn mutation<M: prost::Message>(
 
 fn parse_name(field: &str, name: &str) -> Result<String, ApiError> {
     names::parse(SEGMENTS, field, name)
-}
-
-/// Splits a page token's key into the sort key and the total carried from page one.
-fn split_total(mut key: Vec<CursorValue>) -> Result<(Vec<CursorValue>, u64), ApiError> {
-    match key.pop() {
-        Some(CursorValue::Int(total)) => Ok((key, total.max(0) as u64)),
-        _ => Err(ApiError::invalid("page_token", "page token is malformed")),
-    }
 }
 
 impl SegmentsApi {
@@ -239,37 +231,31 @@ impl SegmentsApi {
         )?;
         let fingerprint =
             PageTokens::fingerprint(&["segments", &request.filter, &request.order_by]);
-        let (after, total) =
-            match self
-                .ctx
-                .tokens
-                .decode(&request.page_token, &caller.tenant, &fingerprint)?
-            {
-                Some(key) => {
-                    let (key, total) = split_total(key)?;
-                    (Some(key), total)
-                }
-                None => (
-                    None,
-                    self.store.count(&caller.tenant, condition.clone()).await?,
-                ),
-            };
+        let (after, carried) = self
+            .ctx
+            .tokens
+            .decode_with_total(&request.page_token, &caller.tenant, &fingerprint)?
+            .unzip();
         let (rows, cursor) = self
             .store
-            .list(&caller.tenant, condition, &order, after, limit)
+            .list(&caller.tenant, condition.clone(), &order, after, limit)
             .await?;
+        let total = pagination::listing_total(
+            carried,
+            rows.len(),
+            cursor.is_some(),
+            self.store.count(&caller.tenant, condition),
+        )
+        .await?;
         // One count per segment on the page: bounded by the page size.
         let mut segments = Vec::with_capacity(rows.len());
         for row in &rows {
             segments.push(self.counted(&caller.tenant, row).await?);
         }
-        let next_page_token = match cursor {
-            Some(mut key) => {
-                key.push(CursorValue::Int(total as i64));
-                self.ctx.tokens.encode(&caller.tenant, &fingerprint, key)?
-            }
-            None => String::new(),
-        };
+        let next_page_token =
+            self.ctx
+                .tokens
+                .encode_with_total(&caller.tenant, &fingerprint, cursor, total)?;
         Ok(Response::new(ListSegmentsResponse {
             segments,
             next_page_token,
@@ -376,31 +362,18 @@ impl SegmentsApi {
             &request.filter,
             &request.order_by,
         ]);
-        let (after, total) =
-            match self
-                .ctx
-                .tokens
-                .decode(&request.page_token, &caller.tenant, &fingerprint)?
-            {
-                Some(key) => {
-                    let (key, total) = split_total(key)?;
-                    (Some(key), total)
-                }
-                None => (
-                    None,
-                    self.ctx
-                        .contacts
-                        .count(&caller.tenant, Some(condition.clone()), false)
-                        .await?,
-                ),
-            };
+        let (after, carried) = self
+            .ctx
+            .tokens
+            .decode_with_total(&request.page_token, &caller.tenant, &fingerprint)?
+            .unzip();
         let (stored, cursor) = self
             .ctx
             .contacts
             .list(
                 &caller.tenant,
                 ListQuery {
-                    filter: Some(condition),
+                    filter: Some(condition.clone()),
                     order,
                     after,
                     limit,
@@ -408,13 +381,19 @@ impl SegmentsApi {
                 },
             )
             .await?;
-        let next_page_token = match cursor {
-            Some(mut key) => {
-                key.push(CursorValue::Int(total as i64));
-                self.ctx.tokens.encode(&caller.tenant, &fingerprint, key)?
-            }
-            None => String::new(),
-        };
+        let total = pagination::listing_total(
+            carried,
+            stored.len(),
+            cursor.is_some(),
+            self.ctx
+                .contacts
+                .count(&caller.tenant, Some(condition), false),
+        )
+        .await?;
+        let next_page_token =
+            self.ctx
+                .tokens
+                .encode_with_total(&caller.tenant, &fingerprint, cursor, total)?;
         Ok(Response::new(ListSegmentMembersResponse {
             contacts: stored.into_iter().map(|s| s.contact).collect(),
             next_page_token,

@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use crm_platform::auth::Caller;
 use crm_platform::db::{micros_to_timestamp, now_micros};
 use crm_platform::idempotency;
-use crm_platform::pagination::{self, CursorValue, PageTokens};
+use crm_platform::pagination::{self, PageTokens};
 use crm_platform::{ApiError, Violations};
 use crm_proto::contact::*;
 
@@ -82,38 +82,6 @@ fn etag_of(request_etag: &str, resource_etag: &str) -> String {
         resource_etag.to_owned()
     } else {
         request_etag.to_owned()
-    }
-}
-
-/// Decodes a page token: the cursor, then the total of page one.
-fn decode_token(
-    tokens: &PageTokens,
-    token: &str,
-    tenant: &str,
-    fingerprint: &str,
-) -> Result<Option<(Vec<CursorValue>, u64)>, ApiError> {
-    match tokens.decode(token, tenant, fingerprint)? {
-        None => Ok(None),
-        Some(mut key) => match key.pop() {
-            Some(CursorValue::Int(total)) if total >= 0 => Ok(Some((key, total as u64))),
-            _ => Err(ApiError::invalid("page_token", "page token is malformed")),
-        },
-    }
-}
-
-fn encode_token(
-    tokens: &PageTokens,
-    cursor: Option<Vec<CursorValue>>,
-    tenant: &str,
-    fingerprint: &str,
-    total: u64,
-) -> Result<String, ApiError> {
-    match cursor {
-        Some(mut key) => {
-            key.push(CursorValue::Int(total as i64));
-            tokens.encode(tenant, fingerprint, key)
-        }
-        None => Ok(String::new()),
     }
 }
 
@@ -302,40 +270,36 @@ impl TimelineApi {
             &request.contact,
             &request.account,
         ]);
-        let (after, total) = match decode_token(
-            &self.ctx.tokens,
-            &request.page_token,
-            &caller.tenant,
-            &fingerprint,
-        )? {
-            Some((key, total)) => (Some(key), total),
-            None => (
-                None,
-                self.store
-                    .count_interactions(&caller.tenant, &scope, filter.clone())
-                    .await?,
-            ),
-        };
+        let (after, carried) = self
+            .ctx
+            .tokens
+            .decode_with_total(&request.page_token, &caller.tenant, &fingerprint)?
+            .unzip();
         let (interactions, cursor) = self
             .store
             .list_interactions(
                 &caller.tenant,
                 &scope,
                 Page {
-                    filter,
+                    filter: filter.clone(),
                     order,
                     after,
                     limit,
                 },
             )
             .await?;
-        let next_page_token = encode_token(
-            &self.ctx.tokens,
-            cursor,
-            &caller.tenant,
-            &fingerprint,
-            total,
-        )?;
+        let total = pagination::listing_total(
+            carried,
+            interactions.len(),
+            cursor.is_some(),
+            self.store
+                .count_interactions(&caller.tenant, &scope, filter),
+        )
+        .await?;
+        let next_page_token =
+            self.ctx
+                .tokens
+                .encode_with_total(&caller.tenant, &fingerprint, cursor, total)?;
         Ok(Response::new(ListInteractionsResponse {
             interactions,
             next_page_token,
@@ -497,39 +461,34 @@ impl TimelineApi {
         )?;
         let fingerprint =
             PageTokens::fingerprint(&["episodes", &request.filter, &request.order_by]);
-        let (after, total) = match decode_token(
-            &self.ctx.tokens,
-            &request.page_token,
-            &caller.tenant,
-            &fingerprint,
-        )? {
-            Some((key, total)) => (Some(key), total),
-            None => (
-                None,
-                self.store
-                    .count_episodes(&caller.tenant, filter.clone())
-                    .await?,
-            ),
-        };
+        let (after, carried) = self
+            .ctx
+            .tokens
+            .decode_with_total(&request.page_token, &caller.tenant, &fingerprint)?
+            .unzip();
         let (episodes, cursor) = self
             .store
             .list_episodes(
                 &caller.tenant,
                 Page {
-                    filter,
+                    filter: filter.clone(),
                     order,
                     after,
                     limit,
                 },
             )
             .await?;
-        let next_page_token = encode_token(
-            &self.ctx.tokens,
-            cursor,
-            &caller.tenant,
-            &fingerprint,
-            total,
-        )?;
+        let total = pagination::listing_total(
+            carried,
+            episodes.len(),
+            cursor.is_some(),
+            self.store.count_episodes(&caller.tenant, filter),
+        )
+        .await?;
+        let next_page_token =
+            self.ctx
+                .tokens
+                .encode_with_total(&caller.tenant, &fingerprint, cursor, total)?;
         Ok(Response::new(ListEpisodesResponse {
             episodes,
             next_page_token,

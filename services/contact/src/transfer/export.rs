@@ -4,7 +4,7 @@
 use sea_orm::sea_query::Condition;
 
 use crm_platform::ApiError;
-use crm_platform::pagination::{CursorValue, PageTokens};
+use crm_platform::pagination::{self, CursorValue, PageTokens};
 use crm_proto::contact::{Contact, ExportContactsRequest, ExportContactsResponse};
 
 use crate::grpc::{contact_filter, parse_order};
@@ -209,13 +209,7 @@ impl Export {
         if self.done {
             return Ok(None);
         }
-        let total_size = if self.first {
-            self.store
-                .count(&self.tenant, self.filter.clone(), self.show_deleted)
-                .await? as i64
-        } else {
-            0
-        };
+        let resumed = self.after.is_some();
         let (stored, more) = self
             .store
             .list(
@@ -229,6 +223,18 @@ impl Export {
                 },
             )
             .await?;
+        // Only the first message carries the total. A chunk that starts the listing and
+        // ends it holds the whole listing; a resumed export's first chunk does not.
+        let total_size = if self.first {
+            let count = self
+                .store
+                .count(&self.tenant, self.filter.clone(), self.show_deleted);
+            pagination::listing_total(None, stored.len(), resumed || more.is_some(), count)
+                .await
+                .map(|total| i64::try_from(total).unwrap_or(i64::MAX))?
+        } else {
+            0
+        };
         self.done = more.is_none();
         if stored.is_empty() && !self.first {
             return Ok(None);
