@@ -531,6 +531,17 @@ pub async fn run_bench(
             report
                 .scenarios
                 .push(measure(format!("{name}@80%"), workload, Some(rate)).await);
+            // The bare stack's tail at the same rate: what of that p99 is the service's.
+            if !args.no_floors {
+                report.floors.push(
+                    measure(
+                        format!("echo@{name}@80%"),
+                        floors::echo(&channels),
+                        Some(rate),
+                    )
+                    .await,
+                );
+            }
         }
     }
 
