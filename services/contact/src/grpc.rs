@@ -619,38 +619,30 @@ impl ContactService for ContactApi {
             &request.order_by,
             if request.show_deleted { "deleted" } else { "" },
         ]);
-        let (after, carried) = self
+        let page = self
             .tokens
-            .decode_with_total(&request.page_token, &caller.tenant, &fingerprint)?
-            .unzip();
-        let (stored, cursor) = self
-            .store
-            .list(
+            .keyset_page(
+                &request.page_token,
                 &caller.tenant,
-                ListQuery {
-                    filter: condition.clone(),
-                    order,
-                    after,
-                    limit,
-                    show_deleted: request.show_deleted,
+                &fingerprint,
+                async |after| {
+                    let query = ListQuery {
+                        filter: condition.clone(),
+                        order,
+                        after,
+                        limit,
+                        show_deleted: request.show_deleted,
+                    };
+                    self.store.list(&caller.tenant, query).await
                 },
+                self.store
+                    .count(&caller.tenant, condition.clone(), request.show_deleted),
             )
             .await?;
-        let total = pagination::listing_total(
-            carried,
-            stored.len(),
-            cursor.is_some(),
-            self.store
-                .count(&caller.tenant, condition, request.show_deleted),
-        )
-        .await?;
-        let next_page_token =
-            self.tokens
-                .encode_with_total(&caller.tenant, &fingerprint, cursor, total)?;
         Ok(Response::new(ListContactsResponse {
-            contacts: stored.into_iter().map(|s| s.contact).collect(),
-            next_page_token,
-            total_size: total as i64,
+            total_size: page.total_size_i64(),
+            contacts: page.rows.into_iter().map(|s| s.contact).collect(),
+            next_page_token: page.next_page_token,
         }))
     }
 

@@ -34,6 +34,22 @@ struct TokenBody {
     k: Vec<CursorValue>,
 }
 
+/// One page of a keyset listing: its rows, the token of the next page (empty after
+/// the last) and the listing's total.
+#[derive(Debug)]
+pub struct KeysetPage<T> {
+    pub rows: Vec<T>,
+    pub next_page_token: String,
+    pub total_size: u64,
+}
+
+impl<T> KeysetPage<T> {
+    /// `total_size` as the protos carry it.
+    pub fn total_size_i64(&self) -> i64 {
+        i64::try_from(self.total_size).unwrap_or(i64::MAX)
+    }
+}
+
 /// Signs and checks page tokens.
 #[derive(Clone)]
 pub struct PageTokens {
@@ -151,6 +167,31 @@ impl PageTokens {
                 _ => Err(ApiError::invalid("page_token", "page token is malformed")),
             },
         }
+    }
+
+    /// One page of a keyset listing. `list` reads the rows after a sort key (`None` on
+    /// page one) and gives the sort key of the page's last row when more rows follow.
+    /// The total is the one page one reported, carried by the token, or on page one
+    /// [`listing_total`] of the page and `count` (which runs only if needed).
+    pub async fn keyset_page<T>(
+        &self,
+        token: &str,
+        tenant: &str,
+        fingerprint: &str,
+        list: impl AsyncFnOnce(
+            Option<Vec<CursorValue>>,
+        ) -> Result<(Vec<T>, Option<Vec<CursorValue>>), ApiError>,
+        count: impl Future<Output = Result<u64, ApiError>>,
+    ) -> Result<KeysetPage<T>, ApiError> {
+        let (after, carried) = self.decode_with_total(token, tenant, fingerprint)?.unzip();
+        let (rows, last_key) = list(after).await?;
+        let total_size = listing_total(carried, rows.len(), last_key.is_some(), count).await?;
+        let next_page_token = self.encode_with_total(tenant, fingerprint, last_key, total_size)?;
+        Ok(KeysetPage {
+            rows,
+            next_page_token,
+            total_size,
+        })
     }
 
     /// The sort key after which the next page starts; `None` for an empty token.
@@ -390,6 +431,64 @@ mod tests {
             std::task::Poll::Ready(value) => value,
             std::task::Poll::Pending => panic!("the future waited"),
         }
+    }
+
+    /// A listing of the numbers 1 to `n`, keyed by themselves, in pages of `limit`.
+    async fn numbers(
+        after: Option<Vec<CursorValue>>,
+        n: i64,
+        limit: i64,
+    ) -> Result<(Vec<i64>, Option<Vec<CursorValue>>), ApiError> {
+        let from = match after.as_deref() {
+            None => 1,
+            Some([CursorValue::Int(last)]) => last + 1,
+            Some(_) => return Err(ApiError::invalid("page_token", "not a number")),
+        };
+        let rows: Vec<i64> = (from..=n).take(limit as usize).collect();
+        let more = rows.last().is_some_and(|last| *last < n);
+        let last_key = rows
+            .last()
+            .filter(|_| more)
+            .map(|last| vec![CursorValue::Int(*last)]);
+        Ok((rows, last_key))
+    }
+
+    #[test]
+    fn keyset_pages_count_once_and_carry_the_total() {
+        let tokens = PageTokens::new(b"secret");
+        let fp = PageTokens::fingerprint(&["numbers"]);
+        let page = |token: &str, n: i64, counted: Result<u64, ApiError>| {
+            ready(tokens.keyset_page(
+                token,
+                "acme",
+                &fp,
+                async |after| numbers(after, n, 2).await,
+                async { counted },
+            ))
+        };
+        let uncounted = || Err(ApiError::invalid("count", "must not run"));
+
+        // Three rows: page one counts; page two carries page one's total, not a count.
+        let one = page("", 3, Ok(3)).unwrap();
+        assert_eq!((one.rows.as_slice(), one.total_size), (&[1, 2][..], 3));
+        let two = page(&one.next_page_token, 3, uncounted()).unwrap();
+        assert_eq!((two.rows.as_slice(), two.total_size), (&[3][..], 3));
+        assert!(two.next_page_token.is_empty());
+
+        // Two rows fit on page one: its rows are the total, nothing is counted.
+        let only = page("", 2, uncounted()).unwrap();
+        assert_eq!((only.rows.len(), only.total_size), (2, 2));
+        assert!(only.next_page_token.is_empty());
+        assert_eq!(only.total_size_i64(), 2);
+
+        // A token without a total is refused before anything is read.
+        let bare = tokens
+            .encode("acme", &fp, vec![CursorValue::Int(1)])
+            .unwrap();
+        assert!(matches!(
+            page(&bare, 3, uncounted()),
+            Err(ApiError::InvalidArgument(_))
+        ));
     }
 
     #[test]

@@ -209,45 +209,38 @@ impl AccountsApi {
             &request.order_by,
             if request.show_deleted { "deleted" } else { "" },
         ]);
-        let (after, carried) = self
+        let page = self
             .ctx
             .tokens
-            .decode_with_total(&request.page_token, &caller.tenant, &fingerprint)?
-            .unzip();
-        let (stored, cursor) = store::list(
-            &self.ctx.db,
-            &caller.tenant,
-            ListQuery {
-                filter: condition.clone(),
-                order,
-                after,
-                limit,
-                show_deleted: request.show_deleted,
-            },
-        )
-        .await?;
-        let total = pagination::listing_total(
-            carried,
-            stored.len(),
-            cursor.is_some(),
-            store::count(
-                &self.ctx.db,
+            .keyset_page(
+                &request.page_token,
                 &caller.tenant,
-                condition,
-                request.show_deleted,
-            ),
-        )
-        .await?;
-        let next_page_token =
-            self.ctx
-                .tokens
-                .encode_with_total(&caller.tenant, &fingerprint, cursor, total)?;
-        let mut accounts: Vec<Account> = stored.into_iter().map(|s| s.account).collect();
+                &fingerprint,
+                async |after| {
+                    let query = ListQuery {
+                        filter: condition.clone(),
+                        order,
+                        after,
+                        limit,
+                        show_deleted: request.show_deleted,
+                    };
+                    store::list(&self.ctx.db, &caller.tenant, query).await
+                },
+                store::count(
+                    &self.ctx.db,
+                    &caller.tenant,
+                    condition.clone(),
+                    request.show_deleted,
+                ),
+            )
+            .await?;
+        let total_size = page.total_size_i64();
+        let mut accounts: Vec<Account> = page.rows.into_iter().map(|s| s.account).collect();
         store::with_counts(&self.ctx.db, &caller.tenant, &mut accounts).await?;
         Ok(Response::new(ListAccountsResponse {
             accounts,
-            next_page_token,
-            total_size: total as i64,
+            next_page_token: page.next_page_token,
+            total_size,
         }))
     }
 

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use crm_platform::ApiError;
 use crm_platform::auth::Caller;
 use crm_platform::filter::{self, FilterField};
-use crm_platform::pagination::{self, PageTokens};
+use crm_platform::pagination::{self, KeysetPage, PageTokens};
 use crm_proto::contact::*;
 
 use crate::context::Context;
@@ -103,7 +103,7 @@ impl AuditApi {
         &self,
         caller: &Caller,
         listing: Listing<'_>,
-    ) -> Result<(Vec<AuditEvent>, String, i64), ApiError> {
+    ) -> Result<KeysetPage<AuditEvent>, ApiError> {
         let limit = pagination::page_size(listing.page_size, 50, 1000)?;
         let descending = query::parse_order(listing.order_by)?;
         let condition = filter::condition(
@@ -117,41 +117,35 @@ impl AuditApi {
             listing.filter,
             if descending { "desc" } else { "asc" },
         ]);
-        let mut audit = query::AuditQuery {
+        let audit = query::AuditQuery {
             resource_name: listing.resource_name,
             filter: condition,
             descending,
             after: None,
             limit,
         };
-        let (key, carried) = self
-            .ctx
+        self.ctx
             .tokens
-            .decode_with_total(listing.page_token, &caller.tenant, &fingerprint)?
-            .unzip();
-        audit.after = key
-            .as_deref()
-            .map(pagination::parse_time_and_id_key)
-            .transpose()?;
-        let (events, cursor) = query::page(&self.ctx.db, &caller.tenant, &audit).await?;
-        let total = pagination::listing_total(
-            carried,
-            events.len(),
-            cursor.is_some(),
-            query::count(&self.ctx.db, &caller.tenant, &audit),
-        )
-        .await?;
-        let next_page_token = self.ctx.tokens.encode_with_total(
-            &caller.tenant,
-            &fingerprint,
-            cursor.map(pagination::time_and_id_key),
-            total,
-        )?;
-        Ok((
-            events,
-            next_page_token,
-            i64::try_from(total).unwrap_or(i64::MAX),
-        ))
+            .keyset_page(
+                listing.page_token,
+                &caller.tenant,
+                &fingerprint,
+                async |key| {
+                    let after = key
+                        .as_deref()
+                        .map(pagination::parse_time_and_id_key)
+                        .transpose()?;
+                    let page = query::AuditQuery {
+                        after,
+                        ..audit.clone()
+                    };
+                    let (events, last) = query::page(&self.ctx.db, &caller.tenant, &page).await?;
+                    Ok((events, last.map(pagination::time_and_id_key)))
+                },
+                // The count ignores `after`: it is of the whole listing.
+                query::count(&self.ctx.db, &caller.tenant, &audit),
+            )
+            .await
     }
 
     pub async fn get_record_history(
@@ -161,7 +155,7 @@ impl AuditApi {
         let caller = Caller::from_request(&request)?;
         let request = request.into_inner();
         let name = record_name(&request.name)?;
-        let (audit_events, next_page_token, total_size) = self
+        let page = self
             .list(
                 &caller,
                 Listing {
@@ -176,9 +170,9 @@ impl AuditApi {
             )
             .await?;
         Ok(Response::new(GetRecordHistoryResponse {
-            audit_events,
-            next_page_token,
-            total_size,
+            total_size: page.total_size_i64(),
+            audit_events: page.rows,
+            next_page_token: page.next_page_token,
         }))
     }
 
@@ -188,7 +182,7 @@ impl AuditApi {
     ) -> Result<Response<ListAuditEventsResponse>, Status> {
         let caller = Caller::from_request(&request)?;
         let request = request.into_inner();
-        let (audit_events, next_page_token, total_size) = self
+        let page = self
             .list(
                 &caller,
                 Listing {
@@ -203,9 +197,9 @@ impl AuditApi {
             )
             .await?;
         Ok(Response::new(ListAuditEventsResponse {
-            audit_events,
-            next_page_token,
-            total_size,
+            total_size: page.total_size_i64(),
+            audit_events: page.rows,
+            next_page_token: page.next_page_token,
         }))
     }
 }

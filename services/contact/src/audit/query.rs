@@ -97,6 +97,7 @@ pub fn parse_order(order_by: &str) -> Result<bool, ApiError> {
 }
 
 /// One page of the tenant's audit trail.
+#[derive(Clone)]
 pub struct AuditQuery {
     pub resource_name: Option<String>,
     pub filter: Option<Condition>,

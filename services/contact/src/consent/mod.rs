@@ -392,36 +392,32 @@ impl ConsentApi {
             .await?;
         // The token is bound to the contact asked for and the filter.
         let fingerprint = pagination::PageTokens::fingerprint(&[&request.contact, &request.filter]);
-        let (key, carried) = self
+        let page = self
             .ctx
             .tokens
-            .decode_with_total(&request.page_token, &caller.tenant, &fingerprint)?
-            .unzip();
-        let after = key
-            .as_deref()
-            .map(pagination::parse_time_and_id_key)
-            .transpose()?;
-        let (consent_records, cursor) = self
-            .records
-            .page(&caller.tenant, &contact.id, condition.clone(), after, limit)
+            .keyset_page(
+                &request.page_token,
+                &caller.tenant,
+                &fingerprint,
+                async |key| {
+                    let after = key
+                        .as_deref()
+                        .map(pagination::parse_time_and_id_key)
+                        .transpose()?;
+                    let (records, last) = self
+                        .records
+                        .page(&caller.tenant, &contact.id, condition.clone(), after, limit)
+                        .await?;
+                    Ok((records, last.map(pagination::time_and_id_key)))
+                },
+                self.records
+                    .count(&caller.tenant, &contact.id, condition.clone()),
+            )
             .await?;
-        let total = pagination::listing_total(
-            carried,
-            consent_records.len(),
-            cursor.is_some(),
-            self.records.count(&caller.tenant, &contact.id, condition),
-        )
-        .await?;
-        let next_page_token = self.ctx.tokens.encode_with_total(
-            &caller.tenant,
-            &fingerprint,
-            cursor.map(pagination::time_and_id_key),
-            total,
-        )?;
         Ok(Response::new(ListConsentHistoryResponse {
-            consent_records,
-            next_page_token,
-            total_size: i64::try_from(total).unwrap_or(i64::MAX),
+            total_size: page.total_size_i64(),
+            consent_records: page.rows,
+            next_page_token: page.next_page_token,
         }))
     }
 

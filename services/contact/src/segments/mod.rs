@@ -231,35 +231,30 @@ impl SegmentsApi {
         )?;
         let fingerprint =
             PageTokens::fingerprint(&["segments", &request.filter, &request.order_by]);
-        let (after, carried) = self
+        let page = self
             .ctx
             .tokens
-            .decode_with_total(&request.page_token, &caller.tenant, &fingerprint)?
-            .unzip();
-        let (rows, cursor) = self
-            .store
-            .list(&caller.tenant, condition.clone(), &order, after, limit)
+            .keyset_page(
+                &request.page_token,
+                &caller.tenant,
+                &fingerprint,
+                async |after| {
+                    self.store
+                        .list(&caller.tenant, condition.clone(), &order, after, limit)
+                        .await
+                },
+                self.store.count(&caller.tenant, condition.clone()),
+            )
             .await?;
-        let total = pagination::listing_total(
-            carried,
-            rows.len(),
-            cursor.is_some(),
-            self.store.count(&caller.tenant, condition),
-        )
-        .await?;
         // One count per segment on the page: bounded by the page size.
-        let mut segments = Vec::with_capacity(rows.len());
-        for row in &rows {
+        let mut segments = Vec::with_capacity(page.rows.len());
+        for row in &page.rows {
             segments.push(self.counted(&caller.tenant, row).await?);
         }
-        let next_page_token =
-            self.ctx
-                .tokens
-                .encode_with_total(&caller.tenant, &fingerprint, cursor, total)?;
         Ok(Response::new(ListSegmentsResponse {
             segments,
-            next_page_token,
-            total_size: total as i64,
+            total_size: page.total_size_i64(),
+            next_page_token: page.next_page_token,
         }))
     }
 
@@ -362,42 +357,32 @@ impl SegmentsApi {
             &request.filter,
             &request.order_by,
         ]);
-        let (after, carried) = self
+        let page = self
             .ctx
             .tokens
-            .decode_with_total(&request.page_token, &caller.tenant, &fingerprint)?
-            .unzip();
-        let (stored, cursor) = self
-            .ctx
-            .contacts
-            .list(
+            .keyset_page(
+                &request.page_token,
                 &caller.tenant,
-                ListQuery {
-                    filter: Some(condition.clone()),
-                    order,
-                    after,
-                    limit,
-                    show_deleted: false,
+                &fingerprint,
+                async |after| {
+                    let query = ListQuery {
+                        filter: Some(condition.clone()),
+                        order,
+                        after,
+                        limit,
+                        show_deleted: false,
+                    };
+                    self.ctx.contacts.list(&caller.tenant, query).await
                 },
+                self.ctx
+                    .contacts
+                    .count(&caller.tenant, Some(condition.clone()), false),
             )
             .await?;
-        let total = pagination::listing_total(
-            carried,
-            stored.len(),
-            cursor.is_some(),
-            self.ctx
-                .contacts
-                .count(&caller.tenant, Some(condition), false),
-        )
-        .await?;
-        let next_page_token =
-            self.ctx
-                .tokens
-                .encode_with_total(&caller.tenant, &fingerprint, cursor, total)?;
         Ok(Response::new(ListSegmentMembersResponse {
-            contacts: stored.into_iter().map(|s| s.contact).collect(),
-            next_page_token,
-            total_size: total as i64,
+            total_size: page.total_size_i64(),
+            contacts: page.rows.into_iter().map(|s| s.contact).collect(),
+            next_page_token: page.next_page_token,
         }))
     }
 

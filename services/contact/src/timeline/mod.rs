@@ -270,40 +270,32 @@ impl TimelineApi {
             &request.contact,
             &request.account,
         ]);
-        let (after, carried) = self
+        let page = self
             .ctx
             .tokens
-            .decode_with_total(&request.page_token, &caller.tenant, &fingerprint)?
-            .unzip();
-        let (interactions, cursor) = self
-            .store
-            .list_interactions(
+            .keyset_page(
+                &request.page_token,
                 &caller.tenant,
-                &scope,
-                Page {
-                    filter: filter.clone(),
-                    order,
-                    after,
-                    limit,
+                &fingerprint,
+                async |after| {
+                    let page = Page {
+                        filter: filter.clone(),
+                        order,
+                        after,
+                        limit,
+                    };
+                    self.store
+                        .list_interactions(&caller.tenant, &scope, page)
+                        .await
                 },
+                self.store
+                    .count_interactions(&caller.tenant, &scope, filter.clone()),
             )
             .await?;
-        let total = pagination::listing_total(
-            carried,
-            interactions.len(),
-            cursor.is_some(),
-            self.store
-                .count_interactions(&caller.tenant, &scope, filter),
-        )
-        .await?;
-        let next_page_token =
-            self.ctx
-                .tokens
-                .encode_with_total(&caller.tenant, &fingerprint, cursor, total)?;
         Ok(Response::new(ListInteractionsResponse {
-            interactions,
-            next_page_token,
-            total_size: total as i64,
+            total_size: page.total_size_i64(),
+            interactions: page.rows,
+            next_page_token: page.next_page_token,
         }))
     }
 
@@ -461,38 +453,29 @@ impl TimelineApi {
         )?;
         let fingerprint =
             PageTokens::fingerprint(&["episodes", &request.filter, &request.order_by]);
-        let (after, carried) = self
+        let page = self
             .ctx
             .tokens
-            .decode_with_total(&request.page_token, &caller.tenant, &fingerprint)?
-            .unzip();
-        let (episodes, cursor) = self
-            .store
-            .list_episodes(
+            .keyset_page(
+                &request.page_token,
                 &caller.tenant,
-                Page {
-                    filter: filter.clone(),
-                    order,
-                    after,
-                    limit,
+                &fingerprint,
+                async |after| {
+                    let page = Page {
+                        filter: filter.clone(),
+                        order,
+                        after,
+                        limit,
+                    };
+                    self.store.list_episodes(&caller.tenant, page).await
                 },
+                self.store.count_episodes(&caller.tenant, filter.clone()),
             )
             .await?;
-        let total = pagination::listing_total(
-            carried,
-            episodes.len(),
-            cursor.is_some(),
-            self.store.count_episodes(&caller.tenant, filter),
-        )
-        .await?;
-        let next_page_token =
-            self.ctx
-                .tokens
-                .encode_with_total(&caller.tenant, &fingerprint, cursor, total)?;
         Ok(Response::new(ListEpisodesResponse {
-            episodes,
-            next_page_token,
-            total_size: total as i64,
+            total_size: page.total_size_i64(),
+            episodes: page.rows,
+            next_page_token: page.next_page_token,
         }))
     }
 
