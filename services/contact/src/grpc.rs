@@ -635,8 +635,12 @@ impl ContactService for ContactApi {
                     };
                     self.store.list(&caller.tenant, query).await
                 },
-                self.store
-                    .count(&caller.tenant, condition.clone(), request.show_deleted),
+                async || {
+                    let filter = condition.clone();
+                    self.store
+                        .count(&caller.tenant, filter, request.show_deleted)
+                        .await
+                },
             )
             .await?;
         Ok(Response::new(ListContactsResponse {

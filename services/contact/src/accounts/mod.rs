@@ -226,12 +226,10 @@ impl AccountsApi {
                     };
                     store::list(&self.ctx.db, &caller.tenant, query).await
                 },
-                store::count(
-                    &self.ctx.db,
-                    &caller.tenant,
-                    condition.clone(),
-                    request.show_deleted,
-                ),
+                async || {
+                    let filter = condition.clone();
+                    store::count(&self.ctx.db, &caller.tenant, filter, request.show_deleted).await
+                },
             )
             .await?;
         let total_size = page.total_size_i64();

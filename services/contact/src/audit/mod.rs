@@ -121,7 +121,6 @@ impl AuditApi {
             resource_name: listing.resource_name,
             filter: condition,
             descending,
-            after: None,
             limit,
         };
         self.ctx
@@ -135,15 +134,11 @@ impl AuditApi {
                         .as_deref()
                         .map(pagination::parse_time_and_id_key)
                         .transpose()?;
-                    let page = query::AuditQuery {
-                        after,
-                        ..audit.clone()
-                    };
-                    let (events, last) = query::page(&self.ctx.db, &caller.tenant, &page).await?;
+                    let (events, last) =
+                        query::page(&self.ctx.db, &caller.tenant, &audit, after).await?;
                     Ok((events, last.map(pagination::time_and_id_key)))
                 },
-                // The count ignores `after`: it is of the whole listing.
-                query::count(&self.ctx.db, &caller.tenant, &audit),
+                async || query::count(&self.ctx.db, &caller.tenant, &audit).await,
             )
             .await
     }

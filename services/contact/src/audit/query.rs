@@ -96,14 +96,11 @@ pub fn parse_order(order_by: &str) -> Result<bool, ApiError> {
     }
 }
 
-/// One page of the tenant's audit trail.
-#[derive(Clone)]
+/// A listing of the tenant's audit trail; each page of it is read by [`page`].
 pub struct AuditQuery {
     pub resource_name: Option<String>,
     pub filter: Option<Condition>,
     pub descending: bool,
-    /// The event time and id of the last row of the previous page.
-    pub after: Option<(i64, String)>,
     pub limit: u64,
 }
 
@@ -138,14 +135,16 @@ pub async fn count(
         .map_err(|e| from_db(e, "audit events"))
 }
 
-/// The page's events and, when more follow, the sort key of its last row.
+/// The page's events after `after` (the event time and id of the previous page's last
+/// row) and, when more follow, the sort key of its last row.
 pub async fn page(
     db: &DatabaseConnection,
     tenant: &str,
     query: &AuditQuery,
+    after: Option<(i64, String)>,
 ) -> Result<(Vec<AuditEvent>, Option<(i64, String)>), ApiError> {
     let mut select = base(tenant, query);
-    if let Some((time, id)) = &query.after {
+    if let Some((time, id)) = &after {
         select = select.filter(pagination::keyset_after(&[
             KeysetColumn {
                 column: Expr::col((outbox::Entity, outbox::Column::EventTimeUs)),

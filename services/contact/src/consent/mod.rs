@@ -410,8 +410,12 @@ impl ConsentApi {
                         .await?;
                     Ok((records, last.map(pagination::time_and_id_key)))
                 },
-                self.records
-                    .count(&caller.tenant, &contact.id, condition.clone()),
+                async || {
+                    let filter = condition.clone();
+                    self.records
+                        .count(&caller.tenant, &contact.id, filter)
+                        .await
+                },
             )
             .await?;
         Ok(Response::new(ListConsentHistoryResponse {

@@ -243,7 +243,7 @@ impl SegmentsApi {
                         .list(&caller.tenant, condition.clone(), &order, after, limit)
                         .await
                 },
-                self.store.count(&caller.tenant, condition.clone()),
+                async || self.store.count(&caller.tenant, condition.clone()).await,
             )
             .await?;
         // One count per segment on the page: bounded by the page size.
@@ -374,9 +374,10 @@ impl SegmentsApi {
                     };
                     self.ctx.contacts.list(&caller.tenant, query).await
                 },
-                self.ctx
-                    .contacts
-                    .count(&caller.tenant, Some(condition.clone()), false),
+                async || {
+                    let filter = Some(condition.clone());
+                    self.ctx.contacts.count(&caller.tenant, filter, false).await
+                },
             )
             .await?;
         Ok(Response::new(ListSegmentMembersResponse {

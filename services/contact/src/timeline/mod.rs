@@ -288,8 +288,12 @@ impl TimelineApi {
                         .list_interactions(&caller.tenant, &scope, page)
                         .await
                 },
-                self.store
-                    .count_interactions(&caller.tenant, &scope, filter.clone()),
+                async || {
+                    let filter = filter.clone();
+                    self.store
+                        .count_interactions(&caller.tenant, &scope, filter)
+                        .await
+                },
             )
             .await?;
         Ok(Response::new(ListInteractionsResponse {
@@ -469,7 +473,11 @@ impl TimelineApi {
                     };
                     self.store.list_episodes(&caller.tenant, page).await
                 },
-                self.store.count_episodes(&caller.tenant, filter.clone()),
+                async || {
+                    self.store
+                        .count_episodes(&caller.tenant, filter.clone())
+                        .await
+                },
             )
             .await?;
         Ok(Response::new(ListEpisodesResponse {

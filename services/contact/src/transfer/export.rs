@@ -226,9 +226,12 @@ impl Export {
         // Only the first message carries the total. A chunk that starts the listing and
         // ends it holds the whole listing; a resumed export's first chunk does not.
         let total_size = if self.first {
-            let count = self
-                .store
-                .count(&self.tenant, self.filter.clone(), self.show_deleted);
+            let count = async || {
+                let filter = self.filter.clone();
+                self.store
+                    .count(&self.tenant, filter, self.show_deleted)
+                    .await
+            };
             pagination::listing_total(None, stored.len(), resumed || more.is_some(), count)
                 .await
                 .map(|total| i64::try_from(total).unwrap_or(i64::MAX))?
