@@ -4,11 +4,22 @@
 //! (waking the service, the database backend and both ends of the socket) costs more
 //! than the row it brings; a read that finds the database idle is sent at once, so at
 //! low load nothing waits to be coalesced.
+//!
+//! On Postgres each of the statements in flight keeps its pooled connection from one
+//! statement to the next ([`HeldConnections`]): the pool tests a connection with a
+//! round trip of its own whenever one is given back (sqlx pings on release), which
+//! doubled the round trips of these reads.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, Value};
+use sea_orm::sqlx::pool::PoolConnection;
+use sea_orm::sqlx::postgres::{PgPool, PgRow};
+use sea_orm::sqlx::{self, Postgres, Row as _};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, RuntimeErr, Statement, Value,
+};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crm_platform::errors::{ApiError, from_db};
@@ -21,6 +32,11 @@ const MAX_IDS: usize = 64;
 
 /// Statements in flight at once: while they run, new reads queue up for the next.
 const IN_FLIGHT: usize = 2;
+
+/// A held connection unused for longer goes back to the pool, which tests a connection
+/// idle this long before handing it out (`db::pool_options`), so that a database
+/// restart during a quiet spell costs no failed read.
+const HOLD_IDLE: Duration = Duration::from_secs(1);
 
 struct Read {
     tenant: String,
@@ -39,7 +55,13 @@ impl PointReads {
     /// calls that can be waiting in it.
     pub fn start(db: DatabaseConnection) -> Self {
         let (queue, reads) = mpsc::unbounded_channel();
-        tokio::spawn(dispatch(db, reads));
+        let database = match db.get_database_backend() {
+            DbBackend::Postgres => {
+                Database::Postgres(HeldConnections::new(db.get_postgres_connection_pool()))
+            }
+            _ => Database::Other(db),
+        };
+        tokio::spawn(dispatch(Arc::new(database), reads));
         Self { queue }
     }
 
@@ -59,9 +81,71 @@ impl PointReads {
     }
 }
 
-async fn dispatch(db: DatabaseConnection, mut reads: mpsc::UnboundedReceiver<Read>) {
+/// Where the statements go.
+enum Database {
+    Postgres(HeldConnections),
+    /// SQLite: a connection given back to its pool costs nothing to test.
+    Other(DatabaseConnection),
+}
+
+/// The pooled connections of the statements in flight, kept between statements (at
+/// most [`IN_FLIGHT`]) and given back to the pool after [`HOLD_IDLE`] without use.
+struct HeldConnections {
+    pool: PgPool,
+    idle: Mutex<Vec<(PoolConnection<Postgres>, Instant)>>,
+}
+
+impl HeldConnections {
+    fn new(pool: &PgPool) -> Self {
+        Self {
+            pool: pool.clone(),
+            idle: Mutex::new(Vec::with_capacity(IN_FLIGHT)),
+        }
+    }
+
+    /// A held connection used within [`HOLD_IDLE`], else one from the pool.
+    async fn take(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+        let held = self.lock().pop();
+        match held {
+            Some((connection, used)) if used.elapsed() < HOLD_IDLE => Ok(connection),
+            // Dropped, a connection goes back to the pool (which tests it).
+            _ => self.pool.acquire().await,
+        }
+    }
+
+    /// Keeps a connection whose statement succeeded for the next one. A failed one is
+    /// dropped instead: the pool tests it and closes it if it is broken.
+    fn keep(&self, connection: PoolConnection<Postgres>) {
+        self.lock().push((connection, Instant::now()));
+    }
+
+    /// Gives every held connection back to the pool.
+    fn release(&self) {
+        let released = std::mem::take(&mut *self.lock());
+        drop(released);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(PoolConnection<Postgres>, Instant)>> {
+        // The list stays whole whatever panicked while it was locked.
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+async fn dispatch(database: Arc<Database>, mut reads: mpsc::UnboundedReceiver<Read>) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    while let Some(first) = reads.recv().await {
+    loop {
+        let next = match tokio::time::timeout(HOLD_IDLE, reads.recv()).await {
+            Ok(next) => next,
+            Err(_quiet) => {
+                if let Database::Postgres(held) = database.as_ref() {
+                    held.release();
+                }
+                reads.recv().await
+            }
+        };
+        let Some(first) = next else {
+            return;
+        };
         // The slot is taken before the batch is gathered, so that the reads arriving
         // while every slot is busy join the next statement.
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -74,23 +158,27 @@ async fn dispatch(db: DatabaseConnection, mut reads: mpsc::UnboundedReceiver<Rea
                 Err(_) => break,
             }
         }
-        let db = db.clone();
+        let database = database.clone();
         tokio::spawn(async move {
-            answer(&db, batch).await;
+            answer(&database, batch).await;
             drop(slot);
         });
     }
 }
 
 /// Reads the batch's contacts, one statement per tenant in it, and answers each read.
-async fn answer(db: &DatabaseConnection, batch: Vec<Read>) {
+async fn answer(database: &Database, batch: Vec<Read>) {
     let mut by_tenant: HashMap<String, Vec<Read>> = HashMap::new();
     for read in batch {
         by_tenant.entry(read.tenant.clone()).or_default().push(read);
     }
     for (tenant, reads) in by_tenant {
         let ids: Vec<&str> = reads.iter().map(|read| read.id.as_str()).collect();
-        match select(db, &tenant, &ids).await {
+        let found = match database {
+            Database::Postgres(held) => select_postgres(held, &tenant, &ids).await,
+            Database::Other(db) => select(db, &tenant, &ids).await,
+        };
+        match found {
             Ok(found) => {
                 for read in reads {
                     // Two reads of one id may share the statement: each gets the row.
@@ -107,7 +195,7 @@ async fn answer(db: &DatabaseConnection, batch: Vec<Read>) {
     }
 }
 
-/// The revision and encoded form of each of `ids` that exists.
+/// The statement reading `width` ids, with the tenant as its first parameter.
 ///
 /// The id list is padded (repeating its last id) to a power of two, so that a few
 /// statement texts serve every batch: each is prepared once per connection, and
@@ -115,16 +203,7 @@ async fn answer(db: &DatabaseConnection, batch: Vec<Read>) {
 /// would be one text, but its plan is made again for every call (the cost estimated
 /// for a short array always undercuts the generic plan's), which cost more than the
 /// round trips saved.
-async fn select(
-    db: &DatabaseConnection,
-    tenant: &str,
-    ids: &[&str],
-) -> Result<HashMap<String, (i64, Vec<u8>)>, ApiError> {
-    let Some(last) = ids.last() else {
-        return Ok(HashMap::new());
-    };
-    let width = ids.len().next_power_of_two();
-    let backend = db.get_database_backend();
+fn select_sql(backend: DbBackend, width: usize) -> String {
     let marks: Vec<String> = (0..width)
         .map(|i| match backend {
             DbBackend::Postgres => format!("${}", i + 2),
@@ -135,14 +214,73 @@ async fn select(
         DbBackend::Postgres => "$1",
         _ => "?",
     };
-    let sql = format!(
+    format!(
         "SELECT id, revision, data FROM contacts WHERE tenant_id = {tenant_mark} AND id IN ({})",
         marks.join(", ")
-    );
-    let mut values: Vec<Value> = Vec::with_capacity(width + 1);
+    )
+}
+
+/// The ids padded to `ids.len().next_power_of_two()` with the last one.
+fn padded<'a>(ids: &[&'a str]) -> impl Iterator<Item = &'a str> {
+    let last = ids.last().copied().unwrap_or_default();
+    let padding = ids.len().next_power_of_two() - ids.len();
+    ids.iter()
+        .copied()
+        .chain(std::iter::repeat_n(last, padding))
+}
+
+/// [`select`] on a held connection of Postgres.
+async fn select_postgres(
+    held: &HeldConnections,
+    tenant: &str,
+    ids: &[&str],
+) -> Result<HashMap<String, (i64, Vec<u8>)>, ApiError> {
+    let as_api_error = |err: sqlx::Error| {
+        from_db(
+            DbErr::Query(RuntimeErr::SqlxError(Arc::new(err))),
+            "contact",
+        )
+    };
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let sql = select_sql(DbBackend::Postgres, ids.len().next_power_of_two());
+    // The text holds placeholders only: the ids and the tenant are bound.
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant);
+    for id in padded(ids) {
+        query = query.bind(id);
+    }
+    let mut connection = held.take().await.map_err(as_api_error)?;
+    let rows: Vec<PgRow> = query
+        .fetch_all(&mut *connection)
+        .await
+        .map_err(as_api_error)?;
+    held.keep(connection);
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get::<String, _>(0)?,
+                (row.try_get(1)?, row.try_get(2)?),
+            ))
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(as_api_error)
+}
+
+/// The revision and encoded form of each of `ids` that exists.
+async fn select(
+    db: &DatabaseConnection,
+    tenant: &str,
+    ids: &[&str],
+) -> Result<HashMap<String, (i64, Vec<u8>)>, ApiError> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let backend = db.get_database_backend();
+    let sql = select_sql(backend, ids.len().next_power_of_two());
+    let mut values: Vec<Value> = Vec::with_capacity(ids.len().next_power_of_two() + 1);
     values.push(tenant.into());
-    values.extend(ids.iter().map(|id| Value::from(*id)));
-    values.extend((ids.len()..width).map(|_| Value::from(*last)));
+    values.extend(padded(ids).map(Value::from));
     let statement = Statement::from_sql_and_values(backend, sql, values);
     let rows = db
         .query_all_raw(statement)

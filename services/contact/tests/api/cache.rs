@@ -9,6 +9,7 @@ use std::time::Duration;
 use crm_platform::config::CacheBackend;
 use crm_proto::contact::*;
 use prost_types::FieldMask;
+use sea_orm::ConnectionTrait as _;
 
 use crate::harness::{Backend, Options, TestServer, admin, authed, redis_url};
 use crate::on_both_backends;
@@ -251,3 +252,99 @@ async fn redis_down_is_only_slower(backend: Backend) {
     server.finish().await;
 }
 on_both_backends!(redis_down_is_only_slower);
+
+/// The cache's miss path keeps its Postgres connections from one read to the next
+/// (`store::point_reads`). When the database drops them, a read fails at most with
+/// UNAVAILABLE (never INTERNAL, never a wrong row), and the reads after it run on new
+/// connections, without a restart of the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn misses_recover_when_the_database_drops_their_connections() {
+    let server = TestServer::start_with(
+        Backend::Postgres,
+        Options {
+            cache: CacheBackend::None,
+            ..Options::default()
+        },
+    )
+    .await;
+    let tenant = format!("t-{}", uuid::Uuid::now_v7().simple());
+    let token = admin(&tenant);
+    let mut client = server.client().await;
+    let mut people = Vec::new();
+    for n in 0..8 {
+        let created = client
+            .create_contact(authed(
+                CreateContactRequest {
+                    contact: Some(Contact {
+                        given_name: format!("Person {n}"),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                &token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        people.push((created.name, created.given_name));
+    }
+    let people = Arc::new(people);
+    let read_all = |attempts: usize| {
+        let (base, token, people) = (client.clone(), token.clone(), people.clone());
+        async move {
+            let mut failures = Vec::new();
+            let mut readers = Vec::new();
+            for reader in 0..4 {
+                let (mut client, token, people) = (base.clone(), token.clone(), people.clone());
+                readers.push(tokio::spawn(async move {
+                    let mut failures = Vec::new();
+                    for n in 0..attempts {
+                        let (name, given_name) = &people[(reader + n) % people.len()];
+                        match client
+                            .get_contact(authed(GetContactRequest { name: name.clone() }, &token))
+                            .await
+                        {
+                            Ok(found) => assert_eq!(&found.into_inner().given_name, given_name),
+                            Err(status) => failures.push(status.code()),
+                        }
+                    }
+                    failures
+                }));
+            }
+            for reader in readers {
+                failures.extend(reader.await.unwrap());
+            }
+            failures
+        }
+    };
+    assert_eq!(read_all(50).await, Vec::new(), "reads before");
+
+    let database = server.database().await;
+    let terminated = database
+        .query_all_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        ))
+        .await
+        .unwrap();
+    assert!(
+        !terminated.is_empty(),
+        "the service had connections to drop"
+    );
+
+    // The first reads may meet the dropped connections; each such read is UNAVAILABLE.
+    let failures = read_all(50).await;
+    assert!(
+        failures
+            .iter()
+            .all(|code| *code == tonic::Code::Unavailable),
+        "reads on dropped connections: {failures:?}"
+    );
+    assert!(
+        failures.len() < 50,
+        "most reads succeed on new connections: {failures:?}"
+    );
+    assert_eq!(read_all(50).await, Vec::new(), "reads after");
+    server.finish().await;
+}
