@@ -3,6 +3,7 @@
 //! `traceparent` is extracted from every inbound call ([`TraceLayer`]) and injected into
 //! every outbound call ([`inject_context`]), so one request is one trace across services.
 
+use std::io::IsTerminal as _;
 use std::task::{Context, Poll};
 
 use opentelemetry::propagation::{Extractor, Injector};
@@ -89,6 +90,9 @@ pub fn init(
             .with(
                 tracing_subscriber::fmt::layer()
                     .compact()
+                    // Colours for a person at a terminal; a file or a log collector
+                    // gets the text without escape codes.
+                    .with_ansi(std::io::stderr().is_terminal())
                     .with_writer(std::io::stderr),
             )
             .try_init(),
