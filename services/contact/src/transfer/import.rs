@@ -2,9 +2,7 @@
 //! contacts with a few queries for the whole batch, then written in one transaction
 //! (one bulk insert, the updates, the outbox rows) or, on a dry run, only checked.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
-use std::hash::{Hash, Hasher};
 
 use prost::Message as _;
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend};
@@ -19,6 +17,7 @@ use crm_proto::contact::{
     ImportRowResult, ImportSummary, StageChange,
 };
 
+use super::digests::{DigestMap, DigestSet, digest};
 use super::rows::{self, Plan, Rejection};
 use super::store::{self as transfer_store, PendingEvent};
 use crate::consent::suppression;
@@ -30,15 +29,6 @@ use crate::store;
 
 const CREATED: &str = "crm.contact.v1.ContactCreated";
 const UPDATED: &str = "crm.contact.v1.ContactUpdated";
-
-/// A 64-bit digest of a text. Import-wide sets keep digests instead of the texts, so
-/// that a million-row import stays small in memory; a collision among 64-bit digests
-/// is vanishingly unlikely at that size.
-fn digest(text: &str) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    text.hash(&mut hasher);
-    hasher.finish()
-}
 
 /// A contact the batch works on: loaded from the store, or created by a row.
 struct Entry {
@@ -114,10 +104,10 @@ pub struct Importer {
     plan: Plan,
     rules: DuplicateRules,
     /// Digests of the row ids seen so far.
-    row_ids: HashSet<u64>,
+    row_ids: DigestSet,
     /// On a dry run only: digest of an email → the id of the contact an earlier batch
     /// would have created or updated with it (nothing was stored to look up).
-    dry_emails: HashMap<u64, String>,
+    dry_emails: DigestMap<uuid::Uuid>,
     pub summary: ImportSummary,
 }
 
@@ -133,8 +123,8 @@ impl Importer {
             caller,
             plan,
             rules,
-            row_ids: HashSet::new(),
-            dry_emails: HashMap::new(),
+            row_ids: DigestSet::default(),
+            dry_emails: DigestMap::default(),
             summary,
         }
     }
@@ -234,7 +224,7 @@ impl Importer {
                 if let Err(rejection) = rows::check_row_id(&row.row_id) {
                     return Slot::Done(rejection.into_result(rows::echoed_row_id(row.row_id)));
                 }
-                if !self.row_ids.insert(digest(&row.row_id)) {
+                if !self.row_ids.add(digest(&row.row_id)) {
                     return Slot::Done(
                         Rejection::new(
                             "DUPLICATE_ROW_ID",
@@ -419,12 +409,13 @@ impl Importer {
             if working.by_email.contains_key(email) {
                 continue;
             }
-            let Some(id) = self.dry_emails.get(&digest(email)) else {
+            let Some(uuid) = self.dry_emails.get(digest(email)) else {
                 continue;
             };
-            if !working.entries.contains_key(id) {
+            let id = uuid.hyphenated().to_string();
+            if !working.entries.contains_key(&id) {
                 let contact = Contact {
-                    name: names::contact_name(id),
+                    name: names::contact_name(&id),
                     ..Default::default()
                 };
                 working.entries.insert(
@@ -438,19 +429,20 @@ impl Importer {
                     },
                 );
             }
-            working
-                .by_email
-                .entry(email.clone())
-                .or_default()
-                .push(id.clone());
+            working.by_email.entry(email.clone()).or_default().push(id);
         }
     }
 
     fn remember_dry_emails(&mut self, working: &Working) {
         for (id, entry) in &working.entries {
             if entry.dirty || entry.virtual_only {
+                // Every contact id is a UUID in this form (`names::parse_id`), so
+                // the id written back from it is the same text.
+                let Ok(uuid) = uuid::Uuid::try_parse(id) else {
+                    continue;
+                };
                 for email in &entry.contact.emails {
-                    self.dry_emails.insert(digest(&email.address), id.clone());
+                    self.dry_emails.insert(digest(&email.address), uuid);
                 }
             }
         }

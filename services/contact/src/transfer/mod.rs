@@ -1,8 +1,9 @@
 //! Bulk transfer: client-streaming import and server-streaming export of contacts.
 //!
-//! `rows` holds the rules (no I/O), `import` one import's batches, `store` their
-//! persistence, `export` the chunked export.
+//! `rows` holds the rules (no I/O), `import` one import's batches, `digests` what an
+//! import remembers of its rows, `store` their persistence, `export` the chunked export.
 
+pub mod digests;
 pub mod export;
 pub mod import;
 pub mod rows;
