@@ -14,6 +14,16 @@ use sea_orm::ConnectionTrait as _;
 use crate::harness::{Backend, Options, TestServer, admin, authed, redis_url};
 use crate::on_both_backends;
 
+fn new_person(given_name: &str) -> CreateContactRequest {
+    CreateContactRequest {
+        contact: Some(Contact {
+            given_name: given_name.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 fn retitle(name: &str, title: String) -> UpdateContactRequest {
     UpdateContactRequest {
         contact: Some(Contact {
@@ -42,16 +52,7 @@ async fn reads_never_go_back_after_a_write(backend: Backend) {
     let token = admin(&tenant);
     let mut client = server.client().await;
     let created = client
-        .create_contact(authed(
-            CreateContactRequest {
-                contact: Some(Contact {
-                    given_name: "Ana".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            &token,
-        ))
+        .create_contact(authed(new_person("Ana"), &token))
         .await
         .unwrap()
         .into_inner();
@@ -181,15 +182,8 @@ async fn redis_down_is_only_slower(backend: Backend) {
     .await;
     let token = admin("acme");
     let mut client = server.client().await;
-    let create = |given: &str| CreateContactRequest {
-        contact: Some(Contact {
-            given_name: given.into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
     let first = client
-        .create_contact(authed(create("Ana"), &token))
+        .create_contact(authed(new_person("Ana"), &token))
         .await
         .unwrap()
         .into_inner();
@@ -207,7 +201,7 @@ async fn redis_down_is_only_slower(backend: Backend) {
     redis.kill();
     for round in 0..10 {
         let created = client
-            .create_contact(authed(create(&format!("B{round}")), &token))
+            .create_contact(authed(new_person(&format!("B{round}")), &token))
             .await
             .expect("write without Redis")
             .into_inner();
@@ -273,16 +267,7 @@ async fn misses_recover_when_the_database_drops_their_connections() {
     let mut people = Vec::new();
     for n in 0..8 {
         let created = client
-            .create_contact(authed(
-                CreateContactRequest {
-                    contact: Some(Contact {
-                        given_name: format!("Person {n}"),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-                &token,
-            ))
+            .create_contact(authed(new_person(&format!("Person {n}")), &token))
             .await
             .unwrap()
             .into_inner();
