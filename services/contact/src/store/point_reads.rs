@@ -121,8 +121,7 @@ impl HeldConnections {
 
     /// Gives every held connection back to the pool.
     fn release(&self) {
-        let released = std::mem::take(&mut *self.lock());
-        drop(released);
+        self.lock().clear();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(PoolConnection<Postgres>, Instant)>> {
