@@ -648,10 +648,32 @@ async fn people_in_both<C: ConnectionTrait>(
         return Ok(Some(BTreeSet::new()));
     }
     let both: Vec<(String, TermField)> = left.iter().chain(right).cloned().collect();
-    if any_longer_than(db, lengths, tenant, &both, REST_POSTINGS).await? {
+    if any_longer_than(db, lengths, tenant, &both, REST_POSTINGS).await?
+        || too_many_in_common(lengths, tenant, left, right)
+    {
         return Ok(None);
     }
     intersection(db, tenant, left, right).await
+}
+
+/// Whether the people with a posting in `left` and one in `right` are sure to be more
+/// than [`intersection`] returns: a branch on both sides brings its whole list into
+/// the intersection. Two words that complete to the same name ("Rosa Romano", whose
+/// words both reach "romano") have such a branch; the statement would read every
+/// list only to report too many people.
+fn too_many_in_common(
+    lengths: &ListLengths,
+    tenant: &str,
+    left: &[(String, TermField)],
+    right: &[(String, TermField)],
+) -> bool {
+    left.iter()
+        .filter(|branch| right.contains(branch))
+        .any(|(term, field)| {
+            lengths
+                .known(tenant, term, *field)
+                .is_some_and(|length| length > CANDIDATE_POSTINGS)
+        })
 }
 
 /// The contacts with a posting in `left` and one in `right`, when they are few; the
@@ -783,6 +805,12 @@ async fn rest_matches<C: ConnectionTrait>(
         .collect();
     let checked: Vec<(String, TermField)> = checked.into_iter().cloned().collect();
     if !checked.is_empty() && any_longer_than(db, lengths, tenant, &checked, REST_POSTINGS).await? {
+        return Ok(None);
+    }
+    if sides
+        .iter()
+        .any(|(left, right)| too_many_in_common(lengths, tenant, left, right))
+    {
         return Ok(None);
     }
     let [(a_rest, b_all), (a_all, b_rest)] = sides;
@@ -1200,6 +1228,57 @@ mod tests {
             best,
             best_rest,
         }
+    }
+
+    #[test]
+    fn a_long_list_on_both_sides_settles_an_intersection_unread() {
+        let lengths = ListLengths::new();
+        let branch = |term: &str, field| (term.to_owned(), field);
+        lengths.remember(
+            "t",
+            [
+                ("romano", TermField::FamilyName, CANDIDATE_POSTINGS + 1),
+                ("rosa", TermField::GivenName, CANDIDATE_POSTINGS),
+                ("rossi", TermField::FamilyName, REST_POSTINGS + 1),
+            ],
+        );
+        let left = [
+            branch("romano", TermField::FamilyName),
+            branch("rosa", TermField::GivenName),
+            branch("rossi", TermField::FamilyName),
+            branch("romanoli", TermField::EmailWord),
+        ];
+        // On both sides and longer than an intersection returns.
+        assert!(too_many_in_common(
+            &lengths,
+            "t",
+            &left,
+            &[branch("romano", TermField::FamilyName)]
+        ));
+        // On both sides, but short enough, or of unknown length.
+        assert!(!too_many_in_common(
+            &lengths,
+            "t",
+            &left,
+            &[
+                branch("rosa", TermField::GivenName),
+                branch("romanoli", TermField::EmailWord)
+            ]
+        ));
+        // The same term in another field is another list.
+        assert!(!too_many_in_common(
+            &lengths,
+            "t",
+            &left,
+            &[branch("rossi", TermField::EmailWord)]
+        ));
+        // Another tenant's lengths say nothing.
+        assert!(!too_many_in_common(
+            &lengths,
+            "u",
+            &left,
+            &[branch("romano", TermField::FamilyName)]
+        ));
     }
 
     #[test]
