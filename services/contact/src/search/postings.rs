@@ -1248,37 +1248,30 @@ mod tests {
             branch("rossi", TermField::FamilyName),
             branch("romanoli", TermField::EmailWord),
         ];
-        // On both sides and longer than an intersection returns.
-        assert!(too_many_in_common(
-            &lengths,
-            "t",
-            &left,
-            &[branch("romano", TermField::FamilyName)]
-        ));
-        // On both sides, but short enough, or of unknown length.
-        assert!(!too_many_in_common(
-            &lengths,
-            "t",
-            &left,
-            &[
-                branch("rosa", TermField::GivenName),
-                branch("romanoli", TermField::EmailWord)
-            ]
-        ));
-        // The same term in another field is another list.
-        assert!(!too_many_in_common(
-            &lengths,
-            "t",
-            &left,
-            &[branch("rossi", TermField::EmailWord)]
-        ));
-        // Another tenant's lengths say nothing.
-        assert!(!too_many_in_common(
-            &lengths,
-            "u",
-            &left,
-            &[branch("romano", TermField::FamilyName)]
-        ));
+        let cases = [
+            // On both sides and longer than an intersection returns.
+            ("t", vec![branch("romano", TermField::FamilyName)], true),
+            // On both sides, but short enough, or of unknown length.
+            (
+                "t",
+                vec![
+                    branch("rosa", TermField::GivenName),
+                    branch("romanoli", TermField::EmailWord),
+                ],
+                false,
+            ),
+            // The same term in another field is another list.
+            ("t", vec![branch("rossi", TermField::EmailWord)], false),
+            // Another tenant's lengths say nothing.
+            ("u", vec![branch("romano", TermField::FamilyName)], false),
+        ];
+        for (tenant, right, settled) in cases {
+            assert_eq!(
+                too_many_in_common(&lengths, tenant, &left, &right),
+                settled,
+                "{tenant}: {right:?}"
+            );
+        }
     }
 
     #[test]

@@ -606,6 +606,18 @@ async fn many_word_names_on_postgres_rank_as_the_full_ranking() {
     .await;
 }
 
+/// Imports a family of 1,200 people, longer than the candidates a query scores.
+async fn import_family(client: &mut Client, token: &str, member: impl Fn(usize) -> Contact) {
+    // Two messages: at most 1,000 rows go in one.
+    let messages = [0..600, 600..1_200]
+        .map(|rows| rows.map(|i| row(&i.to_string(), member(i))).collect())
+        .into();
+    let (_, summary) = import(client, token, options(ImportMode::CreateOnly), messages)
+        .await
+        .expect("import");
+    assert_eq!(summary.created, 1_200, "{summary:?}");
+}
+
 /// A family pair list longer than the candidates a query scores ("de vries" of 1,200
 /// people): three- and four-word queries that do not settle on their shortest pair
 /// list take its people and the rests' intersections, and still rank as the full
@@ -615,22 +627,10 @@ async fn many_word_names_beside_a_long_family_rank_as_the_full_ranking() {
     postgres_ranks_as_sqlite(
         async |client: &mut Client, token: &str| {
             seed_families(client, token).await;
-            // Two messages: at most 1,000 rows go in one.
-            let messages = [0..600, 600..1_200]
-                .map(|rows| {
-                    rows.map(|i| {
-                        row(
-                            &i.to_string(),
-                            person("Anna", "de Vries", &format!("a.{i}@v{i}.example")),
-                        )
-                    })
-                    .collect()
-                })
-                .into();
-            let (_, summary) = import(client, token, options(ImportMode::CreateOnly), messages)
-                .await
-                .expect("import");
-            assert_eq!(summary.created, 1_200, "{summary:?}");
+            import_family(client, token, |i| {
+                person("Anna", "de Vries", &format!("a.{i}@v{i}.example"))
+            })
+            .await;
         },
         &[
             "xenia de vries",
@@ -654,26 +654,12 @@ async fn words_reaching_one_long_family_rank_as_the_full_ranking() {
     postgres_ranks_as_sqlite_in_pages(
         async |client: &mut Client, token: &str| {
             let given = ["Paolo", "Giulia", "Marco", "Rosa", "Rosalind", "Elena"];
-            let messages = [0..600, 600..1_200]
-                .map(|rows| {
-                    rows.map(|i| {
-                        let first = given[i % given.len()];
-                        row(
-                            &i.to_string(),
-                            person(
-                                first,
-                                "Romano",
-                                &format!("{}.romano.{i}@r{i}.example", first.to_lowercase()),
-                            ),
-                        )
-                    })
-                    .collect()
-                })
-                .into();
-            let (_, summary) = import(client, token, options(ImportMode::CreateOnly), messages)
-                .await
-                .expect("import");
-            assert_eq!(summary.created, 1_200, "{summary:?}");
+            import_family(client, token, |i| {
+                let first = given[i % given.len()];
+                let email = format!("{}.romano.{i}@r{i}.example", first.to_lowercase());
+                person(first, "Romano", &email)
+            })
+            .await;
             for (first, family) in [("Rosa", "Rossi"), ("Rosa", "Romanov"), ("Rosa", "Roma")] {
                 create(
                     client,
