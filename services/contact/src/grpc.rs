@@ -5,6 +5,7 @@
 use std::pin::Pin;
 
 use prost::Message as _;
+use sea_orm::DbBackend;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -26,7 +27,7 @@ use crate::consent::{ConsentApi, suppression};
 use crate::context::Context;
 use crate::domain::{mask, names, validate};
 use crate::duplicates::{DuplicatesApi, matching};
-use crate::policy::{self, TenantPolicy};
+use crate::policy::{self, PolicyMemory, TenantPolicy};
 use crate::privacy::PrivacyApi;
 use crate::search::SearchApi;
 use crate::segments::SegmentsApi;
@@ -162,6 +163,8 @@ pub struct ContactApi {
     privacy: PrivacyApi,
     search: SearchApi,
     transfer: TransferApi,
+    /// The tenant policies CreateContact checks in its insert statement.
+    policies: PolicyMemory,
 }
 
 impl ContactApi {
@@ -181,6 +184,7 @@ impl ContactApi {
             privacy: PrivacyApi::new(ctx.clone()),
             search: SearchApi::new(ctx.clone()),
             transfer: TransferApi::new(ctx),
+            policies: PolicyMemory::default(),
         }
     }
 
@@ -284,6 +288,176 @@ impl ContactApi {
         }
     }
 
+    /// A new contact checked on `policy`, ready to insert: validated (phone numbers
+    /// read in the policy's region), its owner allowed, no erased person's address,
+    /// and its duplicate lookup under the policy's rules. Writes nothing.
+    async fn prepare_create(
+        &self,
+        caller: &Caller,
+        request: &mut CreateContactRequest,
+        policy: &TenantPolicy,
+    ) -> Result<PreparedCreate, Status> {
+        let mut violations = Violations::new();
+        if let Err(ApiError::InvalidArgument(found)) = idempotency::validate(&request.request_id) {
+            found
+                .into_iter()
+                .for_each(|v| violations.add(v.field, v.description));
+        }
+        let Some(mut contact) = request.contact.take() else {
+            return Err(ApiError::invalid("contact", "is required").into());
+        };
+        validate::contact_in_region(
+            &mut violations,
+            "contact",
+            &mut contact,
+            policy.phone_region.as_deref(),
+        );
+        validate::identifiable(&mut violations, "contact", &contact);
+        self.check_account(&mut violations, &caller.tenant, &contact.account)
+            .await?;
+        let id = if request.contact_id.is_empty() {
+            uuid::Uuid::now_v7().to_string()
+        } else {
+            match names::parse_id("contact_id", &request.contact_id) {
+                Ok(id) => id,
+                Err(_) => {
+                    violations.add("contact_id", "must be a UUID");
+                    String::new()
+                }
+            }
+        };
+        violations.into_result()?;
+        ensure_may_change(caller, "", Some(&contact.owner))?;
+        store::prepare_new(&mut contact, &id);
+        self.refuse_erased(&caller.tenant, policy, &contact).await?;
+        let action = on_create(&policy.rules);
+        let lookup = (action != DuplicateAction::Allow)
+            .then(|| matching::DuplicateLookup::of(std::slice::from_ref(&contact)))
+            .filter(|lookup| !lookup.is_empty());
+        Ok(PreparedCreate {
+            contact,
+            action,
+            lookup,
+        })
+    }
+
+    /// Under WARN, a create without a request id reads the holders of its keys in the
+    /// statement that inserts it, one round trip fewer than looking them up first, and
+    /// the same ones: that statement's reads see the tenant as it was before it. With
+    /// `guard` the statement also checks the policy it was prepared on.
+    async fn create_warned_in_one_statement(
+        &self,
+        caller: &Caller,
+        rules: &DuplicateRules,
+        contact: Contact,
+        lookup: &matching::DuplicateLookup,
+        guard: Option<crm_platform::bulk::Guard>,
+    ) -> Result<Result<Response<Contact>, CreatedWithQuery>, Status> {
+        let query = lookup.holders_query_postgres(&caller.tenant);
+        Ok(
+            match self
+                .store
+                .create_and_query(caller, contact, query, guard)
+                .await?
+            {
+                CreatedWithQuery::Created(stored, holders) => {
+                    let duplicates = Self::duplicates_after_create(rules, lookup, &holders);
+                    Ok(self
+                        .answer_created(&caller.tenant, stored, &duplicates)
+                        .await)
+                }
+                not_created => Err(not_created),
+            },
+        )
+    }
+
+    /// CreateContact on a policy read for it.
+    async fn create_contact_under(
+        &self,
+        caller: &Caller,
+        mut request: CreateContactRequest,
+        hash: &str,
+        policy: &TenantPolicy,
+    ) -> Result<Response<Contact>, Status> {
+        let PreparedCreate {
+            mut contact,
+            action,
+            lookup,
+        } = self.prepare_create(caller, &mut request, policy).await?;
+        let rules = &policy.rules;
+        if action == DuplicateAction::Warn
+            && !request.validate_only
+            && request.request_id.is_empty()
+            && let Some(lookup) = &lookup
+        {
+            match self
+                .create_warned_in_one_statement(caller, rules, contact, lookup, None)
+                .await?
+            {
+                Ok(created) => return Ok(created),
+                Err(CreatedWithQuery::NotOneStatement(unstored)) => contact = unstored,
+                Err(_) => {
+                    return Err(
+                        ApiError::internal("an unguarded create found a policy change").into(),
+                    );
+                }
+            }
+        }
+        let duplicates = match &lookup {
+            Some(lookup) => {
+                self.duplicates_before_create(&caller.tenant, rules, lookup)
+                    .await?
+            }
+            None => Vec::new(),
+        };
+        if request.validate_only {
+            return Ok(with_duplicates(Response::new(contact), &duplicates));
+        }
+        let stored = self
+            .store
+            .create(caller, contact, &request.request_id, hash)
+            .await?;
+        Ok(self
+            .answer_created(&caller.tenant, stored, &duplicates)
+            .await)
+    }
+
+    /// CreateContact on the policy this process remembers of the tenant, where the
+    /// insert statement can check it (Postgres, WARN, no request id). `None` when that
+    /// create was not made, having written nothing: the policy differs from the stored
+    /// one, the contact needs another kind of create, or it was refused on the
+    /// remembered policy (a refusal is for the policy read now to give). An error is
+    /// that of the insert statement, which may have been written.
+    async fn create_contact_on_remembered(
+        &self,
+        caller: &Caller,
+        request: &CreateContactRequest,
+    ) -> Result<Option<Response<Contact>>, Status> {
+        if self.db.get_database_backend() != DbBackend::Postgres
+            || request.validate_only
+            || !request.request_id.is_empty()
+        {
+            return Ok(None);
+        }
+        let Some(policy) = self.policies.remembered(&caller.tenant) else {
+            return Ok(None);
+        };
+        let mut request = request.clone();
+        let Ok(PreparedCreate {
+            contact,
+            action: DuplicateAction::Warn,
+            lookup: Some(lookup),
+        }) = self.prepare_create(caller, &mut request, &policy).await
+        else {
+            return Ok(None);
+        };
+        let guard = Box::new(policy::guard_postgres(&caller.tenant, &policy));
+        Ok(self
+            .create_warned_in_one_statement(caller, &policy.rules, contact, &lookup, Some(guard))
+            .await?
+            .ok())
+    }
+
     /// The answer to a create that stored its contact.
     async fn answer_created(
         &self,
@@ -339,6 +513,14 @@ pub(crate) async fn remember(cache: &CacheHandle, tenant: &str, stored: &StoredC
             &stored.contact.encode_to_vec(),
         )
         .await;
+}
+
+/// A contact ready to insert, with what its duplicate check needs
+/// ([`ContactApi::prepare_create`]).
+struct PreparedCreate {
+    contact: Contact,
+    action: DuplicateAction,
+    lookup: Option<matching::DuplicateLookup>,
 }
 
 /// The response, with the likely duplicates of a created contact in its metadata.
@@ -469,82 +651,12 @@ impl ContactService for ContactApi {
         let caller = Caller::from_request(&request)?;
         let request = request.into_inner();
         let hash = request_hash(&request);
-        let mut violations = Violations::new();
-        if let Err(ApiError::InvalidArgument(found)) = idempotency::validate(&request.request_id) {
-            found
-                .into_iter()
-                .for_each(|v| violations.add(v.field, v.description));
+        if let Some(created) = self.create_contact_on_remembered(&caller, &request).await? {
+            return Ok(created);
         }
-        let Some(mut contact) = request.contact else {
-            return Err(ApiError::invalid("contact", "is required").into());
-        };
-        let policy = policy::load(&self.db, &caller.tenant).await?;
-        validate::contact_in_region(
-            &mut violations,
-            "contact",
-            &mut contact,
-            policy.phone_region.as_deref(),
-        );
-        validate::identifiable(&mut violations, "contact", &contact);
-        self.check_account(&mut violations, &caller.tenant, &contact.account)
-            .await?;
-        let id = if request.contact_id.is_empty() {
-            uuid::Uuid::now_v7().to_string()
-        } else {
-            match names::parse_id("contact_id", &request.contact_id) {
-                Ok(id) => id,
-                Err(_) => {
-                    violations.add("contact_id", "must be a UUID");
-                    String::new()
-                }
-            }
-        };
-        violations.into_result()?;
-        ensure_may_change(&caller, "", Some(&contact.owner))?;
-        store::prepare_new(&mut contact, &id);
-        self.refuse_erased(&caller.tenant, &policy, &contact)
-            .await?;
-        let rules = &policy.rules;
-        let action = on_create(rules);
-        let lookup = (action != DuplicateAction::Allow)
-            .then(|| matching::DuplicateLookup::of(std::slice::from_ref(&contact)))
-            .filter(|lookup| !lookup.is_empty());
-        // Under WARN a create without a request id reads the holders of its keys in the
-        // statement that inserts it, one round trip fewer than looking them up first,
-        // and the same ones: that statement's reads see the tenant as it was before it.
-        if action == DuplicateAction::Warn
-            && !request.validate_only
-            && request.request_id.is_empty()
-            && let Some(lookup) = &lookup
-        {
-            let query = lookup.holders_query_postgres(&caller.tenant);
-            match self.store.create_and_query(&caller, contact, query).await? {
-                CreatedWithQuery::Created(stored, holders) => {
-                    let duplicates = Self::duplicates_after_create(rules, lookup, &holders);
-                    return Ok(self
-                        .answer_created(&caller.tenant, stored, &duplicates)
-                        .await);
-                }
-                CreatedWithQuery::NotOneStatement(unstored) => contact = unstored,
-            }
-        }
-        let duplicates = match &lookup {
-            Some(lookup) => {
-                self.duplicates_before_create(&caller.tenant, rules, lookup)
-                    .await?
-            }
-            None => Vec::new(),
-        };
-        if request.validate_only {
-            return Ok(with_duplicates(Response::new(contact), &duplicates));
-        }
-        let stored = self
-            .store
-            .create(&caller, contact, &request.request_id, &hash)
-            .await?;
-        Ok(self
-            .answer_created(&caller.tenant, stored, &duplicates)
-            .await)
+        let policy = self.policies.load(&self.db, &caller.tenant).await?;
+        self.create_contact_under(&caller, request, &hash, &policy)
+            .await
     }
 
     async fn get_contact(

@@ -30,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(crm_platform::events::FeedPositionsMigration),
             Box::new(crm_platform::idempotency::IdempotencyExpiryMigration),
             Box::new(TenantListIndexes),
+            Box::new(crate::policy::PolicyGuardFunction),
         ]
     }
 }

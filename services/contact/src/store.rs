@@ -91,6 +91,9 @@ pub enum CreatedWithQuery {
     /// Nothing was written, since the insert and the query cannot be one statement here
     /// (SQLite, or a contact whose rows exceed one statement): the contact, returned.
     NotOneStatement(Contact),
+    /// Nothing was written, since the tenant's policy is no longer the one the guard
+    /// compared (`policy::guard_postgres`).
+    PolicyChanged,
 }
 
 fn list_index<'a>(values: impl Iterator<Item = &'a str>) -> String {
@@ -557,16 +560,23 @@ impl ContactStore {
     /// `query` (Postgres text) in the same statement, where that can be one statement:
     /// the query reads the database as it was just before the insert. CreateContact
     /// reads the new contact's duplicate candidates this way, one round trip fewer.
+    /// With `guard`, the statement writes nothing unless the tenant's stored policy is
+    /// the one the guard holds.
     pub async fn create_and_query(
         &self,
         caller: &Caller,
         contact: Contact,
         query: bulk::FinalQuery,
+        guard: Option<bulk::Guard>,
     ) -> Result<CreatedWithQuery, ApiError> {
         let tables = new_contact_rows(caller, &contact, "")?;
-        let read = bulk::insert_all_then_query(&self.db, tables, query)
-            .await
-            .map_err(|e| from_db(e, &contact.name))?;
+        let read = match bulk::insert_all_then_query(&self.db, tables, query, guard).await {
+            Ok(read) => read,
+            Err(err) if crate::policy::is_policy_changed(&err) => {
+                return Ok(CreatedWithQuery::PolicyChanged);
+            }
+            Err(err) => return Err(from_db(err, &contact.name)),
+        };
         Ok(match read {
             Some(rows) => CreatedWithQuery::Created(self.created(contact), rows),
             None => CreatedWithQuery::NotOneStatement(contact),

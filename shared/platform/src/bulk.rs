@@ -270,12 +270,16 @@ fn fit_one_statement(backend: DbBackend, tables: &[Rows]) -> bool {
 /// One Postgres statement inserting every table's rows (each table's fitting one
 /// statement): `WITH w0 AS (INSERT …), … INSERT …`, parameters numbered across them.
 fn together_statement(tables: Vec<Rows>) -> Result<Statement, DbErr> {
-    with_inserts(tables, None)
+    with_inserts(tables, None, None)
 }
 
 /// The tables' inserts as `WITH` clauses before `query`, or, without one, all but the
 /// last as clauses before the last.
-fn with_inserts(mut tables: Vec<Rows>, query: Option<FinalQuery>) -> Result<Statement, DbErr> {
+fn with_inserts(
+    mut tables: Vec<Rows>,
+    query: Option<FinalQuery>,
+    mut guard: Option<Guard>,
+) -> Result<Statement, DbErr> {
     if tables.is_empty() && query.is_none() {
         return Err(DbErr::Custom("bulk insert: no tables".into()));
     }
@@ -296,7 +300,7 @@ fn with_inserts(mut tables: Vec<Rows>, query: Option<FinalQuery>) -> Result<Stat
             sql.push(' ');
         }
         let chunk = std::mem::take(&mut table.rows);
-        unnest_insert(&mut sql, &mut values, table, chunk)?;
+        unnest_insert(&mut sql, &mut values, table, chunk, guard.take())?;
         if i < clauses {
             sql.push(')');
         }
@@ -321,28 +325,39 @@ fn with_inserts(mut tables: Vec<Rows>, query: Option<FinalQuery>) -> Result<Stat
 /// …` clauses, so it is a plain `SELECT` (no `WITH` of its own, no names `w<n>`).
 pub type FinalQuery = Box<dyn FnOnce(usize) -> (String, Vec<Value>) + Send>;
 
+/// A Postgres boolean expression that must hold for a statement of inserts to write
+/// anything, given the number of its first parameter: its text and its values. It is
+/// the condition of the first table's rows, evaluated once as the statement runs, so
+/// it stops the statement by raising an error; were it merely false, the first table
+/// alone would go without its rows.
+pub type Guard = Box<dyn FnOnce(usize) -> (String, Vec<Value>) + Send>;
+
 /// The tables' rows and `query` in one Postgres statement: the inserts are its
 /// data-modifying `WITH` clauses, all or nothing, and the query its final part, which
-/// sees the database as it was just before them (the statement's snapshot). `None`,
-/// having written nothing, where that cannot be one statement: on SQLite, or when a
-/// table's rows exceed one statement's bound.
+/// sees the database as it was just before them (the statement's snapshot). `guard`,
+/// when given, runs before any row is written ([`Guard`]). `None`, having written
+/// nothing, where that cannot be one statement: on SQLite, or when a table's rows
+/// exceed one statement's bound.
 pub async fn insert_all_then_query(
     db: &DatabaseConnection,
     tables: Vec<Rows>,
     query: FinalQuery,
+    guard: Option<Guard>,
 ) -> Result<Option<Vec<QueryResult>>, DbErr> {
     if !within_one_statement(db.get_database_backend(), &tables) {
         return Ok(None);
     }
     let tables = non_empty_checked(tables)?;
-    let rows = db.query_all_raw(with_inserts(tables, Some(query))?).await?;
+    let rows = db
+        .query_all_raw(with_inserts(tables, Some(query), guard)?)
+        .await?;
     Ok(Some(rows))
 }
 
 fn unnest_statement(rows: &Rows, chunk: Vec<Vec<Value>>) -> Result<Statement, DbErr> {
     let mut sql = String::with_capacity(256);
     let mut values = Vec::new();
-    unnest_insert(&mut sql, &mut values, rows, chunk)?;
+    unnest_insert(&mut sql, &mut values, rows, chunk, None)?;
     Ok(Statement::from_sql_and_values(
         DbBackend::Postgres,
         sql,
@@ -354,14 +369,15 @@ fn unnest_statement(rows: &Rows, chunk: Vec<Vec<Value>>) -> Result<Statement, Db
 /// `values`, numbering its parameters after those already in `values`:
 /// `INSERT INTO t (a, b) SELECT c0, CASE WHEN n1 THEN NULL ELSE c1 END FROM
 /// unnest($1::text[], $2::int8[], $3::bool[]) AS bulk_rows(c0, c1, n1)`, where a column
-/// with NULLs gets a bool array of null flags beside its values. The text goes straight
-/// into one buffer: joining formatted pieces was a fifth of CreateContact's
-/// instructions in the service.
+/// with NULLs gets a bool array of null flags beside its values, and a [`Guard`] is the
+/// `WHERE` condition of the rows. The text goes straight into one buffer: joining
+/// formatted pieces was a fifth of CreateContact's instructions in the service.
 fn unnest_insert(
     sql: &mut String,
     values: &mut Vec<Value>,
     rows: &Rows,
     chunk: Vec<Vec<Value>>,
+    guard: Option<Guard>,
 ) -> Result<(), DbErr> {
     let Some(first_row) = chunk.first() else {
         return Err(DbErr::Custom("bulk insert: no rows".into()));
@@ -447,6 +463,12 @@ fn unnest_insert(
     sql.push_str(") AS bulk_rows(");
     sql.push_str(&names);
     sql.push(')');
+    if let Some(guard) = guard {
+        let (condition, more) = guard(values.len() + 1);
+        sql.push_str(" WHERE ");
+        sql.push_str(&condition);
+        values.extend(more);
+    }
     if !rows.skip_conflicts_on.is_empty() {
         sql.push_str(" ON CONFLICT (");
         push_list(sql, &rows.skip_conflicts_on, push_quoted);

@@ -2,12 +2,12 @@
 //! or, when any row is refused, none. On Postgres the rows go in one statement without a
 //! transaction around it; on SQLite, table by table in a write transaction. And
 //! `bulk::insert_all_then_query`: on Postgres the query is the statement's last part and
-//! sees the tables as they were before it; where that cannot be one statement, nothing
-//! is written.
+//! sees the tables as they were before it; a guard that raises stops the whole
+//! statement; where that cannot be one statement, nothing is written.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use crm_platform::bulk::{FinalQuery, Rows, insert_all_atomically, insert_all_then_query};
+use crm_platform::bulk::{FinalQuery, Guard, Rows, insert_all_atomically, insert_all_then_query};
 use sea_orm::sea_query::Alias;
 use sea_orm::{ConnectionTrait as _, Database, DatabaseConnection, Statement};
 
@@ -96,6 +96,7 @@ async fn read_after_inserts(
         db,
         tables(first_ids, second_ids),
         ids_of_second_but(skipped),
+        None,
     )
     .await
     .unwrap()
@@ -119,15 +120,25 @@ async fn query_after_inserts(db: &DatabaseConnection) {
         ["new"]
     );
     // A refused row: an error, and nothing of the statement stays.
-    let refused =
-        insert_all_then_query(db, tables(&["c"], &["taken"]), ids_of_second_but("none")).await;
+    let refused = insert_all_then_query(
+        db,
+        tables(&["c"], &["taken"]),
+        ids_of_second_but("none"),
+        None,
+    )
+    .await;
     assert!(refused.is_err());
     assert_eq!(ids(db, "first").await, ["a", "b"]);
     // Rows past one statement's bound: not one statement, so nothing is written.
     let many: Vec<String> = (0..10_001).map(|i| format!("m{i:05}")).collect();
     let many: Vec<&str> = many.iter().map(String::as_str).collect();
-    let declined =
-        insert_all_then_query(db, tables(&many, &["last"]), ids_of_second_but("taken")).await;
+    let declined = insert_all_then_query(
+        db,
+        tables(&many, &["last"]),
+        ids_of_second_but("taken"),
+        None,
+    )
+    .await;
     assert!(declined.unwrap().is_none());
     assert_eq!(ids(db, "first").await, ["a", "b"]);
     assert_eq!(ids(db, "second").await, ["new", "newer", "taken"]);
@@ -151,8 +162,68 @@ async fn postgres_query_after_inserts_sees_the_tables_before_them() {
 async fn sqlite_declines_a_query_after_inserts() {
     let db = Database::connect("sqlite::memory:").await.unwrap();
     prepare(&db).await;
-    let declined =
-        insert_all_then_query(&db, tables(&["a"], &["new"]), ids_of_second_but("none")).await;
+    let declined = insert_all_then_query(
+        &db,
+        tables(&["a"], &["new"]),
+        ids_of_second_but("none"),
+        None,
+    )
+    .await;
     assert!(declined.unwrap().is_none(), "not one statement on SQLite");
     assert!(ids(&db, "first").await.is_empty(), "and nothing written");
+}
+
+/// A guard holding while `second` has `rows` rows, else raising SQLSTATE CRM99 (a
+/// function, so that no plan evaluates the raise ahead of the `CASE`).
+fn second_has(rows: i64) -> Guard {
+    Box::new(move |first| {
+        (
+            format!(
+                "CASE WHEN (SELECT count(*) FROM second) = ${first} THEN true ELSE refuse() END"
+            ),
+            vec![rows.into()],
+        )
+    })
+}
+
+#[tokio::test]
+async fn postgres_guard_stops_every_insert_of_the_statement() {
+    with_postgres_database(async |db| {
+        prepare(db).await;
+        db.execute_unprepared(
+            "CREATE FUNCTION refuse() RETURNS boolean LANGUAGE plpgsql VOLATILE AS \
+             $$ BEGIN RAISE EXCEPTION 'refused' USING ERRCODE = 'CRM99'; END $$",
+        )
+        .await
+        .unwrap();
+        // Holding: everything written, the query's parameter numbered after the guard's.
+        let read = insert_all_then_query(
+            db,
+            tables(&["a"], &["new"]),
+            ids_of_second_but("taken"),
+            Some(second_has(1)),
+        )
+        .await
+        .unwrap()
+        .expect("one statement on Postgres");
+        assert!(
+            read.is_empty(),
+            "only \"taken\" was there, and it is skipped"
+        );
+        assert_eq!(ids(db, "first").await, ["a"]);
+        assert_eq!(ids(db, "second").await, ["new", "taken"]);
+        // Stale: the guard raises, and neither table gets a row.
+        let err = insert_all_then_query(
+            db,
+            tables(&["b"], &["newer"]),
+            ids_of_second_but("none"),
+            Some(second_has(1)),
+        )
+        .await
+        .expect_err("the guard raises");
+        assert!(err.to_string().contains("refused"), "{err}");
+        assert_eq!(ids(db, "first").await, ["a"]);
+        assert_eq!(ids(db, "second").await, ["new", "taken"]);
+    })
+    .await;
 }

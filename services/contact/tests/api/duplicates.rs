@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crm_contact::duplicates::matching::DuplicateLookup;
+use crm_contact::policy;
 use crm_contact::store::{ContactStore, CreatedWithQuery, prepare_new};
 use crm_platform::auth::{Caller, Role};
 use crm_platform::events::EventFeed;
@@ -702,7 +703,7 @@ async fn create_and_query_reads_the_tenant_before_the_insert(backend: Backend) {
     let second_name = second.name.clone();
     let lookup = DuplicateLookup::of(std::slice::from_ref(&second));
     let outcome = store
-        .create_and_query(&caller, second, lookup.holders_query_postgres("acme"))
+        .create_and_query(&caller, second, lookup.holders_query_postgres("acme"), None)
         .await
         .unwrap();
     let stored_second = store
@@ -728,6 +729,133 @@ async fn create_and_query_reads_the_tenant_before_the_insert(backend: Backend) {
     server.finish().await;
 }
 on_both_backends!(create_and_query_reads_the_tenant_before_the_insert);
+
+/// CreateContact acts on the tenant policy its process last read, which its insert
+/// statement checks (`policy::guard_postgres`): a policy changed since, whether the
+/// duplicate rules, the default phone region or the suppression salt of a first
+/// erasure, makes the statement write nothing; the policy read afresh passes.
+#[tokio::test]
+async fn a_create_on_a_policy_changed_since_writes_nothing() {
+    let server = TestServer::start(Backend::Postgres).await;
+    let db = server.database().await;
+    let feed = EventFeed::new(
+        db.clone(),
+        "contact",
+        crm_platform::config::EventsConfig::default(),
+    );
+    let store = ContactStore::new(db.clone(), feed);
+    let caller = Caller {
+        subject: "admin".into(),
+        tenant: "acme".into(),
+        roles: vec![Role::Admin],
+        token: "".into(),
+    };
+    let token = admin("acme");
+    let mut client = server.client().await;
+    let erased = create(
+        &mut client,
+        &token,
+        person("Ada", "Lovelace", "ada@example.org"),
+    )
+    .await;
+
+    // Creates `email` on `policy`: whether it was stored.
+    let create_on = async |policy: &policy::TenantPolicy, email: &str| -> bool {
+        let mut contact = person("Grace", "Hopper", email);
+        prepare_new(&mut contact, &uuid::Uuid::now_v7().to_string());
+        let name = contact.name.clone();
+        let lookup = DuplicateLookup::of(std::slice::from_ref(&contact));
+        let guard = Box::new(policy::guard_postgres("acme", policy));
+        let outcome = store
+            .create_and_query(
+                &caller,
+                contact,
+                lookup.holders_query_postgres("acme"),
+                Some(guard),
+            )
+            .await
+            .unwrap();
+        let stored = store
+            .get("acme", name.trim_start_matches("contacts/"))
+            .await
+            .unwrap()
+            .is_some();
+        match outcome {
+            CreatedWithQuery::Created(..) => assert!(stored, "created means stored"),
+            CreatedWithQuery::PolicyChanged => assert!(!stored, "nothing of a refused create"),
+            CreatedWithQuery::NotOneStatement(_) => panic!("one statement on Postgres"),
+        }
+        stored
+    };
+
+    for (i, what) in [
+        "duplicate rules",
+        "default phone region",
+        "suppression salt",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let before = policy::load(&db, "acme").await.unwrap();
+        let unchanged = create_on(&before, &format!("before-{i}@example.org")).await;
+        assert!(unchanged, "{what}: unchanged");
+        match what {
+            "duplicate rules" => {
+                let rules = DuplicateRules {
+                    name: "duplicateRules".into(),
+                    on_create: DuplicateAction::Allow as i32,
+                    ..Default::default()
+                };
+                let request = UpdateDuplicateRulesRequest {
+                    duplicate_rules: Some(rules),
+                    update_mask: Some(FieldMask {
+                        paths: vec!["on_create".into()],
+                    }),
+                    ..Default::default()
+                };
+                client
+                    .update_duplicate_rules(authed(request, &token))
+                    .await
+                    .unwrap();
+            }
+            "default phone region" => {
+                let settings = ContactSettings {
+                    name: "contactSettings".into(),
+                    default_phone_region: "CH".into(),
+                    ..Default::default()
+                };
+                let request = UpdateContactSettingsRequest {
+                    contact_settings: Some(settings),
+                    update_mask: Some(FieldMask {
+                        paths: vec!["default_phone_region".into()],
+                    }),
+                    ..Default::default()
+                };
+                client
+                    .update_contact_settings(authed(request, &token))
+                    .await
+                    .unwrap();
+            }
+            _ => {
+                let request = ErasePersonalDataRequest {
+                    contact: erased.name.clone(),
+                    reason: "GDPR request".into(),
+                    ..Default::default()
+                };
+                client
+                    .erase_personal_data(authed(request, &token))
+                    .await
+                    .unwrap();
+            }
+        }
+        let stale = create_on(&before, &format!("stale-{i}@example.org")).await;
+        assert!(!stale, "{what}: changed");
+        let now = policy::load(&db, "acme").await.unwrap();
+        let afresh = create_on(&now, &format!("after-{i}@example.org")).await;
+        assert!(afresh, "{what}: read afresh");
+    }
+    server.finish().await;
+}
 
 /// A name word held by more people at one domain than a group holds is not compared by
 /// name; an address held by more yields a group of holders; and a batch whose keys'
