@@ -439,7 +439,12 @@ impl ContactApi {
         {
             return Ok(None);
         }
-        let Some(policy) = self.policies.remembered(&caller.tenant) else {
+        // Rules other than WARN need the lookup before the insert: no use preparing.
+        let Some(policy) = self
+            .policies
+            .remembered(&caller.tenant)
+            .filter(|policy| on_create(&policy.rules) == DuplicateAction::Warn)
+        else {
             return Ok(None);
         };
         let mut request = request.clone();
