@@ -5,7 +5,7 @@
 //! than the row it brings; a read that finds the database idle is sent at once, so at
 //! low load nothing waits to be coalesced.
 //!
-//! On Postgres each of the statements in flight keeps its pooled connection from one
+//! On Postgres the statement in flight keeps its pooled connection from one
 //! statement to the next ([`HeldConnections`]): the pool tests a connection with a
 //! round trip of its own whenever one is given back (sqlx pings on release), which
 //! doubled the round trips of these reads.
@@ -31,7 +31,14 @@ pub type Encoded = Option<(i64, Vec<u8>)>;
 const MAX_IDS: usize = 64;
 
 /// Statements in flight at once: while they run, new reads queue up for the next.
-const IN_FLIGHT: usize = 2;
+/// One: the reads arriving during a statement all go in the next, and under load
+/// that is what the service's CPU goes to (each statement is a task, its sends and
+/// wake-ups, and a Postgres execution). With 16 callers on loopback, one in flight
+/// served 17,575–18,124 uncached reads/s against 14,662–15,002 with two, its p99
+/// 1.7–1.8 ms against 2.3–2.4 (tests/bench/RESULTS.md, 2026-12-07, thirteenth
+/// session). A read that arrives while a statement runs waits for it: at most one
+/// statement's round trip more.
+const IN_FLIGHT: usize = 1;
 
 /// A held connection unused for longer goes back to the pool, which tests a connection
 /// idle this long before handing it out (`db::pool_options`), so that a database
