@@ -315,17 +315,7 @@ impl ContactApi {
         validate::identifiable(&mut violations, "contact", &contact);
         self.check_account(&mut violations, &caller.tenant, &contact.account)
             .await?;
-        let id = if request.contact_id.is_empty() {
-            uuid::Uuid::now_v7().to_string()
-        } else {
-            match names::parse_id("contact_id", &request.contact_id) {
-                Ok(id) => id,
-                Err(_) => {
-                    violations.add("contact_id", "must be a UUID");
-                    String::new()
-                }
-            }
-        };
+        let id = names::chosen_or_new_id(&mut violations, "contact_id", &request.contact_id);
         violations.into_result()?;
         ensure_may_change(caller, "", Some(&contact.owner))?;
         store::prepare_new(&mut contact, &id);
@@ -341,34 +331,20 @@ impl ContactApi {
         })
     }
 
-    /// Under WARN, a create without a request id reads the holders of its keys in the
-    /// statement that inserts it, one round trip fewer than looking them up first, and
-    /// the same ones: that statement's reads see the tenant as it was before it. With
-    /// `guard` the statement also checks the policy it was prepared on.
-    async fn create_warned_in_one_statement(
+    /// The answer to a create under WARN whose insert statement also read the holders
+    /// of its keys (`ContactStore::create_and_query`): one round trip fewer than looking
+    /// them up first, and the same ones, since that statement's reads see the tenant as
+    /// it was before it.
+    async fn answer_warned(
         &self,
-        caller: &Caller,
+        tenant: &str,
         rules: &DuplicateRules,
-        contact: Contact,
         lookup: &matching::DuplicateLookup,
-        guard: Option<crm_platform::bulk::Guard>,
-    ) -> Result<Result<Response<Contact>, CreatedWithQuery>, Status> {
-        let query = lookup.holders_query_postgres(&caller.tenant);
-        Ok(
-            match self
-                .store
-                .create_and_query(caller, contact, query, guard)
-                .await?
-            {
-                CreatedWithQuery::Created(stored, holders) => {
-                    let duplicates = Self::duplicates_after_create(rules, lookup, &holders);
-                    Ok(self
-                        .answer_created(&caller.tenant, stored, &duplicates)
-                        .await)
-                }
-                not_created => Err(not_created),
-            },
-        )
+        stored: StoredContact,
+        holders: &[sea_orm::QueryResult],
+    ) -> Response<Contact> {
+        let duplicates = Self::duplicates_after_create(rules, lookup, holders);
+        self.answer_created(tenant, stored, &duplicates).await
     }
 
     /// CreateContact on a policy read for it.
@@ -390,13 +366,20 @@ impl ContactApi {
             && request.request_id.is_empty()
             && let Some(lookup) = &lookup
         {
+            let query = lookup.holders_query_postgres(&caller.tenant);
             match self
-                .create_warned_in_one_statement(caller, rules, contact, lookup, None)
+                .store
+                .create_and_query(caller, contact, query, None)
                 .await?
             {
-                Ok(created) => return Ok(created),
-                Err(CreatedWithQuery::NotOneStatement(unstored)) => contact = unstored,
-                Err(_) => {
+                CreatedWithQuery::Created(stored, holders) => {
+                    let tenant = &caller.tenant;
+                    return Ok(self
+                        .answer_warned(tenant, rules, lookup, stored, &holders)
+                        .await);
+                }
+                CreatedWithQuery::NotOneStatement(unstored) => contact = unstored,
+                CreatedWithQuery::PolicyChanged => {
                     return Err(
                         ApiError::internal("an unguarded create found a policy change").into(),
                     );
@@ -457,10 +440,23 @@ impl ContactApi {
             return Ok(None);
         };
         let guard = Box::new(policy::guard_postgres(&caller.tenant, &policy));
-        Ok(self
-            .create_warned_in_one_statement(caller, &policy.rules, contact, &lookup, Some(guard))
-            .await?
-            .ok())
+        let query = lookup.holders_query_postgres(&caller.tenant);
+        Ok(
+            match self
+                .store
+                .create_and_query(caller, contact, query, Some(guard))
+                .await?
+            {
+                CreatedWithQuery::Created(stored, holders) => {
+                    let tenant = &caller.tenant;
+                    Some(
+                        self.answer_warned(tenant, &policy.rules, &lookup, stored, &holders)
+                            .await,
+                    )
+                }
+                CreatedWithQuery::NotOneStatement(_) | CreatedWithQuery::PolicyChanged => None,
+            },
+        )
     }
 
     /// The answer to a create that stored its contact.

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement, Value};
 
 use crm_platform::ApiError;
-use crm_platform::errors::from_db;
+use crm_platform::errors::{from_db, sql_state};
 use crm_proto::contact::DuplicateRules;
 
 use crate::consent::suppression;
@@ -132,14 +132,7 @@ pub fn guard_postgres(
 
 /// Whether a statement failed because its [`guard_postgres`] found the policy changed.
 pub fn is_policy_changed(err: &DbErr) -> bool {
-    use sea_orm::{RuntimeErr, sqlx};
-    match err {
-        DbErr::Exec(RuntimeErr::SqlxError(inner)) | DbErr::Query(RuntimeErr::SqlxError(inner)) => {
-            matches!(&**inner, sqlx::Error::Database(db)
-                if db.code().is_some_and(|code| code == POLICY_CHANGED))
-        }
-        _ => false,
-    }
+    sql_state(err).is_some_and(|code| code == POLICY_CHANGED)
 }
 
 /// Tenants whose policy a process remembers at most; past it the memory starts over

@@ -253,6 +253,20 @@ pub fn from_db(err: sea_orm::DbErr, resource: &str) -> ApiError {
     }
 }
 
+/// The SQLSTATE a database error carries, if the database reported one.
+pub fn sql_state(err: &sea_orm::DbErr) -> Option<std::borrow::Cow<'_, str>> {
+    use sea_orm::{DbErr, RuntimeErr, sqlx};
+    match err {
+        DbErr::Exec(RuntimeErr::SqlxError(inner)) | DbErr::Query(RuntimeErr::SqlxError(inner)) => {
+            match &**inner {
+                sqlx::Error::Database(db) => db.code(),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
 /// Whether the database failed rather than the statement: the connection broke (I/O,
 /// TLS, EOF mid-reply), none could be had, or the server refuses work for now (SQLSTATE
 /// class 08 connection exceptions, 57P01..57P03 shutdown or start-up, 53300 too many

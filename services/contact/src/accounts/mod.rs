@@ -120,17 +120,7 @@ impl AccountsApi {
         };
         validate::account(&mut violations, "account", &mut account);
         validate::complete(&mut violations, "account", &account);
-        let id = if request.account_id.is_empty() {
-            uuid::Uuid::now_v7().to_string()
-        } else {
-            match names::parse_id("account_id", &request.account_id) {
-                Ok(id) => id,
-                Err(_) => {
-                    violations.add("account_id", "must be a UUID");
-                    String::new()
-                }
-            }
-        };
+        let id = names::chosen_or_new_id(&mut violations, "account_id", &request.account_id);
         violations.into_result()?;
         ensure_may_change(&caller, "", Some(&account.owner))?;
         prepare_new(&mut account, &id);

@@ -1,6 +1,6 @@
 //! Resource names (`contacts/{uuid}`) and etags.
 
-use crm_platform::ApiError;
+use crm_platform::{ApiError, Violations};
 
 pub const CONTACTS: &str = "contacts";
 pub const ACCOUNTS: &str = "accounts";
@@ -19,6 +19,19 @@ pub fn parse_id(field: &str, id: &str) -> Result<String, ApiError> {
     uuid::Uuid::try_parse(id)
         .map(|uuid| uuid.hyphenated().to_string())
         .map_err(|_| ApiError::invalid(field, "must be a UUID"))
+}
+
+/// The id of a resource about to be created: the caller's choice in `field` (a UUID,
+/// canonicalised), or a new UUIDv7 when it made none. A choice that is no UUID is a
+/// violation of `field` (and the id empty, as the call is refused).
+pub fn chosen_or_new_id(violations: &mut Violations, field: &str, chosen: &str) -> String {
+    if chosen.is_empty() {
+        return uuid::Uuid::now_v7().to_string();
+    }
+    parse_id(field, chosen).unwrap_or_else(|_| {
+        violations.add(field, "must be a UUID");
+        String::new()
+    })
 }
 
 pub fn contact_name(id: &str) -> String {

@@ -162,17 +162,7 @@ impl SegmentsApi {
         };
         segment.display_name = segment.display_name.trim().to_owned();
         validate::segment(&mut violations, "segment", &segment);
-        let id = if request.segment_id.is_empty() {
-            uuid::Uuid::now_v7().to_string()
-        } else {
-            match names::parse_id("segment_id", &request.segment_id) {
-                Ok(id) => id,
-                Err(_) => {
-                    violations.add("segment_id", "must be a UUID");
-                    String::new()
-                }
-            }
-        };
+        let id = names::chosen_or_new_id(&mut violations, "segment_id", &request.segment_id);
         violations.into_result()?;
         ensure_may_change(&caller, "", &segment.owner)?;
         let now = now_micros();
