@@ -69,14 +69,6 @@ impl Outcome {
         }
     }
 
-    /// A part of the generator that failed, counted as one error of its own kind.
-    fn one_error(kind: &str) -> Self {
-        let mut outcome = Self::new();
-        outcome.errors = 1;
-        outcome.error_kinds.insert(kind.into(), 1);
-        outcome
-    }
-
     fn record(&mut self, result: CallResult, elapsed: Duration) {
         self.calls += 1;
         match result {
@@ -113,9 +105,8 @@ impl Outcome {
     }
 }
 
-/// How early the open loop's pacing thread wakes before a slot: a little more than
-/// Linux's default timer slack (50 µs), which a sleep may overshoot by.
-const PACING_STEP: Duration = Duration::from_micros(60);
+/// The tokio timer's resolution.
+const TIMER_TICK: Duration = Duration::from_millis(1);
 
 /// The callers' outcomes merged; a caller that panicked counts as one error.
 async fn join_callers(mut callers: tokio::task::JoinSet<Outcome>) -> Outcome {
@@ -123,7 +114,13 @@ async fn join_callers(mut callers: tokio::task::JoinSet<Outcome>) -> Outcome {
     while let Some(joined) = callers.join_next().await {
         match joined {
             Ok(outcome) => total.merge(outcome),
-            Err(_) => total.merge(Outcome::one_error("caller panicked")),
+            Err(_) => {
+                total.errors += 1;
+                *total
+                    .error_kinds
+                    .entry("caller panicked".into())
+                    .or_default() += 1;
+            }
         }
     }
     total
@@ -223,47 +220,37 @@ pub async fn open(
         }
         outcome
     });
-    // The schedule is kept by a thread of its own, which sleeps to within a pacing step of
-    // each slot: the runtime's timer wakes on millisecond ticks only, which would send a
-    // millisecond's calls at once (37 at 37,000/s) and queue each burst's last behind
-    // the rest, a tail of the generator's own.
-    let runtime = tokio::runtime::Handle::current();
-    let pacer = tokio::task::spawn_blocking(move || {
-        let mut overruns = Outcome::new();
-        for seq in 0..total_calls {
-            let scheduled = start + interval.mul_f64(seq as f64);
-            // A sleep overshoots by up to the kernel's timer slack; waking that much early
-            // sends the call at most a pacing step before its slot, and then its latency
-            // counts from when it was sent.
-            if let Some(wake) = scheduled.checked_sub(PACING_STEP) {
-                let now = Instant::now();
-                if wake > now {
-                    std::thread::sleep(wake - now);
-                }
-            }
-            let counted_from = Instant::now().min(scheduled);
-            let recorded = seq >= warmup_calls;
-            let Ok(permit) = in_flight.clone().try_acquire_owned() else {
-                if recorded {
-                    overruns.record(Err("overrun".into()), counted_from.elapsed());
-                }
-                continue;
-            };
-            let workload = workload.clone();
-            let results = results.clone();
-            runtime.spawn(async move {
-                let result = workload.call((seq % workers) as usize, seq).await;
-                if recorded {
-                    let _ = results.send((result, counted_from.elapsed()));
-                }
-                drop(permit);
-            });
+    let mut overruns = Outcome::new();
+    for seq in 0..total_calls {
+        let scheduled = start + interval.mul_f64(seq as f64);
+        // The timer ends a sleep on its first millisecond tick at or after the deadline:
+        // sleeping to the deadline itself would add up to a millisecond of the
+        // generator's own to every latency. Waking a tick early sends the call at most
+        // that much before its slot, and then its latency counts from when it was sent.
+        if let Some(wake) = scheduled.checked_sub(TIMER_TICK)
+            && wake > Instant::now()
+        {
+            tokio::time::sleep_until(wake.into()).await;
         }
-        overruns
-    });
-    let overruns = pacer
-        .await
-        .unwrap_or_else(|_| Outcome::one_error("pacer panicked"));
+        let counted_from = Instant::now().min(scheduled);
+        let recorded = seq >= warmup_calls;
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            if recorded {
+                overruns.record(Err("overrun".into()), counted_from.elapsed());
+            }
+            continue;
+        };
+        let workload = workload.clone();
+        let results = results.clone();
+        tokio::spawn(async move {
+            let result = workload.call((seq % workers) as usize, seq).await;
+            if recorded {
+                let _ = results.send((result, counted_from.elapsed()));
+            }
+            drop(permit);
+        });
+    }
+    drop(results);
     let mut outcome = recorder.await.unwrap_or_else(|_| Outcome::new());
     outcome.merge(overruns);
     outcome.elapsed = measure_from.elapsed().max(duration);
@@ -363,47 +350,5 @@ mod tests {
         // they left, they would all be near zero.
         let median = outcome.percentile_us(0.5);
         assert!(median >= 30_000.0, "median {median} µs");
-    }
-
-    /// The open loop sends on a schedule finer than the runtime's millisecond timer:
-    /// at 20,000 calls/s (two per 100 µs), sending each millisecond's calls at once left
-    /// ~8,000 of the 10,000 windows of 100 µs without a call; paced, ~9,000 have one on an
-    /// idle machine, and 3,855–5,532 with both cores busy with other work. The bound is
-    /// loose, for a machine busy with other tests.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn open_loop_spreads_calls_finer_than_the_timer_tick() {
-        let sent = Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
-        let log = sent.clone();
-        let logging: Arc<dyn Workload> = Arc::new(move |_worker: usize, _seq: u64| -> Call {
-            let log = log.clone();
-            Box::pin(async move {
-                if let Ok(mut times) = log.lock() {
-                    times.push(Instant::now());
-                }
-                Ok(1)
-            })
-        });
-        let start = Instant::now();
-        let outcome = open(
-            logging,
-            20_000.0,
-            Duration::ZERO,
-            Duration::from_secs(1),
-            10_000,
-            16,
-        )
-        .await;
-        assert_eq!(outcome.calls, 20_000);
-        let times = sent.lock().map(|t| t.clone()).unwrap_or_default();
-        assert_eq!(times.len(), 20_000);
-        let windows: std::collections::BTreeSet<u128> = times
-            .iter()
-            .map(|t| t.duration_since(start).as_micros() / 100)
-            .collect();
-        assert!(
-            windows.len() >= 2_500,
-            "calls in {} of 10,000 windows of 100 µs",
-            windows.len()
-        );
     }
 }
