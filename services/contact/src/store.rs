@@ -13,6 +13,7 @@ use crm_platform::ApiError;
 use crm_platform::auth::Caller;
 use crm_platform::bulk;
 use crm_platform::db::{micros_to_timestamp, now_micros};
+use crm_platform::encoded::{self, KeyType};
 use crm_platform::errors::from_db;
 use crm_platform::events::{self, EventFeed, NewEvent};
 use crm_platform::idempotency;
@@ -114,28 +115,16 @@ fn decode_encoded(revision: i64, data: &[u8]) -> Result<StoredContact, ApiError>
     Ok(StoredContact { contact, revision })
 }
 
-/// Reads only the two columns an answer is made of, `revision` and `data`: the others
-/// are copies for filters, orders and lookups, and decoding all 22 of a row cost more
-/// than decoding the contact itself.
-fn encoded_only(select: Select<Contacts>) -> Select<Contacts> {
-    select
-        .select_only()
-        .column(Column::Revision)
-        .column(Column::Data)
-}
-
-/// The contacts of rows read by [`encoded_only`]; `resource` names what failed.
+/// The contacts of `select`, reading their revision and encoded form only.
 async fn stored_contacts(
     db: &DatabaseConnection,
     select: Select<Contacts>,
     resource: &str,
 ) -> Result<Vec<StoredContact>, ApiError> {
-    let rows: Vec<(i64, Vec<u8>)> = select
-        .into_tuple()
-        .all(db)
+    encoded::rows(db, select, [Column::Revision, Column::Data])
         .await
-        .map_err(|e| from_db(e, resource))?;
-    rows.iter()
+        .map_err(|e| from_db(e, resource))?
+        .iter()
         .map(|(revision, data)| decode_encoded(*revision, data))
         .collect()
 }
@@ -411,22 +400,12 @@ impl SortField {
         }
     }
 
-    /// This key's value in a listed row, read as the column `alias`.
-    fn value(self, row: &sea_orm::QueryResult, alias: &str) -> Result<CursorValue, ApiError> {
-        Ok(match self {
-            Self::CreateTime | Self::UpdateTime => {
-                CursorValue::Int(row.try_get("", alias).map_err(ApiError::internal)?)
-            }
-            Self::GivenName | Self::FamilyName | Self::DisplayName | Self::Id => {
-                CursorValue::Text(row.try_get("", alias).map_err(ApiError::internal)?)
-            }
-        })
+    fn key_type(self) -> KeyType {
+        match self {
+            Self::CreateTime | Self::UpdateTime => KeyType::Int,
+            Self::GivenName | Self::FamilyName | Self::DisplayName | Self::Id => KeyType::Text,
+        }
     }
-}
-
-/// The column name under which a listing reads its `i`-th sort key.
-fn sort_key_alias(i: usize) -> String {
-    format!("sort_key_{i}")
 }
 
 /// One page of a listing.
@@ -498,7 +477,7 @@ impl ContactStore {
         };
         stored_contacts(
             &self.db,
-            encoded_only(query.order_by_asc(Column::Id).limit(limit)),
+            query.order_by_asc(Column::Id).limit(limit),
             "contact",
         )
         .await
@@ -516,7 +495,7 @@ impl ContactStore {
                 Expr::col(Column::Id),
                 ids.iter().map(String::as_str),
             ));
-        stored_contacts(&self.db, encoded_only(select), "contact").await
+        stored_contacts(&self.db, select, "contact").await
     }
 
     /// The contact a request id already produced, if it was used before.
@@ -804,39 +783,26 @@ impl ContactStore {
                 select.order_by_asc(field.column())
             };
         }
-        // The sort keys are read as columns of every row, and decoded from the last one
-        // only, for the cursor.
-        let mut select = encoded_only(select);
-        for (i, (field, _)) in query.order.iter().enumerate() {
-            select = select.column_as(field.column(), sort_key_alias(i));
-        }
-        let mut rows = self
-            .db
-            .query_all(&select.limit(query.limit + 1).into_query())
-            .await
-            .map_err(|e| from_db(e, "contacts"))?;
-        let more = rows.len() as u64 > query.limit;
-        rows.truncate(query.limit as usize);
-        let cursor = match (more, rows.last()) {
-            (true, Some(last)) => Some(
-                query
-                    .order
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (field, _))| field.value(last, &sort_key_alias(i)))
-                    .collect::<Result<_, _>>()?,
-            ),
-            _ => None,
-        };
-        let contacts = rows
+        let keys: Vec<_> = query
+            .order
             .iter()
-            .map(|row| {
-                let revision: i64 = row.try_get("", "revision").map_err(ApiError::internal)?;
-                let data: Vec<u8> = row.try_get("", "data").map_err(ApiError::internal)?;
-                decode_encoded(revision, &data)
-            })
+            .map(|(field, _)| (field.column(), field.key_type()))
+            .collect();
+        let page = encoded::page(
+            &self.db,
+            select,
+            [Column::Revision, Column::Data],
+            &keys,
+            query.limit,
+        )
+        .await
+        .map_err(|e| from_db(e, "contacts"))?;
+        let contacts = page
+            .rows
+            .iter()
+            .map(|(revision, data)| decode_encoded(*revision, data))
             .collect::<Result<_, _>>()?;
-        Ok((contacts, cursor))
+        Ok((contacts, page.cursor))
     }
 
     /// The listing's `total_size`: exact up to `db::EXACT_COUNT_LIMIT`, an estimate

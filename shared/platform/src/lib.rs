@@ -9,6 +9,7 @@ pub mod cache;
 pub mod clients;
 pub mod config;
 pub mod db;
+pub mod encoded;
 pub mod errors;
 pub mod events;
 pub mod filter;

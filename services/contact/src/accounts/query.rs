@@ -2,12 +2,12 @@
 //! `order_by` fields, and the field changes events carry.
 
 use crm_platform::ApiError;
+use crm_platform::encoded::KeyType;
 use crm_platform::filter::{self, FieldKind, FilterField, FilterScope};
-use crm_platform::pagination::CursorValue;
 use crm_proto::common::FieldChange;
 use crm_proto::contact::{Account, AccountTier};
 
-use super::store::{Column, account_row};
+use super::store::Column;
 
 /// The fields ListAccounts filters on, and their columns. `attributes.<key>` is left to
 /// the shared attribute mechanism (the attributes are in the encoded `data` only).
@@ -136,20 +136,15 @@ impl SortField {
 
     /// Whether the cursor holds an integer for this field (else text).
     pub fn is_integer(self) -> bool {
-        matches!(
-            self,
-            Self::CreateTime | Self::UpdateTime | Self::EmployeeCount
-        )
+        self.key_type() != KeyType::Text
     }
 
-    pub fn value(self, row: &account_row::Model) -> CursorValue {
+    /// How a cursor reads this field's column back.
+    pub fn key_type(self) -> KeyType {
         match self {
-            Self::CreateTime => CursorValue::Int(row.create_time_us),
-            Self::UpdateTime => CursorValue::Int(row.update_time_us),
-            Self::EmployeeCount => CursorValue::Int(i64::from(row.employee_count)),
-            Self::DisplayName => CursorValue::Text(row.display_name.clone()),
-            Self::Domain => CursorValue::Text(row.domain.clone()),
-            Self::Id => CursorValue::Text(row.id.clone()),
+            Self::CreateTime | Self::UpdateTime => KeyType::Int,
+            Self::EmployeeCount => KeyType::Int32,
+            Self::DisplayName | Self::Domain | Self::Id => KeyType::Text,
         }
     }
 }

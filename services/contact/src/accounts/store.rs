@@ -15,6 +15,7 @@ use crate::index::{self, RecordKind};
 use crm_platform::ApiError;
 use crm_platform::auth::Caller;
 use crm_platform::db::lock_in_transaction;
+use crm_platform::encoded;
 use crm_platform::errors::from_db;
 use crm_platform::events::{self, EventFeed, NewEvent};
 use crm_platform::idempotency;
@@ -98,11 +99,12 @@ pub(crate) fn micros(ts: &Option<prost_types::Timestamp>) -> Option<i64> {
 }
 
 pub(crate) fn decode(row: &account_row::Model) -> Result<StoredAccount, ApiError> {
-    let account = Account::decode(row.data.as_slice()).map_err(ApiError::internal)?;
-    Ok(StoredAccount {
-        account,
-        revision: row.revision,
-    })
+    decode_encoded(row.revision, &row.data)
+}
+
+fn decode_encoded(revision: i64, data: &[u8]) -> Result<StoredAccount, ApiError> {
+    let account = Account::decode(data).map_err(ApiError::internal)?;
+    Ok(StoredAccount { account, revision })
 }
 
 pub(crate) fn active_model(
@@ -173,13 +175,15 @@ pub async fn find_many<C: ConnectionTrait>(
     tenant: &str,
     ids: &[String],
 ) -> Result<Vec<StoredAccount>, ApiError> {
-    let rows = Accounts::find()
+    let select = Accounts::find()
         .filter(Column::TenantId.eq(tenant))
-        .filter(Column::Id.is_in(ids.iter().map(String::as_str)))
-        .all(conn)
+        .filter(Column::Id.is_in(ids.iter().map(String::as_str)));
+    encoded::rows(conn, select, [Column::Revision, Column::Data])
         .await
-        .map_err(|e| from_db(e, "account"))?;
-    rows.iter().map(decode).collect()
+        .map_err(|e| from_db(e, "account"))?
+        .iter()
+        .map(|(revision, data)| decode_encoded(*revision, data))
+        .collect()
 }
 
 /// The number of live contacts (not soft-deleted, not merged) linked to each of the
@@ -599,19 +603,26 @@ pub async fn list<C: ConnectionTrait>(
             select.order_by_asc(field.column())
         };
     }
-    let mut rows = select
-        .limit(query.limit + 1)
-        .all(conn)
-        .await
-        .map_err(|e| from_db(e, "accounts"))?;
-    let more = rows.len() as u64 > query.limit;
-    rows.truncate(query.limit as usize);
-    let cursor = match (more, rows.last()) {
-        (true, Some(last)) => Some(query.order.iter().map(|(f, _)| f.value(last)).collect()),
-        _ => None,
-    };
-    let accounts = rows.iter().map(decode).collect::<Result<_, _>>()?;
-    Ok((accounts, cursor))
+    let keys: Vec<_> = query
+        .order
+        .iter()
+        .map(|(field, _)| (field.column(), field.key_type()))
+        .collect();
+    let page = encoded::page(
+        conn,
+        select,
+        [Column::Revision, Column::Data],
+        &keys,
+        query.limit,
+    )
+    .await
+    .map_err(|e| from_db(e, "accounts"))?;
+    let accounts = page
+        .rows
+        .iter()
+        .map(|(revision, data)| decode_encoded(*revision, data))
+        .collect::<Result<_, _>>()?;
+    Ok((accounts, page.cursor))
 }
 
 pub async fn count<C: ConnectionTrait>(
