@@ -13,7 +13,7 @@ use crm_platform::ApiError;
 use crm_platform::auth::Caller;
 use crm_platform::bulk;
 use crm_platform::db::{micros_to_timestamp, now_micros};
-use crm_platform::encoded::{self, KeyType};
+use crm_platform::encoded::{self, KeyType, SortKey};
 use crm_platform::errors::from_db;
 use crm_platform::events::{self, EventFeed, NewEvent};
 use crm_platform::idempotency;
@@ -115,18 +115,22 @@ fn decode_encoded(revision: i64, data: &[u8]) -> Result<StoredContact, ApiError>
     Ok(StoredContact { contact, revision })
 }
 
+fn decode_all(rows: &[(i64, Vec<u8>)]) -> Result<Vec<StoredContact>, ApiError> {
+    rows.iter()
+        .map(|(revision, data)| decode_encoded(*revision, data))
+        .collect()
+}
+
 /// The contacts of `select`, reading their revision and encoded form only.
 async fn stored_contacts(
     db: &DatabaseConnection,
     select: Select<Contacts>,
     resource: &str,
 ) -> Result<Vec<StoredContact>, ApiError> {
-    encoded::rows(db, select, [Column::Revision, Column::Data])
+    let rows = encoded::rows(db, select, [Column::Revision, Column::Data])
         .await
-        .map_err(|e| from_db(e, resource))?
-        .iter()
-        .map(|(revision, data)| decode_encoded(*revision, data))
-        .collect()
+        .map_err(|e| from_db(e, resource))?;
+    decode_all(&rows)
 }
 
 pub(crate) fn active_model(
@@ -400,10 +404,15 @@ impl SortField {
         }
     }
 
-    fn key_type(self) -> KeyType {
-        match self {
+    fn key(self, descending: bool) -> SortKey<Column> {
+        let kind = match self {
             Self::CreateTime | Self::UpdateTime => KeyType::Int,
             Self::GivenName | Self::FamilyName | Self::DisplayName | Self::Id => KeyType::Text,
+        };
+        SortKey {
+            column: self.column(),
+            descending,
+            kind,
         }
     }
 }
@@ -776,33 +785,17 @@ impl ContactStore {
         if let Some(after) = &query.after {
             select = select.filter(keyset_after(&query.order, after)?);
         }
-        for (field, descending) in &query.order {
-            select = if *descending {
-                select.order_by_desc(field.column())
-            } else {
-                select.order_by_asc(field.column())
-            };
-        }
-        let keys: Vec<_> = query
-            .order
-            .iter()
-            .map(|(field, _)| (field.column(), field.key_type()))
-            .collect();
+        let keys = query.order.iter().map(|(field, desc)| field.key(*desc));
         let page = encoded::page(
             &self.db,
             select,
             [Column::Revision, Column::Data],
-            &keys,
+            keys,
             query.limit,
         )
         .await
         .map_err(|e| from_db(e, "contacts"))?;
-        let contacts = page
-            .rows
-            .iter()
-            .map(|(revision, data)| decode_encoded(*revision, data))
-            .collect::<Result<_, _>>()?;
-        Ok((contacts, page.cursor))
+        Ok((decode_all(&page.rows)?, page.cursor))
     }
 
     /// The listing's `total_size`: exact up to `db::EXACT_COUNT_LIMIT`, an estimate

@@ -4,7 +4,9 @@
 //! (a contact's 22 columns: 942 M instructions against `Message::decode`'s 513 M for
 //! the same rows), so an answer made of records reads those two columns only.
 
-use sea_orm::{ConnectionTrait, DbErr, EntityTrait, QuerySelect as _, QueryTrait as _, Select};
+use sea_orm::{
+    ConnectionTrait, DbErr, EntityTrait, QueryOrder as _, QuerySelect as _, QueryTrait as _, Select,
+};
 
 use crate::pagination::CursorValue;
 
@@ -39,6 +41,14 @@ pub enum KeyType {
     Text,
 }
 
+/// One key of a listing's order: its column, direction, and how it is read back.
+#[derive(Debug, Clone, Copy)]
+pub struct SortKey<Col> {
+    pub column: Col,
+    pub descending: bool,
+    pub kind: KeyType,
+}
+
 /// A page of records stored encoded: each row's revision and encoded record, and, when
 /// more rows follow, the sort key of the last one (the next page's cursor).
 pub struct Page {
@@ -46,24 +56,30 @@ pub struct Page {
     pub cursor: Option<Vec<CursorValue>>,
 }
 
-/// A page of at most `limit` rows of `select` (filtered and ordered by the caller),
-/// reading the two columns `encoded` of each row, as [`rows`] does, and the sort `keys`
-/// of the last one.
+/// A page of at most `limit` rows of `select` (filtered by the caller) in the order of
+/// `keys`, reading the two columns `encoded` of each row, as [`rows`] does, and the
+/// keys of the last one.
 pub async fn page<E, C>(
     conn: &C,
     select: Select<E>,
     encoded: [E::Column; 2],
-    keys: &[(E::Column, KeyType)],
+    keys: impl IntoIterator<Item = SortKey<E::Column>>,
     limit: u64,
 ) -> Result<Page, DbErr>
 where
     E: EntityTrait,
     C: ConnectionTrait,
 {
+    let keys: Vec<SortKey<E::Column>> = keys.into_iter().collect();
     let [revision, data] = encoded;
     let mut select = select.select_only().column(revision).column(data);
-    for (column, _) in keys {
-        select = select.column(*column);
+    for key in &keys {
+        select = if key.descending {
+            select.order_by_desc(key.column)
+        } else {
+            select.order_by_asc(key.column)
+        };
+        select = select.column(key.column);
     }
     let mut rows = conn
         .query_all(&select.limit(limit + 1).into_query())
@@ -74,9 +90,9 @@ where
         (true, Some(last)) => Some(
             keys.iter()
                 .enumerate()
-                .map(|(i, (_, kind))| {
+                .map(|(i, key)| {
                     let at = i + 2;
-                    Ok(match kind {
+                    Ok(match key.kind {
                         KeyType::Int => CursorValue::Int(last.try_get_by_index(at)?),
                         KeyType::Int32 => {
                             CursorValue::Int(i64::from(last.try_get_by_index::<i32>(at)?))

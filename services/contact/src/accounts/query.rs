@@ -2,7 +2,7 @@
 //! `order_by` fields, and the field changes events carry.
 
 use crm_platform::ApiError;
-use crm_platform::encoded::KeyType;
+use crm_platform::encoded::{KeyType, SortKey};
 use crm_platform::filter::{self, FieldKind, FilterField, FilterScope};
 use crm_proto::common::FieldChange;
 use crm_proto::contact::{Account, AccountTier};
@@ -139,8 +139,17 @@ impl SortField {
         self.key_type() != KeyType::Text
     }
 
+    /// This field as a key of a listing's order.
+    pub fn key(self, descending: bool) -> SortKey<Column> {
+        SortKey {
+            column: self.column(),
+            descending,
+            kind: self.key_type(),
+        }
+    }
+
     /// How a cursor reads this field's column back.
-    pub fn key_type(self) -> KeyType {
+    fn key_type(self) -> KeyType {
         match self {
             Self::CreateTime | Self::UpdateTime => KeyType::Int,
             Self::EmployeeCount => KeyType::Int32,

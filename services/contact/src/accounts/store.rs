@@ -8,7 +8,7 @@ use prost::Message as _;
 use sea_orm::sea_query::{Condition, Expr, Func};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Select,
+    PaginatorTrait, QueryFilter, QuerySelect, Select,
 };
 
 use crate::index::{self, RecordKind};
@@ -102,6 +102,12 @@ pub(crate) fn decode(row: &account_row::Model) -> Result<StoredAccount, ApiError
     decode_encoded(row.revision, &row.data)
 }
 
+fn decode_all(rows: &[(i64, Vec<u8>)]) -> Result<Vec<StoredAccount>, ApiError> {
+    rows.iter()
+        .map(|(revision, data)| decode_encoded(*revision, data))
+        .collect()
+}
+
 fn decode_encoded(revision: i64, data: &[u8]) -> Result<StoredAccount, ApiError> {
     let account = Account::decode(data).map_err(ApiError::internal)?;
     Ok(StoredAccount { account, revision })
@@ -178,12 +184,10 @@ pub async fn find_many<C: ConnectionTrait>(
     let select = Accounts::find()
         .filter(Column::TenantId.eq(tenant))
         .filter(Column::Id.is_in(ids.iter().map(String::as_str)));
-    encoded::rows(conn, select, [Column::Revision, Column::Data])
+    let rows = encoded::rows(conn, select, [Column::Revision, Column::Data])
         .await
-        .map_err(|e| from_db(e, "account"))?
-        .iter()
-        .map(|(revision, data)| decode_encoded(*revision, data))
-        .collect()
+        .map_err(|e| from_db(e, "account"))?;
+    decode_all(&rows)
 }
 
 /// The number of live contacts (not soft-deleted, not merged) linked to each of the
@@ -596,33 +600,17 @@ pub async fn list<C: ConnectionTrait>(
     if let Some(after) = &query.after {
         select = select.filter(keyset_after(&query.order, after)?);
     }
-    for (field, descending) in &query.order {
-        select = if *descending {
-            select.order_by_desc(field.column())
-        } else {
-            select.order_by_asc(field.column())
-        };
-    }
-    let keys: Vec<_> = query
-        .order
-        .iter()
-        .map(|(field, _)| (field.column(), field.key_type()))
-        .collect();
+    let keys = query.order.iter().map(|(field, desc)| field.key(*desc));
     let page = encoded::page(
         conn,
         select,
         [Column::Revision, Column::Data],
-        &keys,
+        keys,
         query.limit,
     )
     .await
     .map_err(|e| from_db(e, "accounts"))?;
-    let accounts = page
-        .rows
-        .iter()
-        .map(|(revision, data)| decode_encoded(*revision, data))
-        .collect::<Result<_, _>>()?;
-    Ok((accounts, page.cursor))
+    Ok((decode_all(&page.rows)?, page.cursor))
 }
 
 pub async fn count<C: ConnectionTrait>(
