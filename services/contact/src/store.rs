@@ -115,7 +115,8 @@ fn decode_encoded(revision: i64, data: &[u8]) -> Result<StoredContact, ApiError>
     Ok(StoredContact { contact, revision })
 }
 
-fn decode_all(rows: &[(i64, Vec<u8>)]) -> Result<Vec<StoredContact>, ApiError> {
+/// The contacts of rows read by `crm_platform::encoded`.
+pub(crate) fn decode_all(rows: &[(i64, Vec<u8>)]) -> Result<Vec<StoredContact>, ApiError> {
     rows.iter()
         .map(|(revision, data)| decode_encoded(*revision, data))
         .collect()

@@ -8,6 +8,7 @@ use crm_platform::ApiError;
 use crm_platform::auth::Caller;
 use crm_platform::bulk;
 use crm_platform::db::now_micros;
+use crm_platform::encoded;
 use crm_platform::errors::from_db;
 use crm_platform::events::{self, NewEvent};
 use crm_platform::lookup::any_text;
@@ -91,8 +92,10 @@ pub async fn load<C: ConnectionTrait>(
     if lock {
         select = select.lock_exclusive();
     }
-    let rows = select.all(conn).await.map_err(|e| from_db(e, "contacts"))?;
-    rows.iter().map(store::decode).collect()
+    let rows = encoded::rows(conn, select, [Column::Revision, Column::Data])
+        .await
+        .map_err(|e| from_db(e, "contacts"))?;
+    store::decode_all(&rows)
 }
 
 /// Inserts new contacts in bulk (`crm_platform::bulk`).
