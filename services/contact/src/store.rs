@@ -18,7 +18,7 @@ use crm_platform::errors::from_db;
 use crm_platform::events::{self, EventFeed, NewEvent};
 use crm_platform::idempotency;
 use crm_platform::lookup::any_text;
-use crm_platform::pagination::{self, CursorValue, KeysetColumn};
+use crm_platform::pagination::CursorValue;
 use crm_proto::common::FieldChange;
 use crm_proto::contact::{Contact, StageChange};
 
@@ -783,10 +783,14 @@ impl ContactStore {
         query: ListQuery,
     ) -> Result<(Vec<StoredContact>, Option<Vec<CursorValue>>), ApiError> {
         let mut select = self.listing(tenant, query.filter, query.show_deleted);
+        let keys: Vec<_> = query
+            .order
+            .iter()
+            .map(|(field, desc)| field.key(*desc))
+            .collect();
         if let Some(after) = &query.after {
-            select = select.filter(keyset_after(&query.order, after)?);
+            select = select.filter(encoded::after(&keys, after)?);
         }
-        let keys = query.order.iter().map(|(field, desc)| field.key(*desc));
         let page = encoded::page(
             &self.db,
             select,
@@ -816,34 +820,6 @@ impl ContactStore {
             .await
             .map_err(|e| from_db(e, "contacts"))
     }
-}
-
-/// The rows strictly after `after` in `order` (the sort key of the last row).
-fn keyset_after(order: &[(SortField, bool)], after: &[CursorValue]) -> Result<Condition, ApiError> {
-    let misfit = || ApiError::invalid("page_token", "page token does not fit this order");
-    if order.len() != after.len() {
-        return Err(misfit());
-    }
-    let mut columns = Vec::with_capacity(order.len());
-    for ((field, descending), value) in order.iter().zip(after) {
-        let value: sea_orm::Value = match (value, field) {
-            (CursorValue::Int(n), SortField::CreateTime | SortField::UpdateTime) => (*n).into(),
-            (
-                CursorValue::Text(s),
-                SortField::GivenName
-                | SortField::FamilyName
-                | SortField::DisplayName
-                | SortField::Id,
-            ) => s.clone().into(),
-            _ => return Err(misfit()),
-        };
-        columns.push(KeysetColumn {
-            column: Expr::col((Contacts, field.column())),
-            descending: *descending,
-            value,
-        });
-    }
-    Ok(pagination::keyset_after(&columns))
 }
 
 /// Fills the output-only fields of a contact being created.

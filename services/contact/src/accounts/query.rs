@@ -134,11 +134,6 @@ impl SortField {
         }
     }
 
-    /// Whether the cursor holds an integer for this field (else text).
-    pub fn is_integer(self) -> bool {
-        self.key_type() != KeyType::Text
-    }
-
     /// This field as a key of a listing's order.
     pub fn key(self, descending: bool) -> SortKey<Column> {
         SortKey {

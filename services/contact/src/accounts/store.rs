@@ -19,7 +19,7 @@ use crm_platform::encoded;
 use crm_platform::errors::from_db;
 use crm_platform::events::{self, EventFeed, NewEvent};
 use crm_platform::idempotency;
-use crm_platform::pagination::{self, CursorValue, KeysetColumn};
+use crm_platform::pagination::CursorValue;
 use crm_proto::common::FieldChange;
 use crm_proto::contact::Account;
 
@@ -597,10 +597,14 @@ pub async fn list<C: ConnectionTrait>(
     query: ListQuery,
 ) -> Result<(Vec<StoredAccount>, Option<Vec<CursorValue>>), ApiError> {
     let mut select = listing(tenant, query.filter, query.show_deleted);
+    let keys: Vec<_> = query
+        .order
+        .iter()
+        .map(|(field, desc)| field.key(*desc))
+        .collect();
     if let Some(after) = &query.after {
-        select = select.filter(keyset_after(&query.order, after)?);
+        select = select.filter(encoded::after(&keys, after)?);
     }
-    let keys = query.order.iter().map(|(field, desc)| field.key(*desc));
     let page = encoded::page(
         conn,
         select,
@@ -623,26 +627,4 @@ pub async fn count<C: ConnectionTrait>(
         .count(conn)
         .await
         .map_err(|e| from_db(e, "accounts"))
-}
-
-/// The rows strictly after `after` in `order` (the sort key of the last row).
-fn keyset_after(order: &[(SortField, bool)], after: &[CursorValue]) -> Result<Condition, ApiError> {
-    let misfit = || ApiError::invalid("page_token", "page token does not fit this order");
-    if order.len() != after.len() {
-        return Err(misfit());
-    }
-    let mut columns = Vec::with_capacity(order.len());
-    for ((field, descending), value) in order.iter().zip(after) {
-        let value: sea_orm::Value = match (value, field.is_integer()) {
-            (CursorValue::Int(n), true) => (*n).into(),
-            (CursorValue::Text(s), false) => s.clone().into(),
-            _ => return Err(misfit()),
-        };
-        columns.push(KeysetColumn {
-            column: Expr::col((Accounts, field.column())),
-            descending: *descending,
-            value,
-        });
-    }
-    Ok(pagination::keyset_after(&columns))
 }
