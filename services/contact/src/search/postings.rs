@@ -678,7 +678,10 @@ fn too_many_in_common(
 
 /// The contacts with a posting in `left` and one in `right`, when they are few; the
 /// lists' lengths are the caller's to check. The database intersects the lists, so
-/// only the common contacts leave it.
+/// only the common contacts leave it. `INTERSECT` hashes both sides whatever the
+/// planner guesses of them; a semi-join (`WHERE contact_id IN (…)`) was quicker on
+/// long lists, but where a side is one list the planner guesses one row for it and
+/// loops over the other side once per posting (RESULTS.md, fifteenth session).
 async fn intersection<C: ConnectionTrait>(
     db: &C,
     tenant: &str,
