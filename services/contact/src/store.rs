@@ -405,13 +405,13 @@ impl SortField {
         }
     }
 
-    fn key(self, descending: bool) -> SortKey<Column> {
+    fn key(self, descending: bool) -> SortKey {
         let kind = match self {
             Self::CreateTime | Self::UpdateTime => KeyType::Int,
             Self::GivenName | Self::FamilyName | Self::DisplayName | Self::Id => KeyType::Text,
         };
         SortKey {
-            column: self.column(),
+            expr: Expr::col((Contacts, self.column())),
             descending,
             kind,
         }

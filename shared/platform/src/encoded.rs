@@ -6,8 +6,8 @@
 
 use sea_orm::sea_query::{Condition, Expr};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryOrder as _, QuerySelect as _,
-    QueryTrait as _, Select,
+    ConnectionTrait, DbErr, EntityTrait, Order, QueryOrder as _, QuerySelect as _, QueryTrait as _,
+    Select,
 };
 
 use crate::errors::ApiError;
@@ -44,20 +44,18 @@ pub enum KeyType {
     Text,
 }
 
-/// One key of a listing's order: its column, direction, and how it is read back.
-#[derive(Debug, Clone, Copy)]
-pub struct SortKey<Col> {
-    pub column: Col,
+/// One key of a listing's order: its expression (a column, qualified by its table, or
+/// an expression over the tables the listing joins), direction, and how it is read back.
+#[derive(Debug, Clone)]
+pub struct SortKey {
+    pub expr: Expr,
     pub descending: bool,
     pub kind: KeyType,
 }
 
 /// The rows after `cursor` (the last row's keys, from a page token) in the order of
 /// `keys`; a cursor of another order is refused on `page_token`.
-pub fn after<Col: ColumnTrait>(
-    keys: &[SortKey<Col>],
-    cursor: &[CursorValue],
-) -> Result<Condition, ApiError> {
+pub fn after(keys: &[SortKey], cursor: &[CursorValue]) -> Result<Condition, ApiError> {
     let misfit = || ApiError::invalid("page_token", "page token does not fit this order");
     if keys.len() != cursor.len() {
         return Err(misfit());
@@ -70,7 +68,7 @@ pub fn after<Col: ColumnTrait>(
             _ => return Err(misfit()),
         };
         columns.push(KeysetColumn {
-            column: Expr::col(key.column.as_column_ref()),
+            column: key.expr.clone(),
             descending: key.descending,
             value,
         });
@@ -92,23 +90,25 @@ pub async fn page<E, C>(
     conn: &C,
     select: Select<E>,
     encoded: [E::Column; 2],
-    keys: impl IntoIterator<Item = SortKey<E::Column>>,
+    keys: impl IntoIterator<Item = SortKey>,
     limit: u64,
 ) -> Result<Page, DbErr>
 where
     E: EntityTrait,
     C: ConnectionTrait,
 {
-    let keys: Vec<SortKey<E::Column>> = keys.into_iter().collect();
+    let keys: Vec<SortKey> = keys.into_iter().collect();
     let [revision, data] = encoded;
     let mut select = select.select_only().column(revision).column(data);
     for key in &keys {
-        select = if key.descending {
-            select.order_by_desc(key.column)
+        let order = if key.descending {
+            Order::Desc
         } else {
-            select.order_by_asc(key.column)
+            Order::Asc
         };
-        select = select.column(key.column);
+        select = select
+            .order_by(key.expr.clone(), order)
+            .expr(key.expr.clone());
     }
     let mut rows = conn
         .query_all(&select.limit(limit + 1).into_query())

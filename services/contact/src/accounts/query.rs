@@ -6,8 +6,9 @@ use crm_platform::encoded::{KeyType, SortKey};
 use crm_platform::filter::{self, FieldKind, FilterField, FilterScope};
 use crm_proto::common::FieldChange;
 use crm_proto::contact::{Account, AccountTier};
+use sea_orm::sea_query::Expr;
 
-use super::store::Column;
+use super::store::{Accounts, Column};
 
 /// The fields ListAccounts filters on, and their columns. `attributes.<key>` is left to
 /// the shared attribute mechanism (the attributes are in the encoded `data` only).
@@ -135,9 +136,9 @@ impl SortField {
     }
 
     /// This field as a key of a listing's order.
-    pub fn key(self, descending: bool) -> SortKey<Column> {
+    pub fn key(self, descending: bool) -> SortKey {
         SortKey {
-            column: self.column(),
+            expr: Expr::col((Accounts, self.column())),
             descending,
             kind: self.key_type(),
         }

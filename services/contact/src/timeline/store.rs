@@ -5,16 +5,17 @@ use std::collections::HashMap;
 
 use sea_orm::sea_query::{Condition, Expr, ExprTrait as _, Func, JoinType, Query};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, Order,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, PaginatorTrait,
+    QueryFilter, QuerySelect, QueryTrait, Select,
 };
 
 use crm_platform::ApiError;
 use crm_platform::auth::Caller;
+use crm_platform::encoded::{self, KeyType};
 use crm_platform::errors::from_db;
 use crm_platform::events::{self, EventFeed, NewEvent};
 use crm_platform::idempotency;
-use crm_platform::pagination::{self, CursorValue, KeysetColumn};
+use crm_platform::pagination::CursorValue;
 use crm_proto::common::FieldChange;
 use crm_proto::contact::{Episode, Interaction};
 
@@ -273,26 +274,39 @@ pub async fn with_counts<C: ConnectionTrait>(
     Ok(())
 }
 
-fn interaction_column(scope: &Scope, key: SortKey) -> Expr {
-    match (scope, key) {
+impl SortKey {
+    /// How a cursor reads this key back: the id is text, every time a count of
+    /// microseconds.
+    fn kind(self) -> KeyType {
+        match self {
+            Self::Id => KeyType::Text,
+            Self::InteractionTime | Self::StartTime | Self::EndTime | Self::CreateTime => {
+                KeyType::Int
+            }
+        }
+    }
+}
+
+/// A key of an interaction listing's order. A contact's timeline is ordered by its
+/// links (the interaction's time, copied there, and id), which the listing joins.
+fn interaction_key(scope: &Scope, key: SortKey, descending: bool) -> encoded::SortKey {
+    let expr = match (scope, key) {
         (Scope::Contact(_), SortKey::InteractionTime) => Expr::col((Links, LinkCol::LinkTimeUs)),
         (Scope::Contact(_), SortKey::Id) => Expr::col((Links, LinkCol::InteractionId)),
         (_, SortKey::CreateTime) => Expr::col((Interactions, InteractionCol::CreateTimeUs)),
         (_, SortKey::Id) => Expr::col((Interactions, InteractionCol::Id)),
         _ => Expr::col((Interactions, InteractionCol::InteractionTimeUs)),
+    };
+    encoded::SortKey {
+        expr,
+        descending,
+        kind: key.kind(),
     }
 }
 
-fn interaction_value(row: &interaction_row::Model, key: SortKey) -> CursorValue {
-    match key {
-        SortKey::CreateTime => CursorValue::Int(row.create_time_us),
-        SortKey::Id => CursorValue::Text(row.id.clone()),
-        _ => CursorValue::Int(row.interaction_time_us),
-    }
-}
-
-fn episode_column(key: SortKey) -> Expr {
-    match key {
+/// A key of an episode listing's order.
+fn episode_key(key: SortKey, descending: bool) -> encoded::SortKey {
+    let expr = match key {
         SortKey::CreateTime => Expr::col((Episodes, EpisodeCol::CreateTimeUs)),
         // Open episodes sort as if they ended in the infinite future: the same order
         // on both backends, and a keyset without NULLs.
@@ -303,42 +317,12 @@ fn episode_column(key: SortKey) -> Expr {
         .into(),
         SortKey::Id => Expr::col((Episodes, EpisodeCol::Id)),
         _ => Expr::col((Episodes, EpisodeCol::StartTimeUs)),
+    };
+    encoded::SortKey {
+        expr,
+        descending,
+        kind: key.kind(),
     }
-}
-
-fn episode_value(row: &episode_row::Model, key: SortKey) -> CursorValue {
-    match key {
-        SortKey::CreateTime => CursorValue::Int(row.create_time_us),
-        SortKey::EndTime => CursorValue::Int(row.end_time_us.unwrap_or(i64::MAX)),
-        SortKey::Id => CursorValue::Text(row.id.clone()),
-        _ => CursorValue::Int(row.start_time_us),
-    }
-}
-
-/// The rows strictly after the cursor `after` in `order`.
-fn keyset(
-    order: &[(SortKey, bool)],
-    after: &[CursorValue],
-    column: impl Fn(SortKey) -> Expr,
-) -> Result<Condition, ApiError> {
-    let misfit = || ApiError::invalid("page_token", "page token does not fit this order");
-    if order.len() != after.len() {
-        return Err(misfit());
-    }
-    let mut columns = Vec::with_capacity(order.len());
-    for ((key, descending), value) in order.iter().zip(after) {
-        let value: sea_orm::Value = match (value, key) {
-            (CursorValue::Text(s), SortKey::Id) => s.clone().into(),
-            (CursorValue::Int(n), key) if *key != SortKey::Id => (*n).into(),
-            _ => return Err(misfit()),
-        };
-        columns.push(KeysetColumn {
-            column: column(*key),
-            descending: *descending,
-            value,
-        });
-    }
-    Ok(pagination::keyset_after(&columns))
 }
 
 /// The interactions of `scope` in `tenant`, before filter and paging.
@@ -890,38 +874,24 @@ impl TimelineStore {
         if let Some(filter) = page.filter {
             select = select.filter(filter);
         }
-        if let Some(after) = &page.after {
-            select = select.filter(keyset(&page.order, after, |k| {
-                interaction_column(scope, k)
-            })?);
-        }
-        for (key, descending) in &page.order {
-            select = select.order_by(
-                interaction_column(scope, *key),
-                if *descending { Order::Desc } else { Order::Asc },
-            );
-        }
-        let mut found = select
-            .limit(page.limit + 1)
-            .all(&self.db)
-            .await
-            .map_err(|e| from_db(e, "interactions"))?;
-        let more = found.len() as u64 > page.limit;
-        found.truncate(page.limit as usize);
-        let cursor = match (more, found.last()) {
-            (true, Some(last)) => Some(
-                page.order
-                    .iter()
-                    .map(|(k, _)| interaction_value(last, *k))
-                    .collect(),
-            ),
-            _ => None,
-        };
-        let interactions = found
+        let keys: Vec<encoded::SortKey> = page
+            .order
             .iter()
-            .map(|row| rows::decode_interaction(row).map(|s| s.interaction))
-            .collect::<Result<_, _>>()?;
-        Ok((interactions, cursor))
+            .map(|(key, descending)| interaction_key(scope, *key, *descending))
+            .collect();
+        if let Some(after) = &page.after {
+            select = select.filter(encoded::after(&keys, after)?);
+        }
+        let found = encoded::page(
+            &self.db,
+            select,
+            [InteractionCol::Revision, InteractionCol::Data],
+            keys,
+            page.limit,
+        )
+        .await
+        .map_err(|e| from_db(e, "interactions"))?;
+        Ok((rows::decode_interactions(&found.rows)?, found.cursor))
     }
 
     pub async fn count_episodes(
@@ -948,36 +918,25 @@ impl TimelineStore {
         if let Some(filter) = page.filter {
             select = select.filter(filter);
         }
-        if let Some(after) = &page.after {
-            select = select.filter(keyset(&page.order, after, episode_column)?);
-        }
-        for (key, descending) in &page.order {
-            select = select.order_by(
-                episode_column(*key),
-                if *descending { Order::Desc } else { Order::Asc },
-            );
-        }
-        let mut found = select
-            .limit(page.limit + 1)
-            .all(&self.db)
-            .await
-            .map_err(|e| from_db(e, "episodes"))?;
-        let more = found.len() as u64 > page.limit;
-        found.truncate(page.limit as usize);
-        let cursor = match (more, found.last()) {
-            (true, Some(last)) => Some(
-                page.order
-                    .iter()
-                    .map(|(k, _)| episode_value(last, *k))
-                    .collect(),
-            ),
-            _ => None,
-        };
-        let mut episodes: Vec<Episode> = found
+        let keys: Vec<encoded::SortKey> = page
+            .order
             .iter()
-            .map(|row| rows::decode_episode(row).map(|s| s.episode))
-            .collect::<Result<_, _>>()?;
+            .map(|(key, descending)| episode_key(*key, *descending))
+            .collect();
+        if let Some(after) = &page.after {
+            select = select.filter(encoded::after(&keys, after)?);
+        }
+        let found = encoded::page(
+            &self.db,
+            select,
+            [EpisodeCol::Revision, EpisodeCol::Data],
+            keys,
+            page.limit,
+        )
+        .await
+        .map_err(|e| from_db(e, "episodes"))?;
+        let mut episodes = rows::decode_episodes(&found.rows)?;
         with_counts(&self.db, tenant, &mut episodes).await?;
-        Ok((episodes, cursor))
+        Ok((episodes, found.cursor))
     }
 }

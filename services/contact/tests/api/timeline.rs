@@ -869,6 +869,37 @@ async fn episodes(backend: Backend) {
     assert_eq!(of_ana.episodes[0].name, onboarding.name);
     assert_eq!(of_ana.total_size, 1);
 
+    // Paged by end, one at a time: an open episode sorts as ending last, and the
+    // cursor carries that through to the next page in either direction.
+    for (order_by, expected) in [
+        ("end_time desc", [onboarding.name.as_str(), complaint.name.as_str()]),
+        ("end_time asc", [complaint.name.as_str(), onboarding.name.as_str()]),
+    ] {
+        let mut seen = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = client
+                .list_episodes(authed(
+                    ListEpisodesRequest {
+                        order_by: order_by.into(),
+                        page_size: 1,
+                        page_token: page_token.clone(),
+                        ..Default::default()
+                    },
+                    &token,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            seen.extend(page.episodes.into_iter().map(|e| e.name));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        assert_eq!(seen, expected, "{order_by}");
+    }
+
     // Close the episode: etag checked, the end not before the start, creator rule.
     let close = |end: i64, etag: &str| UpdateEpisodeRequest {
         episode: Some(Episode {
