@@ -872,8 +872,14 @@ async fn episodes(backend: Backend) {
     // Paged by end, one at a time: an open episode sorts as ending last, and the
     // cursor carries that through to the next page in either direction.
     for (order_by, expected) in [
-        ("end_time desc", [onboarding.name.as_str(), complaint.name.as_str()]),
-        ("end_time asc", [complaint.name.as_str(), onboarding.name.as_str()]),
+        (
+            "end_time desc",
+            [onboarding.name.as_str(), complaint.name.as_str()],
+        ),
+        (
+            "end_time asc",
+            [complaint.name.as_str(), onboarding.name.as_str()],
+        ),
     ] {
         let mut seen = Vec::new();
         let mut page_token = String::new();
