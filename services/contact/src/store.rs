@@ -782,24 +782,22 @@ impl ContactStore {
         tenant: &str,
         query: ListQuery,
     ) -> Result<(Vec<StoredContact>, Option<Vec<CursorValue>>), ApiError> {
-        let mut select = self.listing(tenant, query.filter, query.show_deleted);
+        let select = self.listing(tenant, query.filter, query.show_deleted);
         let keys: Vec<_> = query
             .order
             .iter()
             .map(|(field, desc)| field.key(*desc))
             .collect();
-        if let Some(after) = &query.after {
-            select = select.filter(encoded::after(&keys, after)?);
-        }
         let page = encoded::page(
             &self.db,
             select,
             [Column::Revision, Column::Data],
             keys,
+            query.after.as_deref(),
             query.limit,
+            "contacts",
         )
-        .await
-        .map_err(|e| from_db(e, "contacts"))?;
+        .await?;
         Ok((decode_all(&page.rows)?, page.cursor))
     }
 

@@ -6,11 +6,11 @@
 
 use sea_orm::sea_query::{Condition, Expr};
 use sea_orm::{
-    ConnectionTrait, DbErr, EntityTrait, Order, QueryOrder as _, QuerySelect as _, QueryTrait as _,
-    Select,
+    ConnectionTrait, DbErr, EntityTrait, Order, QueryFilter as _, QueryOrder as _,
+    QuerySelect as _, QueryTrait as _, Select,
 };
 
-use crate::errors::ApiError;
+use crate::errors::{ApiError, from_db};
 use crate::pagination::{self, CursorValue, KeysetColumn};
 
 /// Each row's revision and encoded record, from `select` (filtered, ordered and
@@ -55,7 +55,7 @@ pub struct SortKey {
 
 /// The rows after `cursor` (the last row's keys, from a page token) in the order of
 /// `keys`; a cursor of another order is refused on `page_token`.
-pub fn after(keys: &[SortKey], cursor: &[CursorValue]) -> Result<Condition, ApiError> {
+fn after(keys: &[SortKey], cursor: &[CursorValue]) -> Result<Condition, ApiError> {
     let misfit = || ApiError::invalid("page_token", "page token does not fit this order");
     if keys.len() != cursor.len() {
         return Err(misfit());
@@ -83,24 +83,46 @@ pub struct Page {
     pub cursor: Option<Vec<CursorValue>>,
 }
 
-/// A page of at most `limit` rows of `select` (filtered by the caller) in the order of
-/// `keys`, reading the two columns `encoded` of each row, as [`rows`] does, and the
+/// A page of a listing of `resource`: at most `limit` rows of `select` (filtered by
+/// the caller) after `cursor` (the last row's keys, from a page token), in the order
+/// of `keys`, reading the two columns `encoded` of each row, as [`rows`] does, and the
 /// keys of the last one.
 pub async fn page<E, C>(
     conn: &C,
     select: Select<E>,
     encoded: [E::Column; 2],
-    keys: impl IntoIterator<Item = SortKey>,
+    keys: Vec<SortKey>,
+    cursor: Option<&[CursorValue]>,
+    limit: u64,
+    resource: &str,
+) -> Result<Page, ApiError>
+where
+    E: EntityTrait,
+    C: ConnectionTrait,
+{
+    let mut select = select;
+    if let Some(cursor) = cursor {
+        select = select.filter(after(&keys, cursor)?);
+    }
+    read_page(conn, select, encoded, &keys, limit)
+        .await
+        .map_err(|e| from_db(e, resource))
+}
+
+async fn read_page<E, C>(
+    conn: &C,
+    select: Select<E>,
+    encoded: [E::Column; 2],
+    keys: &[SortKey],
     limit: u64,
 ) -> Result<Page, DbErr>
 where
     E: EntityTrait,
     C: ConnectionTrait,
 {
-    let keys: Vec<SortKey> = keys.into_iter().collect();
     let [revision, data] = encoded;
     let mut select = select.select_only().column(revision).column(data);
-    for key in &keys {
+    for key in keys {
         let order = if key.descending {
             Order::Desc
         } else {

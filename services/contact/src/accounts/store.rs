@@ -596,24 +596,22 @@ pub async fn list<C: ConnectionTrait>(
     tenant: &str,
     query: ListQuery,
 ) -> Result<(Vec<StoredAccount>, Option<Vec<CursorValue>>), ApiError> {
-    let mut select = listing(tenant, query.filter, query.show_deleted);
+    let select = listing(tenant, query.filter, query.show_deleted);
     let keys: Vec<_> = query
         .order
         .iter()
         .map(|(field, desc)| field.key(*desc))
         .collect();
-    if let Some(after) = &query.after {
-        select = select.filter(encoded::after(&keys, after)?);
-    }
     let page = encoded::page(
         conn,
         select,
         [Column::Revision, Column::Data],
         keys,
+        query.after.as_deref(),
         query.limit,
+        "accounts",
     )
-    .await
-    .map_err(|e| from_db(e, "accounts"))?;
+    .await?;
     Ok((decode_all(&page.rows)?, page.cursor))
 }
 

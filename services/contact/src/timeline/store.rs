@@ -879,18 +879,16 @@ impl TimelineStore {
             .iter()
             .map(|(key, descending)| interaction_key(scope, *key, *descending))
             .collect();
-        if let Some(after) = &page.after {
-            select = select.filter(encoded::after(&keys, after)?);
-        }
         let found = encoded::page(
             &self.db,
             select,
             [InteractionCol::Revision, InteractionCol::Data],
             keys,
+            page.after.as_deref(),
             page.limit,
+            "interactions",
         )
-        .await
-        .map_err(|e| from_db(e, "interactions"))?;
+        .await?;
         Ok((rows::decode_interactions(&found.rows)?, found.cursor))
     }
 
@@ -923,18 +921,16 @@ impl TimelineStore {
             .iter()
             .map(|(key, descending)| episode_key(*key, *descending))
             .collect();
-        if let Some(after) = &page.after {
-            select = select.filter(encoded::after(&keys, after)?);
-        }
         let found = encoded::page(
             &self.db,
             select,
             [EpisodeCol::Revision, EpisodeCol::Data],
             keys,
+            page.after.as_deref(),
             page.limit,
+            "episodes",
         )
-        .await
-        .map_err(|e| from_db(e, "episodes"))?;
+        .await?;
         let mut episodes = rows::decode_episodes(&found.rows)?;
         with_counts(&self.db, tenant, &mut episodes).await?;
         Ok((episodes, found.cursor))
