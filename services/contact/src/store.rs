@@ -117,9 +117,10 @@ fn decode_encoded(revision: i64, data: &[u8]) -> Result<StoredContact, ApiError>
 
 /// The contacts of rows read by `crm_platform::encoded`.
 pub(crate) fn decode_all(rows: &[(i64, Vec<u8>)]) -> Result<Vec<StoredContact>, ApiError> {
-    rows.iter()
-        .map(|(revision, data)| decode_encoded(*revision, data))
-        .collect()
+    Ok(encoded::decode(rows)?
+        .into_iter()
+        .map(|(revision, contact)| StoredContact { contact, revision })
+        .collect())
 }
 
 /// The contacts of `select`, reading their revision and encoded form only.
@@ -128,10 +129,7 @@ async fn stored_contacts(
     select: Select<Contacts>,
     resource: &str,
 ) -> Result<Vec<StoredContact>, ApiError> {
-    let rows = encoded::rows(db, select, [Column::Revision, Column::Data])
-        .await
-        .map_err(|e| from_db(e, resource))?;
-    decode_all(&rows)
+    decode_all(&encoded::rows(db, select, [Column::Revision, Column::Data], resource).await?)
 }
 
 pub(crate) fn active_model(

@@ -14,13 +14,14 @@ use crate::errors::{ApiError, from_db};
 use crate::pagination::{self, CursorValue, KeysetColumn};
 
 /// Each row's revision and encoded record, from `select` (filtered, ordered and
-/// limited by the caller), reading only the two columns `encoded`: the revision, then
-/// the record.
+/// limited by the caller) of `resource`, reading only the two columns `encoded`: the
+/// revision, then the record.
 pub async fn rows<E, C>(
     conn: &C,
     select: Select<E>,
     encoded: [E::Column; 2],
-) -> Result<Vec<(i64, Vec<u8>)>, DbErr>
+    resource: &str,
+) -> Result<Vec<(i64, Vec<u8>)>, ApiError>
 where
     E: EntityTrait,
     C: ConnectionTrait,
@@ -33,6 +34,21 @@ where
         .into_tuple()
         .all(conn)
         .await
+        .map_err(|e| from_db(e, resource))
+}
+
+/// The records of rows read here, each with its revision. The service wrote every
+/// record, so one that does not decode is an internal error.
+pub fn decode<M: prost::Message + Default>(
+    rows: &[(i64, Vec<u8>)],
+) -> Result<Vec<(i64, M)>, ApiError> {
+    rows.iter()
+        .map(|(revision, data)| {
+            M::decode(data.as_slice())
+                .map(|record| (*revision, record))
+                .map_err(ApiError::internal)
+        })
+        .collect()
 }
 
 /// How a sort key's column is read back into a [`CursorValue`].

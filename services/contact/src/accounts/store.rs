@@ -103,9 +103,10 @@ pub(crate) fn decode(row: &account_row::Model) -> Result<StoredAccount, ApiError
 }
 
 fn decode_all(rows: &[(i64, Vec<u8>)]) -> Result<Vec<StoredAccount>, ApiError> {
-    rows.iter()
-        .map(|(revision, data)| decode_encoded(*revision, data))
-        .collect()
+    Ok(encoded::decode(rows)?
+        .into_iter()
+        .map(|(revision, account)| StoredAccount { account, revision })
+        .collect())
 }
 
 fn decode_encoded(revision: i64, data: &[u8]) -> Result<StoredAccount, ApiError> {
@@ -184,10 +185,7 @@ pub async fn find_many<C: ConnectionTrait>(
     let select = Accounts::find()
         .filter(Column::TenantId.eq(tenant))
         .filter(Column::Id.is_in(ids.iter().map(String::as_str)));
-    let rows = encoded::rows(conn, select, [Column::Revision, Column::Data])
-        .await
-        .map_err(|e| from_db(e, "account"))?;
-    decode_all(&rows)
+    decode_all(&encoded::rows(conn, select, [Column::Revision, Column::Data], "account").await?)
 }
 
 /// The number of live contacts (not soft-deleted, not merged) linked to each of the

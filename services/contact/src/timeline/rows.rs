@@ -157,21 +157,6 @@ pub fn linked_contacts(interaction: &Interaction) -> Vec<String> {
     ids
 }
 
-/// Interactions from the (revision, data) rows `crm_platform::encoded` reads.
-pub fn decode_interactions(rows: &[(i64, Vec<u8>)]) -> Result<Vec<Interaction>, ApiError> {
-    rows.iter()
-        .map(|(_, data)| Interaction::decode(data.as_slice()).map_err(ApiError::internal))
-        .collect()
-}
-
-/// Episodes from the (revision, data) rows `crm_platform::encoded` reads; their
-/// `interaction_count` is left for the caller to compute.
-pub fn decode_episodes(rows: &[(i64, Vec<u8>)]) -> Result<Vec<Episode>, ApiError> {
-    rows.iter()
-        .map(|(_, data)| Episode::decode(data.as_slice()).map_err(ApiError::internal))
-        .collect()
-}
-
 pub fn decode_interaction(row: &interaction_row::Model) -> Result<StoredInteraction, ApiError> {
     let interaction = Interaction::decode(row.data.as_slice()).map_err(ApiError::internal)?;
     Ok(StoredInteraction {

@@ -889,7 +889,11 @@ impl TimelineStore {
             "interactions",
         )
         .await?;
-        Ok((rows::decode_interactions(&found.rows)?, found.cursor))
+        let interactions = encoded::decode::<Interaction>(&found.rows)?
+            .into_iter()
+            .map(|(_, interaction)| interaction)
+            .collect();
+        Ok((interactions, found.cursor))
     }
 
     pub async fn count_episodes(
@@ -931,7 +935,10 @@ impl TimelineStore {
             "episodes",
         )
         .await?;
-        let mut episodes = rows::decode_episodes(&found.rows)?;
+        let mut episodes: Vec<Episode> = encoded::decode(&found.rows)?
+            .into_iter()
+            .map(|(_, episode)| episode)
+            .collect();
         with_counts(&self.db, tenant, &mut episodes).await?;
         Ok((episodes, found.cursor))
     }

@@ -92,10 +92,9 @@ pub async fn load<C: ConnectionTrait>(
     if lock {
         select = select.lock_exclusive();
     }
-    let rows = encoded::rows(conn, select, [Column::Revision, Column::Data])
-        .await
-        .map_err(|e| from_db(e, "contacts"))?;
-    store::decode_all(&rows)
+    store::decode_all(
+        &encoded::rows(conn, select, [Column::Revision, Column::Data], "contacts").await?,
+    )
 }
 
 /// Inserts new contacts in bulk (`crm_platform::bulk`).
