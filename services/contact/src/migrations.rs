@@ -31,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(crm_platform::idempotency::IdempotencyExpiryMigration),
             Box::new(TenantListIndexes),
             Box::new(crate::policy::PolicyGuardFunction),
+            Box::new(crate::index::migration::VocabularyByLength),
         ]
     }
 }

@@ -400,3 +400,31 @@ impl MigrationTrait for TermsInCodePointOrder {
         Ok(())
     }
 }
+
+/// Indexes the vocabulary by term length within a tenant. A typo-tolerant word looks up
+/// the terms under its first letter or two whose length a typo allows; by the terms
+/// alone that is a scan of every term under the letter, most of them longer words
+/// (company and address words with numbers): at 1 M contacts 4,000–9,000 of them under
+/// one letter, of which a few hundred have the lengths sought.
+pub struct VocabularyByLength;
+
+impl MigrationName for VocabularyByLength {
+    fn name(&self) -> &str {
+        "m0017_vocabulary_by_length"
+    }
+}
+
+/// The index of [`VocabularyByLength`]; both backends index expressions.
+const VOCABULARY_BY_LENGTH: &str = "CREATE INDEX IF NOT EXISTS search_vocabulary_by_length \
+     ON search_vocabulary (tenant_id, length(term), term)";
+
+#[async_trait::async_trait]
+impl MigrationTrait for VocabularyByLength {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(VOCABULARY_BY_LENGTH)
+            .await?;
+        Ok(())
+    }
+}

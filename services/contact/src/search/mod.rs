@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use sea_orm::sea_query::{
     Alias, CaseStatement, Condition, Expr, ExprTrait, Func, JoinType, Order, Query,
-    SelectStatement, SimpleExpr,
+    SelectStatement, SimpleExpr, UnionType,
 };
 use sea_orm::{ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QuerySelect};
 use tonic::{Request, Response, Status};
@@ -301,6 +301,21 @@ impl SearchApi {
         word: &str,
     ) -> Result<Vec<(String, ranking::TermMatch)>, ApiError> {
         let term = || Expr::col(SearchVocabulary::Term);
+        let terms_where = |condition: Condition, alias: &str| {
+            Query::select()
+                .column(SearchVocabulary::Term)
+                .from_subquery(
+                    Query::select()
+                        .column(SearchVocabulary::Term)
+                        .from(SearchVocabulary::Table)
+                        .and_where(Expr::col(SearchVocabulary::TenantId).eq(tenant))
+                        .cond_where(condition)
+                        .limit(VOCABULARY_SCAN)
+                        .to_owned(),
+                    Alias::new(alias),
+                )
+                .to_owned()
+        };
         let starting_with = |start: &str| {
             Condition::all()
                 .add(term().gte(start))
@@ -309,28 +324,17 @@ impl SearchApi {
         let chars = word.chars().count();
         let budget = ranking::typo_budget(chars);
         // The word itself and its completions; with a typo budget, also the terms
-        // under the anchor whose length a typo (or a typo in a completion) allows:
-        // one range scan that skips the long words sharing the first letters.
-        let wanted = if budget == 0 {
-            starting_with(word)
-        } else {
+        // under the anchor whose length a typo (or a typo in a completion) allows, one
+        // range of `search_vocabulary_by_length` per length: most terms under a letter
+        // are longer words that a scan of the letter would read only to drop.
+        let mut select = terms_where(starting_with(word), "completions");
+        if budget > 0 {
+            let lengths = (chars - budget)..=(chars + budget.max(ranking::PREFIX_TYPO_REACH));
             let length = SimpleExpr::from(Func::cust(Alias::new("length")).arg(term()));
-            starting_with(&ranking::anchor(word)).add(
-                Condition::any()
-                    .add(starting_with(word))
-                    .add(length.between(
-                        (chars - budget) as i64,
-                        (chars + budget.max(ranking::PREFIX_TYPO_REACH)) as i64,
-                    )),
-            )
-        };
-        let select = Query::select()
-            .column(SearchVocabulary::Term)
-            .from(SearchVocabulary::Table)
-            .and_where(Expr::col(SearchVocabulary::TenantId).eq(tenant))
-            .cond_where(wanted)
-            .limit(VOCABULARY_SCAN)
-            .to_owned();
+            let near =
+                starting_with(&ranking::anchor(word)).add(length.is_in(lengths.map(|n| n as i64)));
+            select.union(UnionType::All, terms_where(near, "near"));
+        }
         let rows = self
             .ctx
             .db
@@ -338,8 +342,13 @@ impl SearchApi {
             .await
             .map_err(|e| from_db(e, "contacts"))?;
         let mut matched = Vec::new();
+        let mut seen = BTreeSet::new();
         for row in rows {
             let term: String = row.try_get_by_index(0).map_err(ApiError::internal)?;
+            // A completion of the length a typo allows is in both ranges.
+            if !seen.insert(term.clone()) {
+                continue;
+            }
             if let Some(m) = ranking::match_term(word, &term) {
                 matched.push((term, m));
             }

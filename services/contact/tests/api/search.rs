@@ -146,6 +146,36 @@ async fn finds_people_with_typos_prefixes_and_accents(backend: Backend) {
 }
 on_both_backends!(finds_people_with_typos_prefixes_and_accents);
 
+/// The vocabulary lookup reads, under a word's first letters, only the terms of the
+/// lengths a typo allows: the word's length less its typo budget, up to a typo in the
+/// typed part of a completion four letters longer. A term at each edge is found; one a
+/// letter past the upper edge is not.
+async fn typos_are_found_at_the_edges_of_the_lengths_read(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut client = server.client().await;
+    let token = admin("acme");
+    // "vanderbilt" has ten letters and a budget of two typos: lengths 8 to 14.
+    for (given, family) in [
+        ("Ada", "Vandrblt"),         // 8 letters, two letters dropped
+        ("Bea", "Vandarbiltsons"),   // 14 letters, a typo in the first ten
+        ("Cleo", "Vandarbiltsonss"), // 15 letters: past the reach of a typo
+    ] {
+        let email = format!("{}@example.com", given.to_lowercase());
+        create(&mut client, &token, person(given, family, &email)).await;
+    }
+    let found: BTreeSet<String> = search(&mut client, &token, "vanderbilt", "")
+        .await
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
+    let expected: BTreeSet<String> = ["Ada Vandrblt", "Bea Vandarbiltsons"]
+        .map(String::from)
+        .into();
+    assert_eq!(found, expected);
+    server.finish().await;
+}
+on_both_backends!(typos_are_found_at_the_edges_of_the_lengths_read);
+
 async fn search_is_tenant_scoped_paged_and_validated(backend: Backend) {
     let server = TestServer::start(backend).await;
     let mut client = server.client().await;
