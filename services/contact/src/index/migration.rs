@@ -405,7 +405,7 @@ impl MigrationTrait for TermsInCodePointOrder {
 /// the terms under its first letter or two whose length a typo allows; by the terms
 /// alone that is a scan of every term under the letter, most of them longer words
 /// (company and address words with numbers): at 1 M contacts 4,000–9,000 of them under
-/// one letter, of which a few hundred have the lengths sought.
+/// one letter, of which often only a hundred or so have the lengths sought.
 pub struct VocabularyByLength;
 
 impl MigrationName for VocabularyByLength {
