@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use redis::{PushInfo, PushKind, Value};
 
-use super::{CachedValue, make_room};
+use super::{CachedValue, jittered, make_room};
 
 pub(super) struct LocalCopies {
     state: Mutex<State>,
@@ -42,7 +42,8 @@ struct LocalCopy {
 
 impl LocalCopies {
     /// At most `capacity` copies, each answered for at most `lifetime` (the bound for a
-    /// connection that goes silent without closing, when no invalidation can arrive).
+    /// connection that goes silent without closing, when no invalidation can arrive),
+    /// less up to a fifth at random.
     pub(super) fn new(capacity: usize, lifetime: Duration) -> Self {
         Self {
             state: Mutex::default(),
@@ -131,11 +132,14 @@ impl LocalCopies {
         make_room(&mut state.copies, self.capacity, key, |copy| {
             copy.expires > now
         });
+        // Copies stored together (a warm-up, a hot set read after a reconnection) would
+        // otherwise all expire in the same instant, and every read of the hot set would
+        // go to Redis at once: at a high rate that burst queues calls behind it.
         state.copies.insert(
             key.to_owned(),
             LocalCopy {
                 value,
-                expires: now + self.lifetime,
+                expires: now + jittered(self.lifetime),
             },
         );
     }
@@ -291,5 +295,30 @@ mod tests {
             assert!(copies.len() <= 16);
         }
         assert_eq!(copies.get("k999"), Some(value(999)));
+    }
+
+    #[test]
+    fn copies_stored_together_expire_at_different_instants() {
+        let lifetime = Duration::from_secs(10);
+        let copies = LocalCopies::new(1_000, lifetime);
+        let before = Instant::now();
+        for i in 0..200 {
+            copies.register(&format!("k{i}")).store(Some(value(i)));
+        }
+        let after = Instant::now();
+        let state = copies.lock();
+        let expiries: std::collections::BTreeSet<Instant> =
+            state.copies.values().map(|copy| copy.expires).collect();
+        // 200 draws from a fifth of ten seconds: equal ones would be a broken jitter.
+        assert!(expiries.len() > 190, "{} distinct expiries", expiries.len());
+        for expires in &expiries {
+            assert!(*expires >= before + lifetime.mul_f64(0.8));
+            assert!(*expires <= after + lifetime);
+        }
+        let spread = *expiries.last().unwrap_or(&before) - *expiries.first().unwrap_or(&before);
+        assert!(
+            spread > Duration::from_secs(1),
+            "expiries spread over {spread:?}"
+        );
     }
 }
