@@ -133,8 +133,8 @@ impl LocalCopies {
             copy.expires > now
         });
         // Copies stored together (a warm-up, a hot set read after a reconnection) would
-        // otherwise all expire in the same instant, and every read of the hot set would
-        // go to Redis at once: at a high rate that burst queues calls behind it.
+        // otherwise all expire in the same instant, and the whole hot set would be read
+        // from Redis again within about a second, every lifetime (tests/bench/RESULTS.md).
         state.copies.insert(
             key.to_owned(),
             LocalCopy {
